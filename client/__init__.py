@@ -1,0 +1,1 @@
+"""The site: its Flower ClientApp and its local state (version cache, residual)."""

@@ -1,0 +1,54 @@
+"""The Flower ClientApp: read settings, run the site's round, reply with bytes and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site import Site, SiteData, simulated_site_data
+from common.config import Settings
+from common.data import load_file, split_site
+from common.versions import Downlink
+
+app = ClientApp()
+
+
+def _site(context: Context) -> Site:
+    settings = Settings.from_run_config(context.run_config)
+    node = context.node_config
+    if "data-path" in node:
+        name = str(node.get("site-name", f"node-{context.node_id}"))
+        corpus = load_file(Path(str(node["data-path"])))
+        train_idx, test_idx = split_site(list(range(len(corpus))), settings.data.site_test_fraction, settings.seed)
+        data = SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(corpus.label_names))
+    else:
+        index = int(node["partition-id"])
+        name = f"site-{index}"
+        data = simulated_site_data(settings, index)
+    cache_root = Path(str(node.get("cache-dir", ""))) if "cache-dir" in node else None
+    cache = cache_root or Path(settings.output.site_cache or Path(settings.output.dir) / "sites") / name
+    return Site(settings, name, cache, data)
+
+
+def _downlink(msg: Message) -> Downlink:
+    return Downlink.from_fields(msg.content["downlink"])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    site = _site(context)
+    reply = site.train_round(int(msg.content["config"]["server-round"]), _downlink(msg))
+    update = ConfigRecord({"payload": reply.payload, "version": reply.version, "sha": reply.sha, "site": site.name})
+    content = RecordDict({"update": update, "metrics": MetricRecord(reply.metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    site = _site(context)
+    version, sha, metrics = site.evaluate_round(_downlink(msg))
+    ack = ConfigRecord({"version": version, "sha": sha, "site": site.name})
+    content = RecordDict({"ack": ack, "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)

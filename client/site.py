@@ -1,0 +1,120 @@
+"""One site's round, free of Flower: sync to the server's version, train, form the upload."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from client.state import SiteState
+from common.codec import Limits
+from common.config import Settings
+from common.data import Corpus, hold_out, load_corpus, partition, split_site
+from common.delta import extract_delta, model_params
+from common.methods import METHODS
+from common.model import ModelBundle, load_model
+from common.training import evaluate, make_optimizer, train
+from common.upload import make_upload, residual_norm, upload_seed
+from common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
+
+
+@dataclass(frozen=True)
+class SiteData:
+    train: Corpus
+    test: Corpus
+    num_labels: int
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    payload: bytes
+    version: int
+    sha: str
+    metrics: dict[str, float]
+
+
+def simulated_site_data(settings: Settings, index: int) -> SiteData:
+    """Site ``index``'s share of the configured corpus, after the server's hold-out."""
+    corpus = load_corpus(settings.data)
+    pool, _ = hold_out(corpus, settings.data.test_size, settings.seed)
+    shares = partition(
+        corpus, pool, settings.federation.num_sites, settings.data.partition, settings.data.alpha, settings.seed
+    )
+    mine = shares[index]
+    if settings.data.max_site_examples:
+        mine = mine[: settings.data.max_site_examples]
+    train_idx, test_idx = split_site(mine, settings.data.site_test_fraction, settings.seed + index)
+    return SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(corpus.label_names))
+
+
+class Site:
+    """A site with its settings, name, cache folder and local data."""
+
+    def __init__(self, settings: Settings, name: str, cache_dir: Path, data: SiteData) -> None:
+        self.settings = settings
+        self.name = name
+        self.state = SiteState(cache_dir)
+        self.data = data
+
+    def sync(self, downlink: Downlink) -> tuple[ModelBundle, int, str]:
+        """Load the model at the downlink's target version, verified by hash, and cache it."""
+        bundle = load_model(self.settings.model.path, self.data.num_labels, self.settings.seed)
+        params = model_params(bundle.model)
+        limits = Limits.for_model(bundle.num_params())
+        cached = self.state.load_version()
+        if downlink.base_version not in (FROM_SNAPSHOT, 0):
+            if cached is None or cached.version != downlink.base_version:
+                held = "nothing" if cached is None else f"version {cached.version}"
+                raise VersionMismatch(f"site {self.name} holds {held}; the downlink starts at {downlink.base_version}")
+            with torch.no_grad():
+                for name, value in params.items():
+                    value.copy_(cached.params[name])
+        sha = apply_downlink(params, downlink, limits)
+        if cached is None or cached.version != downlink.target_version:
+            self.state.save_version(downlink.target_version, sha, params)
+        return bundle, downlink.target_version, sha
+
+    def train_round(self, server_round: int, downlink: Downlink) -> TrainReply:
+        started = time.perf_counter()
+        settings = self.settings
+        bundle, version, sha = self.sync(downlink)
+        model, params = bundle.model, model_params(bundle.model)
+        attachment = METHODS.get(settings.method.name)(model, bundle.head)
+        before = {name: params[name].clone() for name in attachment.touched}
+        optimizer = make_optimizer(attachment.trainable, settings.local, settings.optimizer)
+        result = train(
+            model, bundle.tokenizer, self.data.train, optimizer,
+            steps=settings.local.steps, batch_size=settings.local.batch_size,
+            max_length=settings.model.max_length, seed=upload_seed(settings.seed, server_round, self.name),
+        )
+        attachment.merge()
+        delta = extract_delta(model_params(model), before, attachment.touched)
+        upload = make_upload(
+            delta, self.state.load_residual(), settings, base=sha,
+            seed=upload_seed(settings.seed, server_round, self.name), limits=Limits.for_model(bundle.num_params()),
+        )
+        self.state.save_residual(upload.residual)
+        metrics = {
+            "num-examples": float(len(self.data.train)),
+            "train-loss": result.loss,
+            "train-examples": float(result.examples),
+            "upload-bytes": float(len(upload.payload)),
+            "kept-values": float(upload.sent.count()),
+            "residual-norm": residual_norm(upload.residual),
+            "downlink-bytes": float(downlink.size()),
+            "seconds": time.perf_counter() - started,
+        }
+        return TrainReply(upload.payload, version, sha, metrics)
+
+    def evaluate_round(self, downlink: Downlink) -> tuple[int, str, dict[str, float]]:
+        bundle, version, sha = self.sync(downlink)
+        result = evaluate(bundle.model, bundle.tokenizer, self.data.test, max_length=self.settings.model.max_length)
+        metrics = {
+            "num-examples": float(result.examples),
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "downlink-bytes": float(downlink.size()),
+        }
+        return version, sha, metrics

@@ -1,0 +1,67 @@
+"""A site's durable local state: the weights of its current version, and its residual.
+
+The weights file carries its own version and hash in its metadata, so a version
+and its weights are always written together (atomically) and checked on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from common.atomic import write_bytes_atomic
+from common.delta import state_hash
+
+WEIGHTS_FILE = "weights.safetensors"
+RESIDUAL_FILE = "residual.safetensors"
+
+
+@dataclass(frozen=True)
+class CachedVersion:
+    version: int
+    sha: str
+    params: dict[str, torch.Tensor]
+
+
+class SiteState:
+    """Files under one site's cache folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def load_version(self) -> CachedVersion | None:
+        """The cached version, or ``None`` when absent, unreadable, or failing its hash."""
+        path = self.root / WEIGHTS_FILE
+        if not path.is_file():
+            return None
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                params = {name: handle.get_tensor(name) for name in handle.keys()}
+            version, sha = int(meta["version"]), meta["sha"]
+        except Exception:  # a corrupt cache is a missing cache; the server sends what is needed
+            return None
+        if state_hash(params) != sha:
+            return None
+        return CachedVersion(version, sha, params)
+
+    def save_version(self, version: int, sha: str, params: dict[str, torch.Tensor]) -> None:
+        tensors = {name: value.detach().contiguous() for name, value in params.items()}
+        data = safetensors.torch.save(tensors, metadata={"version": str(version), "sha": sha})
+        write_bytes_atomic(self.root / WEIGHTS_FILE, data)
+
+    def load_residual(self) -> dict[str, torch.Tensor]:
+        path = self.root / RESIDUAL_FILE
+        if not path.is_file():
+            return {}
+        try:
+            return safetensors.torch.load_file(str(path))
+        except Exception:  # a lost residual only delays nothing further; start from zero
+            return {}
+
+    def save_residual(self, residual: dict[str, torch.Tensor]) -> None:
+        tensors = {name: value.detach().contiguous() for name, value in residual.items()}
+        write_bytes_atomic(self.root / RESIDUAL_FILE, safetensors.torch.save(tensors))

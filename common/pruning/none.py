@@ -1,0 +1,11 @@
+"""The identity pruner: every value is sent."""
+
+import torch
+
+from common.delta import Dense, Entry
+from common.pruning.registry import PRUNERS, PruneRequest
+
+
+@PRUNERS.register("none", summary="send every value of the delta (no pruning)", reference="-")
+def keep_all(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
+    return Dense(delta)

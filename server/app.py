@@ -1,0 +1,55 @@
+"""The Flower ServerApp: read settings, open the store, run DeltaFedAvg, write the results."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from common import report
+from common.config import Settings
+from server.coordinator import Coordinator
+from server.store import VersionStore
+from server.strategy import DeltaFedAvg
+
+app = ServerApp()
+log = logging.getLogger("fedelta.server")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = Settings.from_run_config(context.run_config)
+    out_dir = Path(settings.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = VersionStore(Path(settings.output.state_dir) if settings.output.state_dir else out_dir / "state")
+    try:
+        coordinator = Coordinator(settings, store, out_dir)
+        federation = settings.federation
+        strategy = DeltaFedAvg(
+            coordinator,
+            fraction_train=federation.fraction_train,
+            fraction_evaluate=federation.fraction_train,
+            min_train_nodes=federation.min_sites,
+            min_evaluate_nodes=federation.min_sites,
+            min_available_nodes=federation.min_sites,
+        )
+        print(report.TABLE_HEADER, flush=True)
+
+        def finish(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            row = coordinator.finish_round(server_round)
+            print(report.table_row(row), flush=True)
+            return MetricRecord({"accuracy": row["accuracy"], "loss": row["loss"]})
+
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(),
+            num_rounds=settings.rounds,
+            train_config=ConfigRecord({"method": settings.method.name}),
+            evaluate_fn=finish,
+        )
+        summary = report.write_summary(out_dir, settings.to_run_config())
+        log.info("final accuracy %.4f, upload reduction %.1fx", summary["final_accuracy"], summary["upload_reduction"])
+    finally:
+        store.close()

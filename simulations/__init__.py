@@ -1,0 +1,1 @@
+"""Presets, the simulation runner, benchmarks and result tables for fedelta."""

@@ -1,0 +1,29 @@
+"""Named sets of setting overrides for ``fedelta simulate --preset NAME``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The pyproject.toml defaults: MiniLM on Rotten Tomatoes, 4 sites by movie,
+    # full fine-tuning, DARE p=0.9, fp16 values, error feedback.
+    "default": {},
+    # A tiny BERT built from a config on a slice of the data: under a minute.
+    "smoke": {
+        "model.path": "tiny-bert",
+        "federation.num-sites": 2,
+        "rounds": 2,
+        "local.steps": 3,
+        "local.batch-size": 8,
+        "local.lr": 1e-3,
+        "data.test-size": 64,
+        "data.max-site-examples": 64,
+        "model.max-length": 32,
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])

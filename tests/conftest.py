@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny models built from a config, small settings, temp folders."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+from common.config import Settings  # noqa: E402
+
+TINY = {
+    "model.path": "tiny-bert",
+    "federation.num-sites": 2,
+    "rounds": 1,
+    "local.steps": 2,
+    "local.batch-size": 4,
+    "local.lr": 1e-3,
+    "data.test-size": 32,
+    "data.max-site-examples": 32,
+    "model.max-length": 16,
+}
+
+
+@pytest.fixture
+def tiny_settings(tmp_path) -> Settings:
+    return Settings().with_overrides({**TINY, "output.dir": str(tmp_path / "out")})

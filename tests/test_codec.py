@@ -1,0 +1,135 @@
+import json
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import zstandard
+
+from common.codec import CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
+from common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
+from common.pruning import PruneRequest, prune_delta
+
+LIMITS = Limits(max_bytes=1 << 20, max_elements=100_000)
+BASE = "ab" * 32
+
+
+def _delta() -> Delta:
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(40, 30, generator=gen)
+    positions = seeded_mask(11, "w.seeded", weight.numel(), 0.2).nonzero().reshape(-1)
+    return Delta({
+        "w.dense": Dense(torch.randn(3, 4, generator=gen)),
+        "w.sparse": Sparse((40, 30), torch.tensor([0, 1, 7, 500, 1199]), torch.randn(5, generator=gen)),
+        "w.seeded": SeededMask((40, 30), "w.seeded", 11, 0.2, weight.reshape(-1)[positions], positions),
+        "w.empty": Sparse((10,), torch.zeros(0, dtype=torch.int64), torch.zeros(0)),
+    })
+
+
+@pytest.mark.parametrize("values", ["fp32", "fp16", "bf16"])
+def test_round_trip_every_entry_kind(values):
+    delta = _delta()
+    decoded = decode(encode(delta, base=BASE, values=values, meta={"method": "full"}), LIMITS)
+    assert decoded.base == BASE and decoded.meta["method"] == "full" and decoded.meta["values"] == values
+    assert decoded.delta.names() == delta.names()
+    for name, entry in delta.entries.items():
+        got = decoded.delta.entries[name]
+        assert type(got) is type(entry) and got.shape == entry.shape
+        cast = entry.flat_values().to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[values])
+        assert torch.equal(got.flat_values().reshape(-1), cast.reshape(-1))
+        if entry.positions() is not None:
+            assert torch.equal(got.positions(), entry.positions())
+
+
+def test_round_trip_of_pruned_values_is_exact():
+    dense = {"layer.weight": torch.randn(64, 64), "layer.bias": torch.randn(64)}
+    for pruner in ("none", "dare", "magnitude"):
+        delta = prune_delta(dense, pruner, PruneRequest(keep=0.1, seed=5), min_size=100)
+        decoded = decode(encode(delta, base=BASE), LIMITS).delta
+        for name in dense:
+            assert torch.equal(decoded.entries[name].to_dense(), delta.entries[name].to_dense())
+
+
+def test_seeded_mask_sends_no_indices():
+    dense = {"w": torch.randn(200, 200)}
+    seeded = prune_delta(dense, "dare", PruneRequest(keep=0.05, seed=1))
+    explicit = prune_delta(dense, "magnitude", PruneRequest(keep=0.05, seed=1))
+    tensors = safetensors.torch.load(zstandard.ZstdDecompressor().decompress(encode(seeded, base=BASE)))
+    assert set(tensors) == {"w/values"}
+    assert len(encode(seeded, base=BASE)) < len(encode(explicit, base=BASE))
+
+
+@pytest.mark.parametrize("indices", [[0], [5], [0, 1, 2, 3], [3, 200, 70_000, 2**33], list(range(0, 100_000, 7))])
+def test_index_gaps_round_trip(indices):
+    array = np.array(indices, dtype=np.int64)
+    coded = encode_index_gaps(array)
+    assert np.array_equal(decode_index_gaps(coded, len(indices), 2**34), array)
+
+
+def test_index_gaps_reject_bad_input():
+    with pytest.raises(ValueError):
+        encode_index_gaps(np.array([3, 3]))
+    coded = encode_index_gaps(np.array([1, 5, 9]))
+    with pytest.raises(CodecError, match="expected 2"):
+        decode_index_gaps(coded, 2, 100)
+    with pytest.raises(CodecError, match="out of range"):
+        decode_index_gaps(coded, 3, 9)
+
+
+def test_truncated_bytes_are_rejected():
+    data = encode(_delta(), base=BASE)
+    for cut in (0, 4, len(data) // 2, len(data) - 1):
+        with pytest.raises(CodecError):
+            decode(data[:cut], LIMITS)
+
+
+def test_flipped_byte_is_rejected_by_checksum_or_structure():
+    data = bytearray(encode(_delta(), base=BASE))
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(CodecError):
+        decode(bytes(data), LIMITS)
+
+
+def test_declared_size_over_limit_is_refused_before_decompressing():
+    data = encode(Delta({"w": Dense(torch.zeros(100_000))}), base=BASE)
+    with pytest.raises(CodecError, match="exceeds the limit"):
+        decode(data, Limits(max_bytes=50_000, max_elements=1_000_000))
+
+
+def test_element_count_over_limit_is_refused():
+    data = encode(_delta(), base=BASE)
+    with pytest.raises(CodecError, match="more than"):
+        decode(data, Limits(max_bytes=1 << 20, max_elements=100))
+
+
+def _container(meta: dict, tensors: dict) -> bytes:
+    raw = safetensors.torch.save(tensors, metadata=meta)
+    return zstandard.ZstdCompressor(write_checksum=True).compress(raw)
+
+
+@pytest.mark.parametrize(
+    ("meta", "tensors", "fragment"),
+    [
+        ({"format": "other"}, {"x/values": torch.zeros(1)}, "not a fedelta"),
+        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp64", "entries": "{}"}, {}, "bad metadata"),
+        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+          "entries": json.dumps({"x": {"kind": "dense", "shape": [4]}})}, {"x/values": torch.zeros(3)}, "3 values"),
+        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+          "entries": json.dumps({"x": {"kind": "magic", "shape": [4]}})}, {"x/values": torch.zeros(4)}, "unknown kind"),
+        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+          "entries": json.dumps({"x": {"kind": "dense", "shape": [-4]}})}, {"x/values": torch.zeros(4)}, "bad shape"),
+        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+          "entries": json.dumps({"x": {"kind": "dense", "shape": [4]}})}, {"y/values": torch.zeros(4)}, "do not match"),
+        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+          "entries": json.dumps({"x": {"kind": "seeded", "shape": [400], "seed": 1, "keep": 0.5}})},
+         {"x/values": torch.zeros(3)}, "for a mask"),
+    ],
+)
+def test_malformed_containers_name_the_problem(meta, tensors, fragment):
+    with pytest.raises(CodecError, match=fragment):
+        decode(_container(meta, tensors), LIMITS)
+
+
+def test_reserved_metadata_keys_are_refused():
+    with pytest.raises(ValueError, match="reserved"):
+        encode(_delta(), base=BASE, meta={"base": "x"})

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from common.delta import (
+    Delta, Dense, SeededMask, Sparse, apply_delta, compact, extract_delta, revert_delta, seeded_mask, state_hash,
+)
+
+
+def _params():
+    gen = torch.Generator().manual_seed(0)
+    return {"a.weight": torch.randn(6, 5, generator=gen), "a.bias": torch.randn(5, generator=gen)}
+
+
+def _mixed_delta():
+    positions = seeded_mask(3, "a.weight", 30, 0.5).nonzero().reshape(-1)
+    return Delta({
+        "a.weight": SeededMask((6, 5), "a.weight", 3, 0.5, torch.arange(positions.numel(), dtype=torch.float32) * 1e-3),
+        "a.bias": Sparse((5,), torch.tensor([0, 3]), torch.tensor([0.5, -0.25])),
+    })
+
+
+def test_apply_then_revert_restores_bit_for_bit():
+    params = _params()
+    original = {k: v.clone() for k, v in params.items()}
+    for delta in (_mixed_delta(), Delta({"a.weight": Dense(torch.full((6, 5), 1 / 3)), "a.bias": Dense(torch.ones(5) * 1e-7)})):
+        undo = apply_delta(params, delta)
+        assert not torch.equal(params["a.weight"], original["a.weight"])
+        revert_delta(params, undo)
+        for name in params:
+            assert torch.equal(params[name], original[name])
+
+
+def test_apply_adds_exactly_the_dense_form():
+    params = _params()
+    expected = {k: v + _mixed_delta().to_dense().get(k, torch.zeros_like(v)) for k, v in params.items()}
+    apply_delta(params, _mixed_delta())
+    for name in params:
+        assert torch.equal(params[name], expected[name])
+
+
+@pytest.mark.parametrize(
+    ("delta", "fragment"),
+    [
+        (Delta({"a.weight": Dense(torch.full((6, 5), float("nan")))}), "non-finite"),
+        (Delta({"a.weight": Dense(torch.zeros(5, 6))}), "shape"),
+        (Delta({"b.weight": Dense(torch.zeros(2))}), "unknown parameter"),
+        (Delta({"a.bias": Dense(torch.ones(5)), "a.weight": Dense(torch.full((6, 5), float("inf")))}), "non-finite"),
+    ],
+)
+def test_bad_delta_is_refused_and_leaves_params_untouched(delta, fragment):
+    params = _params()
+    before = state_hash(params)
+    with pytest.raises(ValueError, match=fragment):
+        apply_delta(params, delta)
+    assert state_hash(params) == before
+
+
+def test_state_hash_sees_one_bit():
+    params = _params()
+    before = state_hash(params)
+    params["a.bias"].view(torch.int32)[0] ^= 1
+    assert state_hash(params) != before
+
+
+def test_seeded_mask_is_deterministic_and_seed_dependent():
+    a = seeded_mask(7, "x", 10_000, 0.3)
+    assert torch.equal(a, seeded_mask(7, "x", 10_000, 0.3))
+    assert not torch.equal(a, seeded_mask(8, "x", 10_000, 0.3))
+    assert not torch.equal(a, seeded_mask(7, "y", 10_000, 0.3))
+    assert seeded_mask(7, "x", 100, 1.0).all()
+
+
+def test_extract_and_compact():
+    before = _params()
+    after = {k: v.clone() for k, v in before.items()}
+    after["a.bias"][2] += 1.0
+    delta = extract_delta(after, before, ["a.bias"])
+    entry = compact(delta["a.bias"])
+    assert isinstance(entry, Sparse) and entry.indices.tolist() == [2]
+    assert torch.equal(entry.to_dense(), delta["a.bias"])
+    assert isinstance(compact(torch.ones(4)), Dense)

@@ -1,0 +1,62 @@
+"""End to end on Flower's Simulation Engine: tiny model, 2 sites, 2 rounds."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.state import SiteState
+from common.report import ROUND_FIELDS
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_smoke_simulation_writes_the_documented_results(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "simulations.cli", "simulate", "--preset", "smoke", "--out", str(out)]
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "final accuracy" in done.stdout and "round version" in done.stdout
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert set(ROUND_FIELDS) <= set(row)
+    trained = rows[1:]
+    assert [row["version"] for row in trained] == [1, 2]
+    assert all(row["sites"] == 2 and row["rejected"] == 0 for row in trained)
+    assert all(0 < row["upload_bytes"] < row["dense_update_bytes"] for row in trained)
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total_upload_bytes"] == sum(row["upload_bytes"] for row in trained)
+    assert summary["upload_reduction"] == pytest.approx(
+        summary["total_dense_update_bytes"] / summary["total_upload_bytes"]
+    )
+    assert summary["final_accuracy"] == trained[-1]["accuracy"]
+    assert summary["config"]["model.path"] == "tiny-bert"
+    assert (out / "summary.md").read_text().startswith("# fedelta run")
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+    final_sha = trained[-1]["version_sha256"]
+    for site_dir in sorted((out / "sites").iterdir()):
+        cached = SiteState(site_dir).load_version()
+        assert cached is not None and (cached.version, cached.sha) == (2, final_sha)
+
+
+def test_cli_rejects_bad_settings_before_starting(tmp_path):
+    command = [sys.executable, "-m", "simulations.cli", "simulate", "--set", "prune.drop=2", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "prune.drop" in done.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_methods_command_lists_every_registry():
+    done = subprocess.run([sys.executable, "-m", "simulations.cli", "methods"], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for name in ("full", "lnbias", "none", "dare", "magnitude", "fedavg", "fp16"):
+        assert f"  {name}" in done.stdout
