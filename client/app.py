@@ -27,8 +27,10 @@ def _site(context: Context) -> Site:
         index = int(node["partition-id"])
         name = f"site-{index}"
         data = simulated_site_data(settings, index)
-    cache_root = Path(str(node.get("cache-dir", ""))) if "cache-dir" in node else None
-    cache = cache_root or Path(settings.output.site_cache or Path(settings.output.dir) / "sites") / name
+    if "cache-dir" in node:
+        cache = Path(str(node["cache-dir"]))
+    else:
+        cache = Path(settings.output.site_cache or Path(settings.output.dir) / "sites") / name
     return Site(settings, name, cache, data)
 
 

@@ -83,7 +83,7 @@ class Site:
         model, params = bundle.model, model_params(bundle.model)
         attachment = METHODS.get(settings.method.name)(model, bundle.head)
         before = {name: params[name].clone() for name in attachment.touched}
-        optimizer = make_optimizer(attachment.trainable, settings.local, settings.optimizer)
+        optimizer = make_optimizer(model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
         result = train(
             model, bundle.tokenizer, self.data.train, optimizer,
             steps=settings.local.steps, batch_size=settings.local.batch_size,

@@ -41,7 +41,7 @@ class DataSettings:
     partition: str = "movie"
     alpha: float = 0.5
     test_size: int = 1000
-    site_test_fraction: float = 0.1
+    site_test_fraction: float = 0.05
     max_site_examples: int = 0
 
     def __post_init__(self) -> None:
@@ -77,12 +77,14 @@ class FederationSettings:
 class LocalSettings:
     steps: int = 12
     batch_size: int = 16
-    lr: float = 5e-5
+    lr: float = 1e-4
+    head_lr: float = 3e-3
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "local.steps", "must be >= 1")
         _require(self.batch_size >= 1, "local.batch-size", "must be >= 1")
         _require(0 < self.lr < 1, "local.lr", "must be in (0, 1)")
+        _require(0 < self.head_lr < 1, "local.head-lr", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class OutputSettings:
 class Settings:
     """The whole run configuration; build it with :meth:`from_run_config`."""
 
-    rounds: int = 3
+    rounds: int = 4
     seed: int = 0
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)

@@ -47,10 +47,23 @@ def _batches(corpus: Corpus, batch_size: int, seed: int) -> Iterator[tuple[list[
             yield [corpus.texts[i] for i in chosen], [corpus.labels[i] for i in chosen]
 
 
-def make_optimizer(params: list[torch.nn.Parameter], local: LocalSettings, opt: OptimizerSettings) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module,
+    trainable: list[torch.nn.Parameter],
+    head: list[str],
+    local: LocalSettings,
+    opt: OptimizerSettings,
+) -> torch.optim.Optimizer:
+    """The configured optimizer over ``trainable``; the new task head gets ``local.head-lr``."""
+    head_ids = {id(param) for name, param in model.named_parameters() if name in set(head)}
+    groups = [
+        {"params": [p for p in trainable if id(p) not in head_ids], "lr": local.lr},
+        {"params": [p for p in trainable if id(p) in head_ids], "lr": local.head_lr},
+    ]
+    groups = [group for group in groups if group["params"]]
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=local.lr, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=local.lr, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(groups, lr=local.lr, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(groups, lr=local.lr, weight_decay=opt.weight_decay)
 
 
 def train(
