@@ -18,10 +18,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH) 2>&1 | $(QUIET)
-	$(PY) -c "import torch"
 	$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
 	$(PIP) install --no-deps $(BUNDLED) 2>&1 | $(QUIET)
-	$(PY) -c "import flwr, transformers, peft, safetensors, zstandard, common.config"
+	$(PY) -c "import torch, flwr, transformers, peft, safetensors, zstandard, common.config"
 	touch $(STAMP)
 
 run: setup

@@ -26,7 +26,7 @@ def _site(context: Context) -> Site:
     else:
         index = int(node["partition-id"])
         name = f"site-{index}"
-        data = simulated_site_data(settings, index)
+        data = simulated_site_data(settings, index, int(node.get("num-partitions", settings.federation.num_sites)))
     if "cache-dir" in node:
         cache = Path(str(node["cache-dir"]))
     else:

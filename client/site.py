@@ -35,13 +35,13 @@ class TrainReply:
     metrics: dict[str, float]
 
 
-def simulated_site_data(settings: Settings, index: int) -> SiteData:
-    """Site ``index``'s share of the configured corpus, after the server's hold-out."""
+def simulated_site_data(settings: Settings, index: int, num_sites: int) -> SiteData:
+    """Site ``index``'s share (of ``num_sites``) of the configured corpus, after the server's hold-out."""
+    if not 0 <= index < num_sites:
+        raise ValueError(f"site index {index} is outside 0..{num_sites - 1}")
     corpus = load_corpus(settings.data)
     pool, _ = hold_out(corpus, settings.data.test_size, settings.seed)
-    shares = partition(
-        corpus, pool, settings.federation.num_sites, settings.data.partition, settings.data.alpha, settings.seed
-    )
+    shares = partition(corpus, pool, num_sites, settings.data.partition, settings.data.alpha, settings.seed)
     mine = shares[index]
     if settings.data.max_site_examples:
         mine = mine[: settings.data.max_site_examples]

@@ -29,9 +29,9 @@ import torch
 import zstandard
 
 from common.delta import Delta, Dense, Entry, SeededMask, Sparse, seeded_mask
+from common.quantization import VALUE_TYPES
 
 FORMAT = "fedelta-delta/1"
-VALUE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
 MAX_VARINT_BYTES = 5
 MAX_HEADER_BYTES = 64 << 20
@@ -73,13 +73,11 @@ def encode(
     level: int = 3,
 ) -> bytes:
     """Serialize ``delta`` (values cast to ``values``) for weights with hash ``base``."""
-    if values not in VALUE_DTYPES:
-        raise ValueError(f"unknown value dtype {values!r}; known: {', '.join(VALUE_DTYPES)}")
+    dtype = VALUE_TYPES.get(values)
     extra = dict(meta or {})
     clash = RESERVED_KEYS & extra.keys()
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved")
-    dtype = VALUE_DTYPES[values]
     tensors: dict[str, torch.Tensor] = {}
     described: dict[str, dict[str, Any]] = {}
     for name in delta.names():
@@ -105,7 +103,7 @@ def decode(data: bytes, limits: Limits) -> Decoded:
     if not all(isinstance(v, str) for v in meta.values()):
         raise CodecError("metadata values must be strings")
     value_name = meta.get("values", "")
-    if value_name not in VALUE_DTYPES or not isinstance(meta.get("base"), str):
+    if value_name not in VALUE_TYPES or not isinstance(meta.get("base"), str):
         raise CodecError(f"bad metadata: values={value_name!r}, base={meta.get('base')!r}")
     described = _parse_entries(meta.get("entries", ""), limits)
     expected = {f"{n}/values" for n in described} | {
@@ -117,7 +115,7 @@ def decode(data: bytes, limits: Limits) -> Decoded:
         tensors = safetensors.torch.load(raw)
     except Exception as error:  # safetensors raises its own error types
         raise CodecError(f"malformed safetensors payload: {error}") from error
-    dtype = VALUE_DTYPES[value_name]
+    dtype = VALUE_TYPES.get(value_name)
     entries = {name: _build(name, d, tensors, dtype) for name, d in described.items()}
     return Decoded(Delta(entries), dict(meta))
 

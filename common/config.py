@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-VALUE_TYPES = ("fp32", "fp16", "bf16")
 PARTITIONERS = ("movie", "dirichlet", "iid")
 DATASETS = ("rotten-tomatoes", "bbc-news")
 RESCALING_PRUNERS = ("dare",)
@@ -125,7 +124,9 @@ class QuantSettings:
     values: str = "fp16"
 
     def __post_init__(self) -> None:
-        _require(self.values in VALUE_TYPES, "quant.values", f"must be one of {VALUE_TYPES}")
+        from common.quantization import VALUE_TYPES
+
+        _require(self.values in VALUE_TYPES, "quant.values", f"must be one of {VALUE_TYPES.names()}")
 
 
 @dataclass(frozen=True)

@@ -52,17 +52,19 @@ def _defaults(project_dir: Path):
 def _methods(args: argparse.Namespace) -> int:
     from common.methods import METHODS
     from common.pruning import PRUNERS
-    from common.codec import VALUE_DTYPES
+    from common.quantization import VALUE_TYPES
     from server.aggregation import AGGREGATORS
 
-    for title, registry in (("fine-tuning methods (method.name)", METHODS), ("pruners (prune.name)", PRUNERS),
-                            ("aggregators (aggregate.name)", AGGREGATORS)):
+    registries = (
+        ("fine-tuning methods (method.name)", METHODS),
+        ("pruners (prune.name)", PRUNERS),
+        ("value types (quant.values)", VALUE_TYPES),
+        ("aggregators (aggregate.name)", AGGREGATORS),
+    )
+    for title, registry in registries:
         print(f"{title}:")
         for entry in registry:
             print(f"  {entry.name:<12} {entry.summary}\n  {'':<12} ref: {entry.reference}")
-    print("value types (quant.values):")
-    for name in VALUE_DTYPES:
-        print(f"  {name}")
     return 0
 
 

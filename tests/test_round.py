@@ -14,9 +14,10 @@ from server.store import VersionStore
 def federation(tiny_settings, tmp_path):
     store = VersionStore(tmp_path / "state")
     coordinator = Coordinator(tiny_settings, store, tmp_path / "out")
+    count = tiny_settings.federation.num_sites
     sites = [
-        Site(tiny_settings, f"site-{i}", tmp_path / "sites" / str(i), simulated_site_data(tiny_settings, i))
-        for i in range(tiny_settings.federation.num_sites)
+        Site(tiny_settings, f"site-{i}", tmp_path / "sites" / str(i), simulated_site_data(tiny_settings, i, count))
+        for i in range(count)
     ]
     yield coordinator, sites
     store.close()
