@@ -41,7 +41,8 @@ def _downlink(msg: Message) -> Downlink:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     site = _site(context)
-    reply = site.train_round(int(msg.content["config"]["server-round"]), _downlink(msg))
+    config = msg.content["config"]
+    reply = site.train_round(int(config["server-round"]), _downlink(msg), str(config.get("genesis-sha", "")))
     update = ConfigRecord({"payload": reply.payload, "version": reply.version, "sha": reply.sha, "site": site.name})
     content = RecordDict({"update": update, "metrics": MetricRecord(reply.metrics)})
     return Message(content=content, reply_to=msg)

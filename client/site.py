@@ -13,9 +13,10 @@ from common.codec import Limits
 from common.config import Settings
 from common.data import Corpus, hold_out, load_corpus, partition, split_site
 from common.delta import extract_delta, model_params
-from common.methods import METHODS
+from common.methods import METHODS, MethodContext
 from common.model import ModelBundle, load_model
-from common.training import evaluate, make_optimizer, train
+from common.optimizers import make_optimizer
+from common.training import evaluate, train
 from common.upload import make_upload, residual_norm, upload_seed
 from common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
 
@@ -76,12 +77,22 @@ class Site:
             self.state.save_version(downlink.target_version, sha, params)
         return bundle, downlink.target_version, sha
 
-    def train_round(self, server_round: int, downlink: Downlink) -> TrainReply:
+    def method_context(self, head: list[str], genesis_sha: str) -> MethodContext:
+        def genesis() -> dict[str, torch.Tensor]:
+            bundle = load_model(self.settings.model.path, self.data.num_labels, self.settings.seed)
+            return model_params(bundle.model)
+
+        return MethodContext(self.settings.method, head, genesis_sha, genesis, self.state.memo)
+
+    def train_round(self, server_round: int, downlink: Downlink, genesis_sha: str = "") -> TrainReply:
         started = time.perf_counter()
         settings = self.settings
         bundle, version, sha = self.sync(downlink)
         model, params = bundle.model, model_params(bundle.model)
-        attachment = METHODS.get(settings.method.name)(model, bundle.head)
+        method = METHODS.get(settings.method.name)
+        context = self.method_context(bundle.head, genesis_sha)
+        resolver = method.resolver(context, params) if settings.feedback.enabled else None
+        attachment = method.attach(model, context)
         before = {name: params[name].clone() for name in attachment.touched}
         optimizer = make_optimizer(model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
         result = train(
@@ -89,11 +100,14 @@ class Site:
             steps=settings.local.steps, batch_size=settings.local.batch_size,
             max_length=settings.model.max_length, seed=upload_seed(settings.seed, server_round, self.name),
         )
+        formed = attachment.formed()
         attachment.merge()
-        delta = extract_delta(model_params(model), before, attachment.touched)
+        dense_names = [name for name in attachment.touched if name not in formed]
+        delta = extract_delta(model_params(model), before, dense_names)
         upload = make_upload(
             delta, self.state.load_residual(), settings, base=sha,
             seed=upload_seed(settings.seed, server_round, self.name), limits=Limits.for_model(bundle.num_params()),
+            formed=formed, resolver=resolver,
         )
         self.state.save_residual(upload.residual)
         metrics = {

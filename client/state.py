@@ -6,6 +6,8 @@ and its weights are always written together (atomically) and checked on load.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,18 @@ class SiteState:
         tensors = {name: value.detach().contiguous() for name, value in params.items()}
         data = safetensors.torch.save(tensors, metadata={"version": str(version), "sha": sha})
         write_bytes_atomic(self.root / WEIGHTS_FILE, data)
+
+    def memo(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Tensors cached under ``key`` (e.g. a PaFi mask for one version 0), computed on first use."""
+        path = self.root / f"memo-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.safetensors"
+        if path.is_file():
+            try:
+                return safetensors.torch.load_file(str(path))
+            except Exception:  # an unreadable cache entry is recomputed
+                path.unlink(missing_ok=True)
+        tensors = compute()
+        write_bytes_atomic(path, safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}))
+        return tensors
 
     def load_residual(self) -> dict[str, torch.Tensor]:
         path = self.root / RESIDUAL_FILE

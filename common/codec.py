@@ -1,13 +1,14 @@
 """The wire format: a Delta as a safetensors container compressed with zstd.
 
 Layout of the container, before compression:
-- tensor ``<name>/values``: the entry's values in the declared value dtype;
+- tensor ``<name>/values``: the entry's values in the declared value dtype
+  (``<name>/a`` and ``<name>/b`` instead for low-rank factors);
 - tensor ``<name>/indices`` (explicit-index entries only): the gaps between
   successive flat indices, minus one, as LEB128 varints (uint8);
 - metadata (``dict[str, str]``): ``format``, ``base`` (sha256 of the weights
   the delta applies to), ``values`` (value dtype), ``entries`` (JSON: per name
-  its kind, shape and, for seeded masks, seed and keep), plus caller metadata
-  such as ``method`` and ``prune``.
+  its kind, shape and its kind's parameters: seed and keep, mask spec, rank),
+  plus caller metadata such as ``method`` and ``prune``.
 
 The zstd frame carries its content size and a checksum. :func:`decode` reads
 untrusted bytes: it bounds the decompressed size and the element count before
@@ -28,11 +29,19 @@ import safetensors.torch
 import torch
 import zstandard
 
-from common.delta import Delta, Dense, Entry, SeededMask, Sparse, seeded_mask
+from common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
 from common.quantization import VALUE_TYPES
 
 FORMAT = "fedelta-delta/1"
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
+TENSOR_PARTS = {
+    "dense": ("values",),
+    "sparse": ("values", "indices"),
+    "seeded": ("values",),
+    "base-mask": ("values",),
+    "low-rank": ("a", "b"),
+    "singular": ("values",),
+}
 MAX_VARINT_BYTES = 5
 MAX_HEADER_BYTES = 64 << 20
 
@@ -82,8 +91,12 @@ def encode(
     described: dict[str, dict[str, Any]] = {}
     for name in delta.names():
         entry = delta.entries[name]
-        tensors[f"{name}/values"] = entry.flat_values().detach().to(dtype).reshape(-1).contiguous()
         described[name] = _describe(entry)
+        if isinstance(entry, LowRank):
+            tensors[f"{name}/a"] = entry.a.detach().to(dtype).contiguous()
+            tensors[f"{name}/b"] = entry.b.detach().to(dtype).contiguous()
+            continue
+        tensors[f"{name}/values"] = entry.flat_values().detach().to(dtype).reshape(-1).contiguous()
         if isinstance(entry, Sparse):
             gaps = encode_index_gaps(entry.indices.numpy())
             tensors[f"{name}/indices"] = torch.from_numpy(gaps)
@@ -106,9 +119,9 @@ def decode(data: bytes, limits: Limits) -> Decoded:
     if value_name not in VALUE_TYPES or not isinstance(meta.get("base"), str):
         raise CodecError(f"bad metadata: values={value_name!r}, base={meta.get('base')!r}")
     described = _parse_entries(meta.get("entries", ""), limits)
-    expected = {f"{n}/values" for n in described} | {
-        f"{n}/indices" for n, d in described.items() if d["kind"] == "sparse"
-    }
+    expected = set()
+    for n, d in described.items():
+        expected |= {f"{n}/{part}" for part in TENSOR_PARTS[d["kind"]]}
     if set(header) - {"__metadata__"} != expected:
         raise CodecError("tensors in the container do not match the declared entries")
     try:
@@ -127,6 +140,12 @@ def _describe(entry: Entry) -> dict[str, Any]:
         return {"kind": "sparse", "shape": list(entry.shape), "count": entry.count}
     if isinstance(entry, SeededMask):
         return {"kind": "seeded", "shape": list(entry.shape), "seed": entry.seed, "keep": entry.keep}
+    if isinstance(entry, BaseMask):
+        return {"kind": "base-mask", "shape": list(entry.shape), "spec": entry.spec}
+    if isinstance(entry, LowRank):
+        return {"kind": "low-rank", "shape": list(entry.shape), "rank": entry.a.shape[0]}
+    if isinstance(entry, SingularOffsets):
+        return {"kind": "singular", "shape": list(entry.shape), "rank": entry.count}
     raise TypeError(f"cannot encode entry of type {type(entry).__name__}")
 
 
@@ -176,7 +195,7 @@ def _parse_entries(text: str, limits: Limits) -> dict[str, dict[str, Any]]:
         raise CodecError("entries metadata is not an object")
     total = 0
     for name, d in described.items():
-        if not isinstance(d, dict) or d.get("kind") not in ("dense", "sparse", "seeded"):
+        if not isinstance(d, dict) or d.get("kind") not in TENSOR_PARTS:
             raise CodecError(f"entry {name!r}: unknown kind")
         shape = d.get("shape")
         if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
@@ -194,14 +213,34 @@ def _parse_entries(text: str, limits: Limits) -> dict[str, dict[str, Any]]:
                 raise CodecError(f"entry {name!r}: bad keep {keep!r}")
         if d["kind"] == "sparse" and (type(d.get("count")) is not int or not 0 <= d["count"] <= prod(shape)):
             raise CodecError(f"entry {name!r}: bad count {d.get('count')!r}")
+        if d["kind"] in ("low-rank", "singular"):
+            rank = d.get("rank")
+            if len(shape) != 2 or type(rank) is not int or not 0 < rank <= min(shape):
+                raise CodecError(f"entry {name!r}: bad rank {rank!r} for shape {shape}")
+        if d["kind"] == "base-mask" and not isinstance(d.get("spec"), str):
+            raise CodecError(f"entry {name!r}: bad mask spec")
     return described
 
 
 def _build(name: str, d: dict[str, Any], tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> Entry:
-    values = tensors[f"{name}/values"]
     shape = tuple(d["shape"])
+    if d["kind"] == "low-rank":
+        a, b = tensors[f"{name}/a"], tensors[f"{name}/b"]
+        rank = d["rank"]
+        if a.dtype != dtype or b.dtype != dtype or tuple(a.shape) != (rank, shape[1]) or tuple(b.shape) != (shape[0], rank):
+            raise CodecError(f"entry {name!r}: factors do not match rank {rank} and shape {shape}")
+        return LowRank(a, b)
+    values = tensors[f"{name}/values"]
     if values.dtype != dtype or values.dim() != 1:
         raise CodecError(f"entry {name!r}: values must be a 1-D {dtype} tensor")
+    if d["kind"] == "base-mask":
+        if values.numel() > prod(shape):
+            raise CodecError(f"entry {name!r}: more values than positions")
+        return BaseMask(shape, d["spec"], values)
+    if d["kind"] == "singular":
+        if values.numel() != d["rank"]:
+            raise CodecError(f"entry {name!r}: {values.numel()} offsets for rank {d['rank']}")
+        return SingularOffsets(shape, values)
     if d["kind"] == "dense":
         if values.numel() != prod(shape):
             raise CodecError(f"entry {name!r}: {values.numel()} values for shape {shape}")

@@ -9,6 +9,7 @@ project reads ``context.run_config``.
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,7 @@ from typing import Any
 PARTITIONERS = ("movie", "dirichlet", "iid")
 DATASETS = ("rotten-tomatoes", "bbc-news")
 RESCALING_PRUNERS = ("dare",)
+OPTIMIZERS = ("adamw", "adamr", "sgd")
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -89,16 +91,29 @@ class LocalSettings:
 @dataclass(frozen=True)
 class MethodSettings:
     name: str = "full"
+    density: float = 0.005
+    rank: int = 0
+    targets: str = ""
+
+    def __post_init__(self) -> None:
+        _require(0 < self.density <= 1, "method.density", "must be in (0, 1]")
+        _require(self.rank >= 0, "method.rank", "must be >= 0 (0 = the method's own default)")
+
+    def target_patterns(self) -> list[str]:
+        """``method.targets`` as a list of glob patterns over parameter names."""
+        return [p.strip() for p in self.targets.split(",") if p.strip()]
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
     name: str = "adamw"
     weight_decay: float = 0.0
+    lambda_: float = 0.1
 
     def __post_init__(self) -> None:
-        _require(self.name in ("adamw", "sgd"), "optimizer.name", f"unknown optimizer {self.name!r}")
+        _require(self.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}, got {self.name!r}")
         _require(self.weight_decay >= 0, "optimizer.weight-decay", "must be >= 0")
+        _require(self.lambda_ >= 0, "optimizer.lambda", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -190,7 +205,7 @@ class Settings:
         top: dict[str, Any] = {}
         for key, value in run_config.items():
             section, _, name = key.rpartition(".")
-            attr = name.replace("-", "_")
+            attr = _attribute(name)
             if not section:
                 top[attr] = _checked_value(cls, attr, key, value)
                 continue
@@ -206,7 +221,7 @@ class Settings:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 for sub in fields(value):
-                    flat[f"{f.name}.{sub.name.replace('_', '-')}"] = getattr(value, sub.name)
+                    flat[f"{f.name}.{_key(sub.name)}"] = getattr(value, sub.name)
             else:
                 flat[f.name.replace("_", "-")] = value
         return flat
@@ -214,6 +229,16 @@ class Settings:
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         """A copy with some dotted keys replaced."""
         return Settings.from_run_config({**self.to_run_config(), **overrides})
+
+
+def _attribute(name: str) -> str:
+    """Dataclass attribute for a kebab-case key; Python keywords get a trailing underscore."""
+    attr = name.replace("-", "_")
+    return f"{attr}_" if keyword.iskeyword(attr) else attr
+
+
+def _key(attr: str) -> str:
+    return attr.rstrip("_").replace("_", "-")
 
 
 def _section_type(section: str, key: str) -> type:
@@ -227,7 +252,7 @@ def _section_type(section: str, key: str) -> type:
 def _checked_value(owner: type, attr: str, key: str, value: Any) -> Any:
     by_name = {f.name: f for f in fields(owner)}
     if attr not in by_name:
-        names = ", ".join(n.replace("_", "-") for n in by_name)
+        names = ", ".join(_key(n) for n in by_name)
         raise ValueError(f"unknown setting {key!r} (known here: {names})")
     default = by_name[attr].default
     expected = type(default)

@@ -1,134 +1,25 @@
-"""The Delta type: per-tensor update entries, and extract / apply / revert / state hash.
-
-A :class:`Delta` maps parameter names to entries. Every entry knows its target
-shape, how many values it carries, how to add itself (scaled) into a dense
-fp32 tensor, and how to expand to a dense tensor. Entry kinds:
-
-- :class:`Dense`: values for every position.
-- :class:`Sparse`: values at explicit, strictly increasing flat indices.
-- :class:`SeededMask`: values at the positions of a mask that every party
-  derives from ``(seed, name, keep)``, so no indices travel.
-"""
+"""The Delta type: entries by parameter name, and extract / apply / revert / state hash."""
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from math import prod
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-Shape = tuple[int, ...]
-
-_MASK64 = (1 << 64) - 1
-
-
-def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
-    """Bernoulli(keep) mask over ``numel`` positions, identical on every machine.
-
-    Each position ``i`` draws ``splitmix64(key + i * golden)`` from a key mixing
-    ``seed`` and ``name``; it is kept when the draw falls below ``keep * 2**64``.
-    Only integer arithmetic is involved, so the mask does not depend on the
-    platform or on the version of numpy or torch.
-    """
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
-    key = ((seed & _MASK64) * 0x9E3779B97F4A7C15 + (zlib.crc32(name.encode()) << 32)) & _MASK64
-    with np.errstate(over="ignore"):
-        x = np.arange(numel, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key)
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    if keep >= 1.0:
-        return torch.ones(numel, dtype=torch.bool)
-    threshold = np.uint64(min(int(keep * 2.0**64), _MASK64))
-    return torch.from_numpy(x < threshold)
-
-
-@dataclass(frozen=True)
-class Dense:
-    """Values for every position of the target tensor."""
-
-    values: torch.Tensor
-
-    @property
-    def shape(self) -> Shape:
-        return tuple(self.values.shape)
-
-    @property
-    def count(self) -> int:
-        return self.values.numel()
-
-    def positions(self) -> torch.Tensor | None:
-        return None
-
-    def flat_values(self) -> torch.Tensor:
-        return self.values.reshape(-1)
-
-    def to_dense(self) -> torch.Tensor:
-        return self.values.to(torch.float32).reshape(self.shape)
-
-
-@dataclass(frozen=True)
-class Sparse:
-    """Values at explicit flat indices (int64, strictly increasing)."""
-
-    shape: Shape
-    indices: torch.Tensor
-    values: torch.Tensor
-
-    @property
-    def count(self) -> int:
-        return self.values.numel()
-
-    def positions(self) -> torch.Tensor:
-        return self.indices
-
-    def flat_values(self) -> torch.Tensor:
-        return self.values
-
-    def to_dense(self) -> torch.Tensor:
-        out = torch.zeros(prod(self.shape), dtype=torch.float32)
-        out[self.indices] = self.values.to(torch.float32)
-        return out.reshape(self.shape)
-
-
-@dataclass(frozen=True)
-class SeededMask:
-    """Values at the positions of :func:`seeded_mask` ``(seed, name, keep)``."""
-
-    shape: Shape
-    name: str
-    seed: int
-    keep: float
-    values: torch.Tensor
-    _positions: torch.Tensor | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def count(self) -> int:
-        return self.values.numel()
-
-    def positions(self) -> torch.Tensor:
-        if self._positions is not None:
-            return self._positions
-        mask = seeded_mask(self.seed, self.name, prod(self.shape), self.keep)
-        return mask.nonzero().reshape(-1)
-
-    def flat_values(self) -> torch.Tensor:
-        return self.values
-
-    def to_dense(self) -> torch.Tensor:
-        out = torch.zeros(prod(self.shape), dtype=torch.float32)
-        out[self.positions()] = self.values.to(torch.float32)
-        return out.reshape(self.shape)
-
-
-Entry = Dense | Sparse | SeededMask
+from common.entries import (  # noqa: F401  (the entry kinds are part of this module's interface)
+    BaseMask,
+    Dense,
+    Entry,
+    LowRank,
+    SeededMask,
+    SingularOffsets,
+    Sparse,
+    UNRESOLVED_KINDS,
+    Unresolved,
+    seeded_mask,
+)
 
 
 def add_entry(target: torch.Tensor, entry: Entry, weight: float = 1.0) -> None:
@@ -176,6 +67,8 @@ def check_delta_fits(params: Mapping[str, torch.Tensor], delta: Delta) -> None:
     for name, entry in delta.entries.items():
         if name not in params:
             raise ValueError(f"delta names unknown parameter {name!r}")
+        if isinstance(entry, UNRESOLVED_KINDS):
+            raise Unresolved(f"delta entry {name!r} ({type(entry).__name__}) must be resolved against the base first")
         if tuple(params[name].shape) != entry.shape:
             raise ValueError(
                 f"delta entry {name!r} has shape {entry.shape}, parameter has {tuple(params[name].shape)}"

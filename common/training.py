@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from common.config import LocalSettings, OptimizerSettings
 from common.data import Corpus
 
 
@@ -45,25 +44,6 @@ def _batches(corpus: Corpus, batch_size: int, seed: int) -> Iterator[tuple[list[
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             yield [corpus.texts[i] for i in chosen], [corpus.labels[i] for i in chosen]
-
-
-def make_optimizer(
-    model: torch.nn.Module,
-    trainable: list[torch.nn.Parameter],
-    head: list[str],
-    local: LocalSettings,
-    opt: OptimizerSettings,
-) -> torch.optim.Optimizer:
-    """The configured optimizer over ``trainable``; the new task head gets ``local.head-lr``."""
-    head_ids = {id(param) for name, param in model.named_parameters() if name in set(head)}
-    groups = [
-        {"params": [p for p in trainable if id(p) not in head_ids], "lr": local.lr},
-        {"params": [p for p in trainable if id(p) in head_ids], "lr": local.head_lr},
-    ]
-    groups = [group for group in groups if group["params"]]
-    if opt.name == "sgd":
-        return torch.optim.SGD(groups, lr=local.lr, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(groups, lr=local.lr, weight_decay=opt.weight_decay)
 
 
 def train(

@@ -10,13 +10,14 @@ import torch
 
 from common.codec import Limits, decode, encode
 from common.config import Settings
-from common.delta import Delta
+from common.delta import Delta, Entry
+from common.methods.registry import Resolver
 from common.pruning import PruneRequest, prune_delta
 
 
 @dataclass(frozen=True)
 class Upload:
-    """The bytes a site sends, what they decode to, and the residual it keeps."""
+    """The bytes a site sends, what they decode to (before resolution), and the residual it keeps."""
 
     payload: bytes
     sent: Delta
@@ -37,25 +38,31 @@ def make_upload(
     base: str,
     seed: int,
     limits: Limits,
+    formed: Mapping[str, Entry] | None = None,
+    resolver: Resolver | None = None,
 ) -> Upload:
-    """Prune and encode ``delta + residual``; the new residual is what the bytes do not carry.
+    """Prune and encode ``delta + residual``, plus the method's ``formed`` entries as they are.
 
-    The residual is computed against the decoded bytes, so ``delta + residual_old ==
-    sent + residual_new`` holds for exactly what the server will apply.
+    ``sent`` is the decoded upload (mask and singular entries unresolved). The
+    residual is computed against the decoded bytes, resolved, so
+    ``delta + residual_old == sent + residual_new`` holds for exactly what the
+    server will apply.
     """
     with torch.no_grad():
         target = {name: value + residual[name] if name in residual else value for name, value in delta.items()}
     pruned = prune_delta(
         target, settings.prune.name, PruneRequest(keep=settings.prune.keep, seed=seed), settings.prune.min_size
     )
+    entries = {**pruned.entries, **(formed or {})}
     meta = {"method": settings.method.name, "prune": f"{settings.prune.name}:{settings.prune.keep:g}"}
-    payload = encode(pruned, base=base, values=settings.quant.values, meta=meta)
+    payload = encode(Delta(entries), base=base, values=settings.quant.values, meta=meta)
     sent = decode(payload, limits).delta
     new_residual: dict[str, torch.Tensor] = {}
     if settings.feedback.enabled:
+        resolved = (resolver or Resolver()).resolve(sent)
         with torch.no_grad():
             for name, value in target.items():
-                new_residual[name] = value - sent.entries[name].to_dense()
+                new_residual[name] = value - resolved.entries[name].to_dense()
     return Upload(payload=payload, sent=sent, residual=new_residual)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from common import report
@@ -46,6 +46,7 @@ def main(grid: Grid, context: Context) -> None:
             grid=grid,
             initial_arrays=ArrayRecord(),
             num_rounds=settings.rounds,
+            train_config=ConfigRecord({"genesis-sha": coordinator.genesis_sha}),
             evaluate_fn=finish,
         )
         summary = report.write_summary(out_dir, settings.to_run_config())

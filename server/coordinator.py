@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from common import report
-from common.codec import CodecError, Limits, decode
+from common.codec import CodecError, Decoded, Limits, decode
 from common.config import Settings
 from common.data import hold_out, load_corpus
 from common.delta import apply_delta, model_params, state_hash
-from common.methods import METHODS
+from common.methods import METHODS, MethodContext
 from common.model import load_model
 from common.training import evaluate
 from common.versions import FROM_SNAPSHOT, MERGED, SNAPSHOT, Downlink, apply_downlink, encode_merged, encode_snapshot
@@ -52,10 +55,15 @@ class Coordinator:
         self.params = model_params(self.bundle.model)
         self.num_params = self.bundle.num_params()
         self.limits = Limits.for_model(self.num_params)
-        self.allowed = METHODS.get(settings.method.name)(self.bundle.model, self.bundle.head).touched
         self.needs_snapshot: set[str] = set()
         self._snapshots: dict[int, bytes] = {}
         self.head = self._restore_or_create_genesis()
+        self.genesis_sha = self.store.genesis().sha
+        self.method = METHODS.get(settings.method.name)
+        self._memo: dict[str, dict[str, torch.Tensor]] = {}
+        self.context = MethodContext(settings.method, self.bundle.head, self.genesis_sha, self._genesis_params, self._remember)
+        self.allowed = self.method.touched(self.bundle.model, self.context)
+        self.resolver = self.method.resolver(self.context, self.params)
         self.tally = RoundTally()
         self.aggregator: Aggregator = AGGREGATORS.get(settings.aggregate.name)()
 
@@ -72,6 +80,15 @@ class Coordinator:
         apply_downlink(self.params, replay, self.limits)
         log.info("resumed at version %d (%s)", head.id, head.sha[:12])
         return head
+
+    def _genesis_params(self) -> dict[str, torch.Tensor]:
+        snapshot = decode(self.store.read_blob(self.store.genesis()), self.limits).delta
+        return snapshot.to_dense()
+
+    def _remember(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def downlink_for(self, node: str) -> Downlink:
         """The shortest way from what ``node`` last acknowledged to the head."""
@@ -112,6 +129,7 @@ class Coordinator:
         self.tally.sites += 1
         try:
             decoded = decode(payload, self.limits)
+            decoded = Decoded(self.resolver.resolve(decoded.delta), decoded.meta)
             validate_update(decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed)
             self.aggregator.add(decoded.delta, metrics["num-examples"])
         except (CodecError, Rejected, ValueError) as error:
@@ -133,6 +151,7 @@ class Coordinator:
         apply_delta(self.params, decode(blob, self.limits).delta)
         sha = state_hash(self.params)
         self.head = self.store.commit_version(parent=self.head.id, round=server_round, sha=sha, kind=MERGED, blob=blob)
+        self.resolver = self.method.resolver(self.context, self.params)
         return self.head
 
     def finish_round(self, server_round: int) -> dict[str, Any]:

@@ -1,14 +1,15 @@
 import pytest
 
 from common.delta import model_params
-from common.methods import METHODS
+from common.config import MethodSettings
+from common.methods import METHODS, MethodContext
 from common.model import load_model
 
 
 @pytest.mark.parametrize("kind", ["tiny-bert", "tiny-llama"])
 def test_full_touches_every_parameter(kind):
     bundle = load_model(kind, num_labels=2, seed=0)
-    attachment = METHODS.get("full")(bundle.model, bundle.head)
+    attachment = METHODS.get("full").attach(bundle.model, MethodContext(MethodSettings(), bundle.head))
     assert attachment.touched == sorted(model_params(bundle.model))
     assert len(attachment.trainable) == len(attachment.touched)
 
@@ -16,7 +17,7 @@ def test_full_touches_every_parameter(kind):
 @pytest.mark.parametrize("kind", ["tiny-bert", "tiny-llama"])
 def test_lnbias_touches_norms_biases_and_head_only(kind):
     bundle = load_model(kind, num_labels=2, seed=0)
-    attachment = METHODS.get("lnbias")(bundle.model, bundle.head)
+    attachment = METHODS.get("lnbias").attach(bundle.model, MethodContext(MethodSettings(), bundle.head))
     touched = set(attachment.touched)
     assert set(bundle.head) <= touched
     for name in touched - set(bundle.head):

@@ -1,10 +1,10 @@
 """Fine-tuning methods: what a site trains, and which base tensors its delta may touch.
 
-A method is a function ``(model, head) -> Attachment`` registered in
-:data:`METHODS` with its reference; importing this package registers them all.
+Each method is a :class:`FineTuningMethod` registered in :data:`METHODS` with its
+reference; importing this package registers them all.
 """
 
-from common.methods.registry import METHODS, Attachment
-from common.methods import full, lnbias  # noqa: F401  (registration)
+from common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, Resolver
+from common.methods import full, hiwi, lnbias, lora, pafi, svfit  # noqa: F401  (registration)
 
-__all__ = ["METHODS", "Attachment"]
+__all__ = ["METHODS", "Attachment", "FineTuningMethod", "MethodContext", "Resolver"]

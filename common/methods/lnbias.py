@@ -1,16 +1,13 @@
 """Layer-internal update: normalization weights and every bias (BitFit-like), plus the task head."""
 
-from collections.abc import Collection
-
 import torch
 
-from common.methods.registry import METHODS, Attachment, train_only
+from common.methods.registry import METHODS, FineTuningMethod, MethodContext
 
 
 def is_norm(module: torch.nn.Module) -> bool:
     """LayerNorm, RMSNorm and their architecture-specific variants (by class name)."""
-    kind = type(module).__name__.lower()
-    return isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm) or "norm" in kind
+    return isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm) or "norm" in type(module).__name__.lower()
 
 
 def norm_and_bias_names(model: torch.nn.Module) -> list[str]:
@@ -23,10 +20,13 @@ def norm_and_bias_names(model: torch.nn.Module) -> list[str]:
     return names
 
 
-@METHODS.register(
+class LnBias(FineTuningMethod):
+    def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
+        return sorted(set(norm_and_bias_names(model)) | set(context.head))
+
+
+METHODS.register(
     "lnbias",
     summary="train normalization weights and all biases (+ the new task head)",
     reference="Zaken et al. 2022, BitFit; Zimmer et al. 2023, PERP",
-)
-def lnbias(model: torch.nn.Module, head: Collection[str]) -> Attachment:
-    return train_only(model, sorted(set(norm_and_bias_names(model)) | set(head)))
+)(LnBias())

@@ -1,0 +1,74 @@
+"""HiWi: an adapter on pretrained parameters, P' = P + f(P A) B, merged into P after training.
+
+The rows of P are the adapter's inputs. Only P' - P travels, so the upload does
+not grow with the adapter width. Built on ``torch.nn.utils.parametrize``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn.utils import parametrize
+
+from common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, matching, parameters_of
+
+DEFAULT_TARGETS = ["*intermediate.dense.bias"]
+DEFAULT_WIDTH = 8
+
+
+class HiWiAdapter(torch.nn.Module):
+    """``P -> P + gelu(P A) B`` over the rows of P; B starts at zero, so P' = P at first."""
+
+    def __init__(self, shape: torch.Size, width: int, generator: torch.Generator) -> None:
+        super().__init__()
+        features = shape[-1]
+        self.a = torch.nn.Parameter(torch.randn(features, width, generator=generator) / math.sqrt(features))
+        self.b = torch.nn.Parameter(torch.zeros(width, features))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        rows = weight.reshape(-1, weight.shape[-1])
+        return weight + (torch.nn.functional.gelu(rows @ self.a) @ self.b).reshape(weight.shape)
+
+
+class HiWi(FineTuningMethod):
+    def targets(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
+        patterns = context.settings.target_patterns() or DEFAULT_TARGETS
+        return matching([n for n in parameters_of(model) if n not in set(context.head)], patterns, "hiwi")
+
+    def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
+        return sorted(set(self.targets(model, context)) | set(context.head))
+
+    def attach(self, model: torch.nn.Module, context: MethodContext) -> Attachment:
+        targets = self.targets(model, context)
+        touched = self.touched(model, context)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        generator = torch.Generator().manual_seed(len(targets))
+        width = context.settings.rank or DEFAULT_WIDTH
+        trainable: list[torch.nn.Parameter] = []
+        owners = []
+        for name in targets:
+            module_name, _, tensor_name = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            adapter = HiWiAdapter(getattr(module, tensor_name).shape, width, generator)
+            parametrize.register_parametrization(module, tensor_name, adapter)
+            trainable.extend(adapter.parameters())
+            owners.append((module, tensor_name))
+        head = {name: param for name, param in model.named_parameters() if name in set(context.head)}
+        for param in head.values():
+            param.requires_grad_(True)
+        trainable.extend(head.values())
+
+        def merge() -> None:
+            for module, tensor_name in owners:
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+
+        return Attachment(trainable=trainable, touched=touched, merge=merge)
+
+
+METHODS.register(
+    "hiwi",
+    summary="adapter applied to pretrained parameters (default: FFN intermediate biases), merged; sends P'-P",
+    reference="Liao, Meng, Monz 2023, Parameter-Efficient Fine-Tuning without Introducing New Latency (HiWi)",
+)(HiWi())

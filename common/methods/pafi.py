@@ -1,0 +1,78 @@
+"""PaFi: train one task-agnostic sparse mask, the smallest-magnitude weights of version 0.
+
+Every party derives the same mask from version 0, so uploads carry the values
+on the mask and no indices. Gradients outside the mask are zeroed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.delta import BaseMask, Entry
+from common.methods.registry import (
+    METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, matching, parameters_of, weight_matrices,
+)
+
+
+def smallest_positions(weight: torch.Tensor, density: float) -> torch.Tensor:
+    """Flat indices (ascending) of the ``round(density * numel)`` smallest |weight|, ties by index."""
+    flat = weight.detach().reshape(-1).abs()
+    k = max(1, round(density * flat.numel()))
+    order = torch.sort(flat, stable=True).indices
+    return order[:k].sort().values
+
+
+class PaFi(FineTuningMethod):
+    def spec(self, context: MethodContext) -> str:
+        return f"pafi:{context.settings.density:g}"
+
+    def matrices(self, params: Params, context: MethodContext) -> list[str]:
+        names = weight_matrices(params, context.head)
+        patterns = context.settings.target_patterns()
+        return matching(names, patterns, "pafi") if patterns else names
+
+    def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
+        return sorted(set(self.matrices(parameters_of(model), context)) | set(context.head))
+
+    def masks(self, params: Params, context: MethodContext) -> dict[str, torch.Tensor]:
+        """The mask of every trained matrix, computed once per version 0 and density."""
+        names = self.matrices(params, context)
+
+        def compute() -> dict[str, torch.Tensor]:
+            genesis = context.genesis_params()
+            return {name: smallest_positions(genesis[name], context.settings.density) for name in names}
+
+        return context.memo(f"{self.spec(context)}-{context.genesis_sha}", compute)
+
+    def attach(self, model: torch.nn.Module, context: MethodContext) -> Attachment:
+        params = dict(model.named_parameters())
+        masks = self.masks(params, context)
+        trainable = []
+        for name, param in params.items():
+            param.requires_grad_(name in masks or name in context.head)
+            if param.requires_grad:
+                trainable.append(param)
+        start = {name: params[name].detach().reshape(-1)[positions].clone() for name, positions in masks.items()}
+        for name, positions in masks.items():
+            keep = torch.zeros(params[name].numel(), dtype=torch.bool)
+            keep[positions] = True
+            params[name].register_hook(lambda grad, keep=keep.reshape(params[name].shape): grad * keep)
+        spec = self.spec(context)
+
+        def formed() -> dict[str, Entry]:
+            return {
+                name: BaseMask(tuple(params[name].shape), spec, params[name].detach().reshape(-1)[positions] - start[name])
+                for name, positions in masks.items()
+            }
+
+        return Attachment(trainable=trainable, touched=self.touched(model, context), formed=formed)
+
+    def resolver(self, context: MethodContext, base: Params) -> Resolver:
+        return Resolver(masks={self.spec(context): self.masks(base, context)})
+
+
+METHODS.register(
+    "pafi",
+    summary="train a fixed sparse mask: the smallest |weights| of version 0; no indices sent",
+    reference="Liao, Meng, Monz 2023, Parameter-Efficient Fine-Tuning without Introducing New Latency (PaFi)",
+)(PaFi())

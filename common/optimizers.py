@@ -1,0 +1,63 @@
+"""Optimizers a site may train with (``optimizer.name``), built over parameter groups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from common.config import LocalSettings, OptimizerSettings
+
+
+class AdamR(torch.optim.Adam):
+    """Adam with decoupled decay toward the starting weights instead of toward zero.
+
+    theta <- theta - lr * m_hat / (sqrt(v_hat) + eps) - lr * lambda * (theta - theta_0),
+    where theta_0 are the weights when the optimizer was built (the round's base).
+    It keeps the delta small in mean and variance, so it survives heavy pruning
+    (DAREx-L2, "DARE the Extreme", Deng et al. 2024).
+    """
+
+    def __init__(self, groups: list[dict], lr: float, decay: float) -> None:
+        super().__init__(groups, lr=lr, weight_decay=0.0)
+        self.decay = decay
+        self.anchors = {param: param.detach().clone() for group in self.param_groups for param in group["params"]}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        pulls = [
+            (param, group["lr"] * self.decay, param - self.anchors[param])
+            for group in self.param_groups
+            for param in group["params"]
+            if param.grad is not None
+        ]
+        loss = super().step(closure)
+        for param, rate, offset in pulls:
+            param.sub_(offset, alpha=rate)
+        return loss
+
+
+def make_optimizer(
+    model: torch.nn.Module,
+    trainable: list[torch.nn.Parameter],
+    head: list[str],
+    local: LocalSettings,
+    opt: OptimizerSettings,
+) -> torch.optim.Optimizer:
+    """The configured optimizer over ``trainable``; the new task head gets ``local.head-lr``.
+
+    Head parameters are found by their module (``classifier.*``), so wrapped copies
+    of the head (peft's ``modules_to_save``) count too.
+    """
+    prefixes = tuple(f"{name.rsplit('.', 1)[0]}." for name in head)
+    head_ids = {id(param) for name, param in model.named_parameters() if name.startswith(prefixes)}
+    groups = [
+        {"params": [p for p in trainable if id(p) not in head_ids], "lr": local.lr},
+        {"params": [p for p in trainable if id(p) in head_ids], "lr": local.head_lr},
+    ]
+    groups = [group for group in groups if group["params"]]
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=local.lr, weight_decay=opt.weight_decay)
+    if opt.name == "adamr":
+        return AdamR(groups, lr=local.lr, decay=opt.lambda_)
+    return torch.optim.AdamW(groups, lr=local.lr, weight_decay=opt.weight_decay)

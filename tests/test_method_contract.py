@@ -1,0 +1,168 @@
+"""The contract every fine-tuning method meets, on tiny BERT and tiny Llama models.
+
+One row per method: after merging, the model is the base architecture; its
+outputs equal base weights plus the decoded delta; the delta touches only what
+the method allows; uploads round-trip; two sites' deltas aggregate exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.codec import Limits, decode
+from common.config import Settings
+from common.delta import Delta, Dense, LowRank, Sparse, apply_delta, extract_delta, model_params
+from common.methods import METHODS, MethodContext
+from common.methods.pafi import smallest_positions
+from common.model import load_model
+from common.optimizers import make_optimizer
+from common.upload import make_upload
+from server.aggregation import WeightedMean
+
+ROWS = {
+    "full": {},
+    "lnbias": {},
+    "pafi": {"method.density": 0.05},
+    # tiny models start with zero biases, where P' = P + f(P A) B has no gradient: add weights
+    "hiwi": {"method.targets": "*intermediate.dense.bias,*intermediate.dense.weight,*mlp.up_proj.weight",
+             "method.rank": 4},
+    "svfit": {"method.rank": 4},
+    "lora": {"method.rank": 4},
+}
+ARCHITECTURES = ["tiny-bert", "tiny-llama"]
+LIMITS = Limits(max_bytes=64 << 20, max_elements=10_000_000)
+
+
+def _inputs(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 2000, (8, 12), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.randint(0, 2, (8,), generator=gen)
+
+
+def local_round(method_name: str, kind: str, seed: int):
+    """Train a few steps with the method and return everything a contract check needs."""
+    settings = Settings().with_overrides(
+        {"model.path": kind, "method.name": method_name, "prune.name": "none", "quant.values": "fp32",
+         "local.lr": 1e-2, "local.head-lr": 1e-2, **ROWS[method_name]}
+    )
+    bundle = load_model(kind, num_labels=2, seed=0)
+    base = {name: value.clone() for name, value in model_params(bundle.model).items()}
+    context = MethodContext(settings.method, bundle.head, "genesis", lambda: base)
+    method = METHODS.get(method_name)
+    attachment = method.attach(bundle.model, context)
+    optimizer = make_optimizer(bundle.model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
+    bundle.model.train()
+    for step in range(3):
+        inputs, labels = _inputs(seed * 10 + step)
+        loss = bundle.model(**inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    bundle.model.eval()
+    formed = attachment.formed()
+    attachment.merge()
+    dense = extract_delta(model_params(bundle.model), base, [n for n in attachment.touched if n not in formed])
+    upload = make_upload(dense, {}, settings, base="b" * 64, seed=seed, limits=LIMITS, formed=formed)
+    resolved = method.resolver(context, base).resolve(upload.sent)
+    return bundle, base, context, method, attachment, formed, upload, resolved
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+@pytest.mark.parametrize("method_name", list(ROWS))
+def test_method_contract(method_name, kind):
+    bundle, base, context, method, attachment, formed, upload, resolved = local_round(method_name, kind, seed=1)
+    fresh = load_model(kind, num_labels=2, seed=0).model
+
+    # After merging, the architecture is exactly the base's.
+    assert [type(m) for _, m in bundle.model.named_modules()] == [type(m) for _, m in fresh.named_modules()]
+    shapes = {name: tuple(p.shape) for name, p in bundle.model.named_parameters()}
+    assert shapes == {name: tuple(p.shape) for name, p in fresh.named_parameters()}
+
+    # Base weights plus the decoded delta give the trained model's outputs.
+    allowed = set(method.touched(fresh, context))
+    assert set(resolved.names()) <= allowed and set(attachment.touched) == allowed
+    apply_delta(model_params(fresh), resolved)
+    inputs, _ = _inputs(99)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).logits, bundle.model(**inputs).logits, rtol=1e-4, atol=1e-5)
+
+    # Outside the touched tensors nothing moved, bit for bit.
+    for name, value in model_params(bundle.model).items():
+        if name not in allowed:
+            assert torch.equal(value, base[name]), name
+    body = [name for name in resolved.names() if name not in bundle.head]
+    assert body and any(resolved.entries[name].to_dense().abs().sum() > 0 for name in body)
+
+    # Uploads round-trip exactly (fp32 values).
+    decoded = decode(upload.payload, LIMITS).delta
+    for name, entry in formed.items():
+        got = decoded.entries[name]
+        if isinstance(entry, LowRank):
+            assert torch.equal(got.a, entry.a) and torch.equal(got.b, entry.b)
+        else:
+            assert torch.equal(got.flat_values(), entry.flat_values())
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_pafi_touches_only_the_mask_of_version_zero(kind):
+    bundle, base, context, method, attachment, formed, upload, resolved = local_round("pafi", kind, seed=2)
+    trained = model_params(bundle.model)
+    matrices = [name for name in formed]
+    assert matrices and all("embed" not in name and name not in bundle.head for name in matrices)
+    for name in matrices:
+        mask = smallest_positions(base[name], 0.05)
+        entry = resolved.entries[name]
+        assert isinstance(entry, Sparse) and torch.equal(entry.indices, mask)
+        moved = (trained[name] != base[name]).reshape(-1).nonzero().reshape(-1)
+        assert set(moved.tolist()) <= set(mask.tolist())
+    payload_tensors = decode(upload.payload, LIMITS).delta
+    assert all(not isinstance(payload_tensors.entries[n], Sparse) for n in matrices)
+
+
+@pytest.mark.parametrize("method_name", list(ROWS))
+def test_two_sites_aggregate_to_the_dense_reference(method_name):
+    first = local_round(method_name, "tiny-bert", seed=3)[-1]
+    second = local_round(method_name, "tiny-bert", seed=4)[-1]
+    merged = WeightedMean()
+    merged.add(first, 3.0)
+    merged.add(second, 1.0)
+    result = merged.result()
+    for name in set(first.names()) | set(second.names()):
+        dense = [d.entries[name].to_dense() for d in (first, second) if name in d.entries]
+        reference = (3.0 * dense[0] + 1.0 * dense[1]) / 4.0 if len(dense) == 2 else None
+        if reference is not None:
+            torch.testing.assert_close(result.entries[name].to_dense(), reference, rtol=1e-5, atol=1e-7)
+
+
+def test_lora_server_forms_the_sum_of_products_not_the_product_of_means():
+    sites = [local_round("lora", "tiny-bert", seed=s)[5] for s in (5, 6)]
+    name = next(n for n, e in sites[0].items() if isinstance(e, LowRank))
+    merged = WeightedMean()
+    for formed in sites:
+        merged.add(Delta({name: formed[name]}), 1.0)
+    exact = (sites[0][name].to_dense() + sites[1][name].to_dense()) / 2
+    naive = ((sites[0][name].b + sites[1][name].b) / 2) @ ((sites[0][name].a + sites[1][name].a) / 2)
+    got = merged.result().entries[name].to_dense()
+    torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(got, naive, rtol=1e-3, atol=1e-6)
+
+
+def test_every_method_is_registered_with_a_reference():
+    assert set(ROWS) <= set(METHODS.names())
+    for entry in METHODS:
+        assert entry.summary and entry.reference
+
+
+def test_unknown_targets_are_a_clear_error():
+    settings = Settings().with_overrides({"method.name": "hiwi", "method.targets": "*nothing*"})
+    bundle = load_model("tiny-bert", num_labels=2, seed=0)
+    with pytest.raises(ValueError, match="method.targets"):
+        METHODS.get("hiwi").attach(bundle.model, MethodContext(settings.method, bundle.head))
+
+
+def test_dense_entries_of_lnbias_are_tiny():
+    *_, resolved = local_round("lnbias", "tiny-bert", seed=7)
+    total = sum(p.numel() for p in load_model("tiny-bert", 2, 0).model.parameters())
+    assert all(isinstance(e, Dense) for e in resolved.entries.values())
+    assert resolved.count() < 0.01 * total
