@@ -152,14 +152,58 @@ class FeedbackSettings:
 @dataclass(frozen=True)
 class AggregateSettings:
     name: str = "fedavg"
+    density: float = 0.2
+
+    def __post_init__(self) -> None:
+        _require(0 < self.density <= 1, "aggregate.density", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
 class DownlinkSettings:
     max_chain: int = 8
+    prune: str = "none"
+    density: float = 0.1
+    values: str = "fp32"
 
     def __post_init__(self) -> None:
+        from common.quantization import VALUE_TYPES
+
         _require(self.max_chain >= 1, "downlink.max-chain", "must be >= 1")
+        _require(0 < self.density <= 1, "downlink.density", "must be in (0, 1]")
+        _require(self.values in VALUE_TYPES, "downlink.values", f"must be one of {VALUE_TYPES.names()}")
+        _require(
+            self.prune not in RESCALING_PRUNERS,
+            "downlink.prune",
+            f"cannot be {self.prune!r}: the server keeps an error-feedback residual, which a rescaling pruner "
+            "would make grow; use magnitude or none",
+        )
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the merged delta is pruned or quantized before it is sent."""
+        return self.prune != "none" or self.values != "fp32"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    snapshot_every: int = 10
+
+    def __post_init__(self) -> None:
+        _require(self.snapshot_every >= 0, "store.snapshot-every", "must be >= 0 (0 = only version 0)")
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    max_norm_ratio: float = 10.0
+    max_decoded_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.max_norm_ratio == 0 or self.max_norm_ratio >= 1,
+            "validate.max-norm-ratio",
+            "must be 0 (off) or >= 1",
+        )
+        _require(self.max_decoded_bytes >= 0, "validate.max-decoded-bytes", "must be >= 0 (0 = from the model size)")
 
 
 @dataclass(frozen=True)
@@ -186,6 +230,8 @@ class Settings:
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     downlink: DownlinkSettings = field(default_factory=DownlinkSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    validate: ValidateSettings = field(default_factory=ValidateSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
     def __post_init__(self) -> None:

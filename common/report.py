@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.atomic import write_bytes_atomic
+
 ROUND_FIELDS = (
     "round", "version", "version_sha256", "accuracy", "loss", "sites", "upload_bytes",
     "dense_update_bytes", "downlink_bytes", "rejected", "seconds",
@@ -43,6 +45,13 @@ def append_row(out_dir: Path, row: Mapping[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(dict(row)) + "\n")
+
+
+def rewrite_rows(out_dir: Path, rows: list[Mapping[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` with ``rows`` at once (a resumed server starts from its store's records)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(dict(row)) + "\n" for row in rows)
+    write_bytes_atomic(out_dir / "metrics.jsonl", text.encode("utf-8"))
 
 
 def read_rows(out_dir: Path) -> list[dict[str, Any]]:

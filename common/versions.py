@@ -82,9 +82,9 @@ def encode_snapshot(params: Mapping[str, torch.Tensor]) -> bytes:
     return encode(delta, base="", values="fp32", meta={"kind": SNAPSHOT})
 
 
-def encode_merged(delta: Delta, base: str) -> bytes:
-    """A merged update for weights with hash ``base``, values kept exactly (fp32)."""
-    return encode(delta, base=base, values="fp32", meta={"kind": MERGED})
+def encode_merged(delta: Delta, base: str, values: str = "fp32") -> bytes:
+    """A merged update for weights with hash ``base``, values as ``values`` (fp32 keeps them exactly)."""
+    return encode(delta, base=base, values=values, meta={"kind": MERGED})
 
 
 def load_snapshot(params: Mapping[str, torch.Tensor], snapshot: Delta) -> None:

@@ -1,63 +1,125 @@
 """Streaming aggregation of decoded deltas into one accumulator, and the aggregator registry.
 
 An aggregator receives decoded deltas one at a time with their weights and
-holds only one fp32 tensor per parameter that some delta touched; the merged
-delta is produced once at the end. A position a site did not send counts as
-zero for that site (unbiased under DARE's rescale).
+holds only fp32 tensors for parameters that some delta touched; the merged
+delta is produced once at the end, in place, one tensor at a time. A position
+a site did not send counts as zero for that site (unbiased under DARE's
+rescale). ``fedavg`` is here; TIES and DARE merging are in
+:mod:`server.merging`, which registers them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
 
-from common.delta import Delta, add_entry, compact
+from common.config import AggregateSettings
+from common.delta import Delta, Dense, Entry, Sparse, add_entry
 from common.registry import Registry
+
+SPARSE_BYTES_PER_VALUE = 12  # an int64 index and an fp32 value
+DENSE_BYTES_PER_VALUE = 4
 
 
 class Aggregator(Protocol):
-    def add(self, delta: Delta, weight: float) -> None: ...
+    def add(self, delta: Delta, weight: float, key: str = "") -> None:
+        """Fold in one site's delta; ``key`` (round and site) seeds any randomness."""
 
-    def result(self) -> Delta: ...
+    def result(self) -> Delta:
+        """The merged delta; the aggregator is spent afterwards."""
 
     @property
     def count(self) -> int: ...
 
 
-class WeightedMean:
-    """Σ wₖ δₖ / Σ wₖ, accumulated one delta at a time."""
+def lean_entry(dense: torch.Tensor) -> Entry:
+    """An fp32 tensor as the entry that takes less memory: explicit indices only when smaller.
+
+    Dense tensors are kept as they are (no copy), so turning accumulators into
+    a result never needs more memory than the accumulators themselves.
+    """
+    flat = dense.reshape(-1)
+    if int(torch.count_nonzero(flat)) * SPARSE_BYTES_PER_VALUE >= flat.numel() * DENSE_BYTES_PER_VALUE:
+        return Dense(dense)
+    nonzero = flat.nonzero().reshape(-1)
+    return Sparse(tuple(dense.shape), nonzero, flat[nonzero].clone())
+
+
+def smallest_first(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names by tensor size, so the largest accumulators are converted last, after the others shrank."""
+    return sorted(tensors, key=lambda name: (tensors[name].numel(), name))
+
+
+def check_weight(weight: float) -> None:
+    if not (math.isfinite(weight) and weight > 0):
+        raise ValueError(f"aggregation weight must be finite and > 0, got {weight}")
+
+
+class Accumulator:
+    """Per-tensor state built one delta at a time, turned into the merged delta once, in place."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-        self._weight = 0.0
+        self._state: dict[str, torch.Tensor] = {}
         self._count = 0
 
     @property
     def count(self) -> int:
         return self._count
 
-    def add(self, delta: Delta, weight: float) -> None:
-        if weight <= 0:
-            raise ValueError(f"aggregation weight must be > 0, got {weight}")
+    def _state_for(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name not in self._state:
+            self._state[name] = torch.zeros(shape, dtype=torch.float32)
+        return self._state[name]
+
+    def _merged(self, finish: Callable[[torch.Tensor], torch.Tensor]) -> Delta:
+        """Each tensor's state through ``finish`` (which may reuse it), releasing the state as it goes."""
+        if not self._count:
+            raise ValueError("no delta was added")
+        entries: dict[str, Entry] = {}
+        for name in smallest_first(self._state):
+            entries[name] = lean_entry(finish(self._state.pop(name)))
+        return Delta(dict(sorted(entries.items())))
+
+
+class WeightedMean(Accumulator):
+    """Σ wₖ δₖ / Σ wₖ, accumulated one delta at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._weight = 0.0
+
+    def add(self, delta: Delta, weight: float, key: str = "") -> None:
+        check_weight(weight)
         for name, entry in delta.entries.items():
-            total = self._sums.get(name)
-            if total is None:
-                total = self._sums[name] = torch.zeros(entry.shape, dtype=torch.float32)
-            add_entry(total, entry, weight)
+            add_entry(self._state_for(name, entry.shape), entry, weight)
         self._weight += weight
         self._count += 1
 
     def result(self) -> Delta:
-        if not self._count:
-            raise ValueError("no delta was added")
-        return Delta({name: compact(total / self._weight) for name, total in sorted(self._sums.items())})
+        return self._merged(lambda total: total.div_(self._weight))
 
 
-AGGREGATORS: Registry[Callable[[], Aggregator]] = Registry("aggregator")
-AGGREGATORS.register(
+AggregatorFactory = Callable[[AggregateSettings, int], Aggregator]
+AGGREGATORS: Registry[AggregatorFactory] = Registry("aggregator")
+
+
+@AGGREGATORS.register(
     "fedavg",
     summary="weighted mean of the sites' deltas by training examples (task arithmetic)",
     reference="McMahan et al. 2017, FedAvg; Ilharco et al. 2023, Task Arithmetic",
-)(WeightedMean)
+)
+def fedavg(settings: AggregateSettings, seed: int) -> Aggregator:
+    return WeightedMean()
+
+
+def make_aggregator(settings: AggregateSettings, seed: int) -> Aggregator:
+    """A fresh aggregator for one round, as ``aggregate.name`` chooses."""
+    if settings.name not in AGGREGATORS:
+        raise ValueError(f"setting 'aggregate.name': unknown aggregator {settings.name!r}; known: {AGGREGATORS.names()}")
+    return AGGREGATORS.get(settings.name)(settings, seed)
+
+
+from server import merging  # noqa: E402,F401  (registers ties, dare-merge, dare-ties)

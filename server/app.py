@@ -35,17 +35,21 @@ def main(grid: Grid, context: Context) -> None:
             min_evaluate_nodes=federation.min_sites,
             min_available_nodes=federation.min_sites,
         )
+        remaining = max(0, settings.rounds - coordinator.rounds.last)
+        if coordinator.rounds.last:
+            print(f"resuming after round {coordinator.rounds.last} at version {coordinator.head.id} "
+                  f"({coordinator.head.sha[:12]}); {remaining} of {settings.rounds} rounds left", flush=True)
         print(report.TABLE_HEADER, flush=True)
 
         def finish(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            row = coordinator.finish_round(server_round)
+            row = coordinator.finish_round(coordinator.store_round(server_round))
             print(report.table_row(row), flush=True)
             return MetricRecord({"accuracy": row["accuracy"], "loss": row["loss"]})
 
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(),
-            num_rounds=settings.rounds,
+            num_rounds=remaining,
             train_config=ConfigRecord({"genesis-sha": coordinator.genesis_sha}),
             evaluate_fn=finish,
         )

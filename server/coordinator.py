@@ -17,14 +17,16 @@ from common import report
 from common.codec import CodecError, Decoded, Limits, decode
 from common.config import Settings
 from common.data import hold_out, load_corpus
-from common.delta import apply_delta, model_params, state_hash
+from common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
 from common.methods import METHODS, MethodContext
 from common.model import load_model
 from common.training import evaluate
-from common.versions import FROM_SNAPSHOT, MERGED, SNAPSHOT, Downlink, apply_downlink, encode_merged, encode_snapshot
-from server.aggregation import AGGREGATORS, Aggregator
+from common.versions import MERGED, Downlink, encode_snapshot
+from server.aggregation import Aggregator, make_aggregator
+from server.downlink import MergedEncoder, shortest_downlink
+from server.resume import reopen_rounds, restore
 from server.store import Version, VersionStore
-from server.validation import Rejected, validate_update
+from server.validation import Rejected, norm_outliers, update_norm, validate_update, validate_weight
 
 log = logging.getLogger("fedelta.server")
 
@@ -39,6 +41,27 @@ class RoundTally:
     downlink_bytes: int = 0
     rejected: int = 0
     site_metrics: dict[str, float] = field(default_factory=dict)
+
+    def counters(self) -> dict[str, int]:
+        return {"sites": self.sites, "upload_bytes": self.upload_bytes,
+                "downlink_bytes": self.downlink_bytes, "rejected": self.rejected}
+
+
+@dataclass(frozen=True)
+class HeldUpload:
+    """An update that passed validation, kept as its bytes until the round's norms are all known."""
+
+    site: str
+    payload: bytes
+    weight: float
+    norm: float
+
+
+def upload_limits(model: Limits, max_decoded_bytes: int) -> Limits:
+    """The model's decoding bounds, tightened by ``validate.max-decoded-bytes`` when set."""
+    if not max_decoded_bytes:
+        return model
+    return Limits(max_bytes=min(model.max_bytes, max_decoded_bytes), max_elements=model.max_elements)
 
 
 class Coordinator:
@@ -55,31 +78,25 @@ class Coordinator:
         self.params = model_params(self.bundle.model)
         self.num_params = self.bundle.num_params()
         self.limits = Limits.for_model(self.num_params)
+        self.upload_limits = upload_limits(self.limits, settings.validate.max_decoded_bytes)
         self.needs_snapshot: set[str] = set()
         self._snapshots: dict[int, bytes] = {}
-        self.head = self._restore_or_create_genesis()
+        self.head, residual = restore(store, self.params, self.limits)
+        self.rounds = reopen_rounds(store, out_dir)
         self.genesis_sha = self.store.genesis().sha
+        self.encoder = MergedEncoder(settings.downlink, settings.prune.min_size, self.limits, residual)
         self.method = METHODS.get(settings.method.name)
         self._memo: dict[str, dict[str, torch.Tensor]] = {}
         self.context = MethodContext(settings.method, self.bundle.head, self.genesis_sha, self._genesis_params, self._remember)
         self.allowed = self.method.touched(self.bundle.model, self.context)
         self.resolver = self.method.resolver(self.context, self.params)
         self.tally = RoundTally()
-        self.aggregator: Aggregator = AGGREGATORS.get(settings.aggregate.name)()
+        self.aggregator: Aggregator = make_aggregator(settings.aggregate, settings.seed)
+        self.held: list[HeldUpload] = []
 
-    def _restore_or_create_genesis(self) -> Version:
-        head = self.store.head()
-        sha = state_hash(self.params)
-        if head is None:
-            return self.store.commit_version(
-                parent=None, round=0, sha=sha, kind=SNAPSHOT, blob=encode_snapshot(self.params)
-            )
-        genesis = self.store.genesis()
-        path = [genesis, *self.store.chain(genesis.id, head.id)]
-        replay = Downlink(FROM_SNAPSHOT, "", [self.store.read_blob(v) for v in path], [v.id for v in path], [v.sha for v in path])
-        apply_downlink(self.params, replay, self.limits)
-        log.info("resumed at version %d (%s)", head.id, head.sha[:12])
-        return head
+    def store_round(self, flower_round: int) -> int:
+        """The federation's round number for round ``flower_round`` of this server process."""
+        return self.rounds.last + flower_round
 
     def _genesis_params(self) -> dict[str, torch.Tensor]:
         snapshot = decode(self.store.read_blob(self.store.genesis()), self.limits).delta
@@ -91,24 +108,18 @@ class Coordinator:
         return self._memo[key]
 
     def downlink_for(self, node: str) -> Downlink:
-        """The shortest way from what ``node`` last acknowledged to the head."""
-        known = None if node in self.needs_snapshot else self.store.site_version(node)
-        start = self.store.genesis().id if known is None else known
-        if start == self.head.id:
-            downlink = Downlink(self.head.id, self.head.sha)
-        else:
-            chain = self.store.chain(start, self.head.id)
-            if len(chain) > self.settings.downlink.max_chain or node in self.needs_snapshot:
-                downlink = Downlink(FROM_SNAPSHOT, "", [self._head_snapshot()], [self.head.id], [self.head.sha])
-            else:
-                blobs = [self.store.read_blob(v) for v in chain]
-                downlink = Downlink(start, self.store.version(start).sha, blobs, [v.id for v in chain], [v.sha for v in chain])
+        """The shortest hash-checked way from what ``node`` last acknowledged to the head."""
+        downlink = shortest_downlink(
+            self.store, self.head, self.store.site_version(node), max_chain=self.settings.downlink.max_chain,
+            snapshot=self._head_snapshot, snapshot_only=node in self.needs_snapshot,
+        )
         self.tally.downlink_bytes += downlink.size()
         return downlink
 
     def _head_snapshot(self) -> bytes:
         if self.head.id not in self._snapshots:
-            self._snapshots = {self.head.id: encode_snapshot(self.params)}
+            blob = self.store.read_snapshot(self.head) if self.head.snapshot else encode_snapshot(self.params)
+            self._snapshots = {self.head.id: blob}
         return self._snapshots[self.head.id]
 
     def site_failed(self, node: str, reason: str, server_round: int) -> None:
@@ -118,57 +129,110 @@ class Coordinator:
         self.tally.rejected += 1
 
     def acknowledge(self, node: str, site: str, version: int, sha: str) -> None:
-        known = self.store.version(version).sha == sha if version <= self.head.id else False
+        known = 0 <= version <= self.head.id and self.store.version(version).sha == sha
         self.store.set_site_version(node, site, version if known else None)
         if known:
             self.needs_snapshot.discard(node)
 
     def receive(self, *, node: str, site: str, server_round: int, payload: bytes, metrics: dict[str, float]) -> bool:
-        """Decode, validate and aggregate one upload; a rejected one is recorded and dropped."""
+        """Decode, resolve, validate and aggregate one upload; a rejected one is recorded and dropped.
+
+        With ``validate.max-norm-ratio`` on, an update that passes is held as its
+        bytes and aggregated by :meth:`commit`, once its norm can be compared
+        with the round's other updates.
+        """
         self.tally.upload_bytes += len(payload)
         self.tally.sites += 1
+        weight = float(metrics.get("num-examples", 0.0))
         try:
-            decoded = decode(payload, self.limits)
-            decoded = Decoded(self.resolver.resolve(decoded.delta), decoded.meta)
-            validate_update(decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed)
-            self.aggregator.add(decoded.delta, metrics["num-examples"])
+            validate_weight(weight)
+            delta = self._admitted(payload)
+            if self.settings.validate.max_norm_ratio:
+                self.held.append(HeldUpload(site, payload, weight, update_norm(delta)))
+            else:
+                self.aggregator.add(delta, weight, key=f"{server_round}|{site}")
         except (CodecError, Rejected, ValueError) as error:
-            self.store.record_rejection(site=site, round=server_round, reason=str(error))
-            self.tally.rejected += 1
-            log.warning("rejected update from %s in round %d: %s", site, server_round, error)
+            self._reject(site, server_round, str(error))
             return False
         finally:
             self.store.record_site_round(site=site, node=node, round=server_round, upload_bytes=len(payload), metrics=metrics)
         return True
 
+    def _admitted(self, payload: bytes) -> Delta:
+        """Decode one upload within limits, resolve method-specific entries, validate against the head."""
+        decoded = decode(payload, self.upload_limits)
+        decoded = Decoded(self.resolver.resolve(decoded.delta), decoded.meta)
+        validate_update(decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed)
+        return decoded.delta
+
+    def _reject(self, site: str, server_round: int, reason: str) -> None:
+        self.store.record_rejection(site=site, round=server_round, reason=reason)
+        self.tally.rejected += 1
+        log.warning("rejected update from %s in round %d: %s", site, server_round, reason)
+
+    def _aggregate_held(self, aggregator: Aggregator, server_round: int) -> None:
+        """Second pass over held uploads: drop norm outliers, decode the rest again and add them."""
+        held, self.held = self.held, []
+        outliers = norm_outliers([upload.norm for upload in held], self.settings.validate.max_norm_ratio)
+        for index, upload in enumerate(held):
+            if index in outliers:
+                self._reject(upload.site, server_round, outliers[index])
+                continue
+            aggregator.add(self._admitted(upload.payload), upload.weight, key=f"{server_round}|{upload.site}")
+
     def commit(self, server_round: int) -> Version | None:
-        """Merge the accepted uploads into the next version, or keep the head if too few."""
-        aggregator, self.aggregator = self.aggregator, AGGREGATORS.get(self.settings.aggregate.name)()
+        """Merge the accepted uploads into the next version, or keep the head if too few.
+
+        The weights move by exactly what the stored (and sent) blob decodes to;
+        if the store cannot commit, they are moved back.
+        """
+        aggregator, self.aggregator = self.aggregator, make_aggregator(self.settings.aggregate, self.settings.seed)
+        self._aggregate_held(aggregator, server_round)
         if aggregator.count < self.settings.federation.min_sites:
             log.warning("round %d: %d accepted updates < federation.min-sites; no new version", server_round, aggregator.count)
             return None
-        blob = encode_merged(aggregator.result(), base=self.head.sha)
-        apply_delta(self.params, decode(blob, self.limits).delta)
-        sha = state_hash(self.params)
-        self.head = self.store.commit_version(parent=self.head.id, round=server_round, sha=sha, kind=MERGED, blob=blob)
+        version_id = self.head.id + 1
+        blob, residual = self.encoder.encode(aggregator.result(), base=self.head.sha, seed=version_id)
+        undo = apply_delta(self.params, decode(blob, self.limits).delta)
+        try:
+            sha = state_hash(self.params)
+            every = self.settings.store.snapshot_every
+            snapshot = encode_snapshot(self.params) if every and version_id % every == 0 else None
+            record = {"round": server_round, "version": version_id, "version_sha256": sha, **self.tally.counters()}
+            self.head = self.store.commit_version(
+                parent=self.head.id, round=server_round, sha=sha, kind=MERGED, blob=blob, snapshot=snapshot,
+                residual=self.encoder.residual_blob(residual, sha), record=record,
+            )
+        except BaseException:
+            revert_delta(self.params, undo)
+            raise
+        self.encoder.residual = residual
+        self._snapshots = {} if snapshot is None else {self.head.id: snapshot}
         self.resolver = self.method.resolver(self.context, self.params)
         return self.head
 
     def finish_round(self, server_round: int) -> dict[str, Any]:
-        """Evaluate the head on the held-out test set and record the round."""
-        result = evaluate(self.bundle.model, self.bundle.tokenizer, self.test, max_length=self.settings.model.max_length)
+        """Evaluate the head on the held-out test set and record the round.
+
+        A round finished before a restart is not evaluated again; one committed
+        before a restart but not evaluated keeps the counts recorded at commit.
+        """
         tally, self.tally = self.tally, RoundTally()
+        if server_round in self.rounds.finished:
+            return self.rounds.finished[server_round]
+        result = evaluate(self.bundle.model, self.bundle.tokenizer, self.test, max_length=self.settings.model.max_length)
+        counters = self.rounds.pending.pop(server_round, tally.counters())
         row = {
             "round": server_round,
             "version": self.head.id,
             "version_sha256": self.head.sha,
             "accuracy": result.accuracy,
             "loss": result.loss,
-            "sites": tally.sites,
-            "upload_bytes": tally.upload_bytes,
-            "dense_update_bytes": 4 * self.num_params * tally.sites,
-            "downlink_bytes": tally.downlink_bytes,
-            "rejected": tally.rejected,
+            "sites": counters["sites"],
+            "upload_bytes": counters["upload_bytes"],
+            "dense_update_bytes": 4 * self.num_params * counters["sites"],
+            "downlink_bytes": counters["downlink_bytes"],
+            "rejected": counters["rejected"],
             "seconds": time.perf_counter() - tally.started,
             **{key.replace("-", "_"): value for key, value in tally.site_metrics.items()},
         }

@@ -1,31 +1,42 @@
-"""The version store: SQLite metadata plus hash-named blob files.
+"""The version store: SQLite metadata plus hash-named blob files, owned by one server at a time.
 
 Every committed version has a parent, a hash of its weights, the round that
 made it, and a blob: a full snapshot (version 0) or the encoded merged delta
-exactly as sites receive it. Blobs are written atomically and fsynced before
-the row that names them is committed, so a committed row always has its blob.
+exactly as sites receive it. Every ``store.snapshot-every`` versions a full
+snapshot is kept as well, and the head may carry the server's downlink
+residual. Blobs are written atomically and fsynced before the row that names
+them is committed, so a committed row always has its blobs; files no row
+names (left by a crash between the two) are deleted when the store is opened.
+A lock file keeps a second server off the same folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from common.atomic import write_bytes_atomic
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     id INTEGER PRIMARY KEY, parent INTEGER REFERENCES versions(id), sha256 TEXT NOT NULL,
     round INTEGER NOT NULL, kind TEXT NOT NULL, blob TEXT NOT NULL, blob_bytes INTEGER NOT NULL,
-    created REAL NOT NULL
+    snapshot TEXT, snapshot_bytes INTEGER, residual TEXT, created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY, version INTEGER, record TEXT NOT NULL, finished REAL NOT NULL
+    round INTEGER PRIMARY KEY, version INTEGER, record TEXT NOT NULL, complete INTEGER NOT NULL,
+    finished REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS site_rounds (
     site TEXT NOT NULL, round INTEGER NOT NULL, node TEXT NOT NULL, upload_bytes INTEGER NOT NULL,
@@ -39,6 +50,8 @@ CREATE TABLE IF NOT EXISTS rejections (
     created REAL NOT NULL
 );
 """
+VERSION_COLUMNS = "id, parent, sha256, round, kind, blob, blob_bytes, snapshot, snapshot_bytes, residual"
+log = logging.getLogger("fedelta.store")
 
 
 @dataclass(frozen=True)
@@ -50,10 +63,13 @@ class Version:
     kind: str
     blob: str
     blob_bytes: int
+    snapshot: str | None = None
+    snapshot_bytes: int | None = None
+    residual: str | None = None
 
 
 class StoreError(RuntimeError):
-    """The store on disk is inconsistent (a missing or altered blob)."""
+    """The store on disk is inconsistent, of another schema, or in use by another server."""
 
 
 class VersionStore:
@@ -62,37 +78,54 @@ class VersionStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(self.root)
         self._db = sqlite3.connect(self.root / "store.sqlite", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        schema = self._db.execute("PRAGMA user_version").fetchone()[0]
+        empty = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+        if schema != SCHEMA_VERSION and not empty:
+            self.close()
+            raise StoreError(f"{self.root} holds a store of schema {schema}, not {SCHEMA_VERSION}; use a new state folder")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._collect_garbage()
 
     def close(self) -> None:
+        if self._lock.closed:
+            return
         self._db.close()
+        self._lock.close()
 
-    def commit_version(self, *, parent: int | None, round: int, sha: str, kind: str, blob: bytes) -> Version:
-        """Write the blob, then the row; the version exists only once both are durable.
+    def commit_version(
+        self, *, parent: int | None, round: int, sha: str, kind: str, blob: bytes,
+        snapshot: bytes | None = None, residual: bytes | None = None, record: dict[str, Any] | None = None,
+    ) -> Version:
+        """Write the blobs, then in one transaction the row (and the round's partial ``record``).
 
-        Versions are numbered 0 (the genesis), 1, 2, ... in commit order.
+        Versions are numbered 0 (the genesis), 1, 2, ... in commit order. Only
+        the newest version keeps its residual; older residual files are removed.
         """
-        name = hashlib.sha256(blob).hexdigest()
-        path = self.root / "blobs" / name
-        if not path.is_file():
-            write_bytes_atomic(path, blob)
+        name = self._write_blob(blob)
+        snap = None if snapshot is None else self._write_blob(snapshot)
+        kept = None if residual is None else self._write_blob(residual)
         head = self.head()
         version_id = 0 if head is None else head.id + 1
-        with self._db:
+        with self._transaction():
             self._db.execute(
-                "INSERT INTO versions (id, parent, sha256, round, kind, blob, blob_bytes, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (version_id, parent, sha, round, kind, name, len(blob), time.time()),
+                f"INSERT INTO versions ({VERSION_COLUMNS}, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (version_id, parent, sha, round, kind, name, len(blob), snap,
+                 None if snapshot is None else len(snapshot), kept, time.time()),
             )
+            self._db.execute("UPDATE versions SET residual = NULL WHERE id < ?", (version_id,))
+            if record is not None:
+                self._write_round(round, version_id, record, complete=False)
+        if head is not None and head.residual and head.residual not in self._referenced():
+            (self.root / "blobs" / head.residual).unlink(missing_ok=True)
         return self.version(version_id)
 
     def version(self, version_id: int) -> Version:
-        row = self._db.execute(
-            "SELECT id, parent, sha256, round, kind, blob, blob_bytes FROM versions WHERE id = ?", (version_id,)
-        ).fetchone()
+        row = self._db.execute(f"SELECT {VERSION_COLUMNS} FROM versions WHERE id = ?", (version_id,)).fetchone()
         if row is None:
             raise KeyError(f"no version {version_id}")
         return Version(*row)
@@ -105,10 +138,33 @@ class VersionStore:
         row = self._db.execute("SELECT MIN(id) FROM versions").fetchone()
         return None if row[0] is None else self.version(row[0])
 
+    def latest_snapshot(self, upto: int) -> Version:
+        """The newest version at or before ``upto`` that has a full snapshot."""
+        row = self._db.execute(
+            "SELECT MAX(id) FROM versions WHERE id <= ? AND snapshot IS NOT NULL", (upto,)
+        ).fetchone()
+        if row[0] is None:
+            raise StoreError(f"no snapshot at or before version {upto}")
+        return self.version(row[0])
+
     def read_blob(self, version: Version) -> bytes:
-        data = (self.root / "blobs" / version.blob).read_bytes()
-        if hashlib.sha256(data).hexdigest() != version.blob:
-            raise StoreError(f"blob of version {version.id} does not match its hash")
+        return self.read_named(version.blob, f"blob of version {version.id}")
+
+    def read_snapshot(self, version: Version) -> bytes:
+        if version.snapshot is None:
+            raise StoreError(f"version {version.id} has no snapshot")
+        return self.read_named(version.snapshot, f"snapshot of version {version.id}")
+
+    def read_residual(self, version: Version) -> bytes | None:
+        return None if version.residual is None else self.read_named(version.residual, f"residual of version {version.id}")
+
+    def read_named(self, name: str, what: str) -> bytes:
+        try:
+            data = (self.root / "blobs" / name).read_bytes()
+        except FileNotFoundError as error:
+            raise StoreError(f"{what} is missing from {self.root / 'blobs'}") from error
+        if hashlib.sha256(data).hexdigest() != name:
+            raise StoreError(f"{what} does not match its hash")
         return data
 
     def chain(self, after: int, upto: int) -> list[Version]:
@@ -123,21 +179,34 @@ class VersionStore:
         return path[::-1]
 
     def record_round(self, round: int, version: int | None, record: dict[str, Any]) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO rounds (round, version, record, finished) VALUES (?, ?, ?, ?)",
-                (round, version, json.dumps(record), time.time()),
-            )
+        """The finished round's record (replacing the partial one its commit wrote)."""
+        with self._transaction():
+            self._write_round(round, version, record, complete=True)
+
+    def round_records(self, *, complete: bool = True) -> list[dict[str, Any]]:
+        """Round records in round order: finished ones, or (``complete=False``) committed but not finished."""
+        rows = self._db.execute("SELECT record FROM rounds WHERE complete = ? ORDER BY round", (int(complete),))
+        return [json.loads(record) for (record,) in rows]
+
+    def last_round(self) -> int | None:
+        """The newest round with a record (finished, or committed and awaiting its evaluation)."""
+        return self._db.execute("SELECT MAX(round) FROM rounds").fetchone()[0]
+
+    def discard_after(self, round: int) -> None:
+        """Forget per-site records and rejections of rounds after ``round`` (a round cut short by a crash)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM site_rounds WHERE round > ?", (round,))
+            self._db.execute("DELETE FROM rejections WHERE round > ?", (round,))
 
     def record_site_round(self, *, site: str, node: str, round: int, upload_bytes: int, metrics: dict) -> None:
-        with self._db:
+        with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO site_rounds (site, round, node, upload_bytes, metrics) VALUES (?, ?, ?, ?, ?)",
                 (site, round, node, upload_bytes, json.dumps(metrics)),
             )
 
     def record_rejection(self, *, site: str, round: int, reason: str) -> None:
-        with self._db:
+        with self._transaction():
             self._db.execute(
                 "INSERT INTO rejections (site, round, reason, created) VALUES (?, ?, ?, ?)",
                 (site, round, reason, time.time()),
@@ -147,7 +216,7 @@ class VersionStore:
         return self._db.execute("SELECT site, round, reason FROM rejections ORDER BY id").fetchall()
 
     def set_site_version(self, node: str, site: str | None, version: int | None) -> None:
-        with self._db:
+        with self._transaction():
             self._db.execute(
                 "INSERT INTO sites (node, site, version, last_seen) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(node) DO UPDATE SET site = COALESCE(excluded.site, site),"
@@ -158,3 +227,57 @@ class VersionStore:
     def site_version(self, node: str) -> int | None:
         row = self._db.execute("SELECT version FROM sites WHERE node = ?", (node,)).fetchone()
         return None if row is None else row[0]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction: every statement in it is durable together, or none is."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _write_blob(self, data: bytes) -> str:
+        name = hashlib.sha256(data).hexdigest()
+        path = self.root / "blobs" / name
+        if not path.is_file():
+            write_bytes_atomic(path, data)
+        return name
+
+    def _write_round(self, round: int, version: int | None, record: dict[str, Any], *, complete: bool) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO rounds (round, version, record, complete, finished) VALUES (?, ?, ?, ?, ?)",
+            (round, version, json.dumps(record), int(complete), time.time()),
+        )
+
+    def _referenced(self) -> set[str]:
+        rows = self._db.execute("SELECT blob, snapshot, residual FROM versions").fetchall()
+        return {name for row in rows for name in row if name}
+
+    def _collect_garbage(self) -> None:
+        """Delete blob files no committed row names: temp files and blobs of an interrupted commit."""
+        referenced = self._referenced()
+        stray = [path for path in (self.root / "blobs").iterdir() if path.name not in referenced]
+        for path in stray:
+            path.unlink(missing_ok=True)
+        if stray:
+            log.info("removed %d blob file(s) of an interrupted commit from %s", len(stray), self.root)
+
+
+def _lock_folder(root: Path) -> TextIO:
+    """Hold an exclusive lock on ``root/lock`` for as long as the returned file stays open."""
+    handle = open(root / "lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreError(f"{root} is in use by another server (pid {holder}); stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

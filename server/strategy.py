@@ -3,6 +3,9 @@
 Sampling and the round loop are Flower's; this subclass only changes what a
 message carries (each site's own downlink instead of the full model) and how
 replies become a new version (the coordinator's streaming aggregation).
+Flower numbers this process's rounds 1..N; a server resumed on its store maps
+them to the federation's rounds (``Coordinator.store_round``), which is what
+sites see as ``server-round``.
 """
 
 from __future__ import annotations
@@ -39,16 +42,19 @@ class DeltaFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round = self.coordinator.store_round(server_round)
         return self._with_downlinks(super().configure_train(server_round, ArrayRecord(), config, grid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round = self.coordinator.store_round(server_round)
         return self._with_downlinks(super().configure_evaluate(server_round, ArrayRecord(), config, grid))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round = self.coordinator.store_round(server_round)
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
         for message in failed:
             self.coordinator.site_failed(str(message.metadata.src_node_id), message.error.reason, server_round)
@@ -65,6 +71,7 @@ class DeltaFedAvg(FedAvg):
         return None, merged
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round = self.coordinator.store_round(server_round)
         replies = list(replies)
         for message in replies:
             node = str(message.metadata.src_node_id)

@@ -1,13 +1,15 @@
-"""Checks every decoded update must pass before it may touch the accumulator."""
+"""Checks every decoded update must pass before it may touch the accumulator, and the norm bound."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import math
+import statistics
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
 from common.codec import Decoded
-from common.delta import check_delta_fits
+from common.delta import Delta, check_delta_fits
 
 
 class Rejected(ValueError):
@@ -27,3 +29,36 @@ def validate_update(
         check_delta_fits(params, decoded.delta)
     except ValueError as error:
         raise Rejected(str(error)) from error
+
+
+def validate_weight(weight: float) -> None:
+    """A site's aggregation weight (its number of training examples) must be finite and positive."""
+    if not (math.isfinite(weight) and weight > 0):
+        raise Rejected(f"num-examples must be a finite number > 0, got {weight}")
+
+
+def update_norm(delta: Delta) -> float:
+    """L2 norm of a resolved delta (positions within an entry are distinct)."""
+    total = 0.0
+    for entry in delta.entries.values():
+        total += float(entry.flat_values().to(torch.float64).square().sum())
+    return math.sqrt(total)
+
+
+def norm_outliers(norms: Sequence[float], max_ratio: float) -> dict[int, str]:
+    """Which updates have a norm above ``max_ratio`` times the median norm of the round's *other* updates.
+
+    Returns the reason by index. An update with no others to compare with is
+    never an outlier; ``max_ratio == 0`` turns the check off.
+    """
+    if not max_ratio or len(norms) < 2:
+        return {}
+    reasons = {}
+    for index, norm in enumerate(norms):
+        others = statistics.median([*norms[:index], *norms[index + 1 :]])
+        if norm > max_ratio * others:
+            reasons[index] = (
+                f"update norm {norm:.4g} exceeds validate.max-norm-ratio={max_ratio:g} times the median "
+                f"{others:.4g} of the round's other updates"
+            )
+    return reasons

@@ -19,12 +19,13 @@ def _simulate(args: argparse.Namespace) -> int:
         key, value = parse_assignment(item)
         overrides[key] = value
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    if (out / "metrics.jsonl").exists():
-        raise ValueError(f"{out} already holds a run; choose another --out")
     overrides["output.dir"] = str(out)
     if args.state_dir:
         overrides["output.state-dir"] = str(Path(args.state_dir).resolve())
     settings = _defaults(PROJECT_DIR).with_overrides(overrides)
+    state = Path(settings.output.state_dir) if settings.output.state_dir else out / "state"
+    if (out / "metrics.jsonl").exists() and not (state / "store.sqlite").exists():
+        raise ValueError(f"{out} already holds a run whose store is not in {state}; choose another --out")
     print(f"fedelta: {settings.federation.num_sites} sites, {settings.rounds} rounds, method "
           f"{settings.method.name}, pruner {settings.prune.name} (keep {settings.prune.keep:g}), "
           f"values {settings.quant.values}; results in {out}", flush=True)
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a setting of [tool.flwr.app.config], e.g. --set prune.drop=0.99")
     simulate.add_argument("--out", help="results folder (default: runs/<timestamp>)")
-    simulate.add_argument("--state-dir", help="version store folder (default: OUT/state)")
+    simulate.add_argument("--state-dir", help="version store folder (default: OUT/state); a store that "
+                          "already holds versions is resumed from its last committed version")
     simulate.add_argument("--verbose", action="store_true", help="show Flower's debug log")
     simulate.set_defaults(handler=_simulate)
     methods = commands.add_parser("methods", help="list fine-tuning methods, pruners, value types and aggregators")

@@ -3,7 +3,8 @@ import torch
 
 from common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
 from common.pruning import PruneRequest, prune_delta
-from server.aggregation import AGGREGATORS, WeightedMean
+from common.config import AggregateSettings
+from server.aggregation import WeightedMean, lean_entry, make_aggregator
 
 SHAPES = {"a.weight": (32, 16), "a.bias": (16,), "b.weight": (8, 8)}
 
@@ -51,8 +52,23 @@ def test_merged_dare_is_unbiased_when_sites_agree():
 
 
 def test_bad_weights_and_empty_results_are_errors():
-    streaming = AGGREGATORS.get("fedavg")()
+    streaming = make_aggregator(AggregateSettings(), seed=0)
     with pytest.raises(ValueError, match="no delta"):
         streaming.result()
     with pytest.raises(ValueError, match="weight"):
         streaming.add(Delta({"x": Dense(torch.ones(2))}), 0.0)
+
+
+def test_unknown_aggregator_names_the_setting():
+    with pytest.raises(ValueError, match="aggregate.name"):
+        make_aggregator(AggregateSettings(name="median"), seed=0)
+
+
+def test_result_reuses_dense_accumulators_and_indexes_only_when_smaller():
+    dense_enough = torch.zeros(30)
+    dense_enough[:10] = 1.0
+    assert isinstance(lean_entry(dense_enough), Dense) and lean_entry(dense_enough).values is dense_enough
+    sparse_enough = torch.zeros(30)
+    sparse_enough[:9] = 1.0
+    entry = lean_entry(sparse_enough)
+    assert isinstance(entry, Sparse) and entry.indices.tolist() == list(range(9))

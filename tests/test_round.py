@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from client.site import Site, simulated_site_data
+from rounds import open_federation
+from rounds import train_all as _train_all
 from common.codec import encode
 from common.delta import Delta, Dense, state_hash
 from server.coordinator import Coordinator
@@ -12,27 +13,8 @@ from server.store import VersionStore
 
 @pytest.fixture
 def federation(tiny_settings, tmp_path):
-    store = VersionStore(tmp_path / "state")
-    coordinator = Coordinator(tiny_settings, store, tmp_path / "out")
-    count = tiny_settings.federation.num_sites
-    sites = [
-        Site(tiny_settings, f"site-{i}", tmp_path / "sites" / str(i), simulated_site_data(tiny_settings, i, count))
-        for i in range(count)
-    ]
-    yield coordinator, sites
-    store.close()
-
-
-def _train_all(coordinator, sites, server_round):
-    accepted = []
-    for index, site in enumerate(sites):
-        reply = site.train_round(server_round, coordinator.downlink_for(str(index)))
-        coordinator.acknowledge(str(index), site.name, reply.version, reply.sha)
-        accepted.append(
-            coordinator.receive(node=str(index), site=site.name, server_round=server_round,
-                                payload=reply.payload, metrics=reply.metrics)
-        )
-    return accepted
+    with open_federation(tiny_settings, tmp_path) as (coordinator, sites):
+        yield coordinator, sites
 
 
 def test_server_and_every_site_hold_the_same_hash_after_each_round(federation):
@@ -56,8 +38,11 @@ def test_a_restarted_coordinator_resumes_at_the_committed_hash(federation, tiny_
     coordinator, sites = federation
     _train_all(coordinator, sites, 1)
     committed = coordinator.commit(1)
+    coordinator.store.close()
     again = Coordinator(tiny_settings, VersionStore(tmp_path / "state"), tmp_path / "out")
     assert again.head == committed and state_hash(again.params) == committed.sha
+    assert again.store_round(1) == 2
+    again.store.close()
 
 
 def _bad_payloads(coordinator, good: bytes):

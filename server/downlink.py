@@ -1,0 +1,103 @@
+"""What the server sends: the merged delta on the wire (optionally pruned and quantized,
+with a server-side residual) and the shortest hash-checked path from a site's version to the head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from common.codec import Limits, decode, encode
+from common.config import DownlinkSettings
+from common.delta import Delta, Dense, Entry, compact
+from common.pruning import PruneRequest, prune_delta
+from common.versions import FROM_SNAPSHOT, Downlink, encode_merged
+from server.store import Version, VersionStore
+
+RESIDUAL = "residual"
+Residual = dict[str, torch.Tensor]
+
+
+def wire_form(delta: Delta) -> Delta:
+    """Dense entries that are mostly zeros travel with explicit indices (fewer bytes)."""
+    entries: dict[str, Entry] = {
+        name: compact(entry.values.to(torch.float32)) if isinstance(entry, Dense) else entry
+        for name, entry in delta.entries.items()
+    }
+    return Delta(entries)
+
+
+class MergedEncoder:
+    """Encodes each round's merged delta as sites will receive it, keeping what was not sent.
+
+    With ``downlink.prune`` / ``downlink.values`` set, the target is the merged
+    delta plus the residual; it is pruned and quantized, and the new residual
+    is the target minus exactly what the encoded bytes decode to. The server
+    applies those decoded bytes too, so it and the sites stay bit-identical.
+    """
+
+    def __init__(self, settings: DownlinkSettings, min_size: int, limits: Limits, residual: Residual | None = None) -> None:
+        self.settings = settings
+        self.min_size = min_size
+        self.limits = limits
+        self.residual: Residual = dict(residual or {})
+
+    def encode(self, merged: Delta, *, base: str, seed: int) -> tuple[bytes, Residual]:
+        """The blob to send and the residual it leaves (adopt it once the version is committed)."""
+        if not self.settings.compressed:
+            return encode_merged(wire_form(merged), base=base), {}
+        with torch.no_grad():
+            target = {name: entry.to_dense().clone() for name, entry in merged.entries.items()}
+            for name, rest in self.residual.items():
+                target[name] = target[name].add_(rest) if name in target else rest.clone()
+        request = PruneRequest(keep=self.settings.density, seed=seed)
+        pruned = prune_delta(target, self.settings.prune, request, self.min_size)
+        blob = encode_merged(wire_form(pruned), base=base, values=self.settings.values)
+        sent = decode(blob, self.limits).delta
+        with torch.no_grad():
+            for name, entry in sent.entries.items():
+                target[name].sub_(entry.to_dense())
+        return blob, target
+
+    def residual_blob(self, residual: Residual, base: str) -> bytes | None:
+        """The residual as stored next to the version it belongs to (``None`` when there is none)."""
+        if not residual:
+            return None
+        return encode(Delta({name: Dense(value) for name, value in residual.items()}), base=base, meta={"kind": RESIDUAL})
+
+
+def load_residual(blob: bytes | None, limits: Limits) -> Residual:
+    if blob is None:
+        return {}
+    return {name: entry.to_dense() for name, entry in decode(blob, limits).delta.entries.items()}
+
+
+def shortest_downlink(
+    store: VersionStore, head: Version, known: int | None, *, max_chain: int, snapshot: Callable[[], bytes],
+    snapshot_only: bool = False,
+) -> Downlink:
+    """From the version a site holds (``None``: unknown, i.e. version 0) to ``head``, checked by hash.
+
+    A chain of merged deltas when it is at most ``max_chain`` steps and no
+    more bytes than a snapshot; else (or with ``snapshot_only``, for a site
+    whose cache failed) the head's full snapshot. Version 0 is never sent:
+    every site builds it from the settings.
+    """
+    start = store.genesis().id if known is None else known
+    if start == head.id and not snapshot_only:
+        return Downlink(head.id, head.sha)
+    chain = [] if snapshot_only else store.chain(start, head.id)
+    chain_bytes = sum(v.blob_bytes for v in chain)
+    snapshot_bytes = store.latest_snapshot(head.id).snapshot_bytes or 0
+    if not snapshot_only and len(chain) <= max_chain and chain_bytes <= snapshot_bytes:
+        blobs = [store.read_blob(v) for v in chain]
+        return Downlink(start, store.version(start).sha, blobs, [v.id for v in chain], [v.sha for v in chain])
+    return Downlink(FROM_SNAPSHOT, "", [snapshot()], [head.id], [head.sha])
+
+
+def check_residual_names(residual: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor]) -> None:
+    """A stored residual must fit the model it is restored into."""
+    for name, value in residual.items():
+        if name not in params or tuple(params[name].shape) != tuple(value.shape):
+            raise ValueError(f"stored downlink residual has tensor {name!r} that the model lacks or shapes differently")

@@ -1,0 +1,189 @@
+"""Memory and time of the server's streaming aggregation on MiniLM's tensor shapes.
+
+``python -m simulations.bench_aggregate --json`` writes S synthetic sparse
+deltas (explicit indices, density 0.01, fp16 values, encoded as sites send
+them) to a temporary folder, then for each S in a fresh subprocess: builds
+the base weights, reads the deltas one at a time from disk, decodes, checks
+and adds each into one accumulator, and forms the merged delta. It reports
+``peak_extra_bytes`` (peak RSS during that, minus RSS after building the
+base), ``peak_extra_over_model``, and ``seconds_vs_dense_pass`` (aggregation
+time over one dense fp32 add pass across the whole model, timed in the same
+process), plus the same peak for the commit that follows (encode the merged
+delta, decode it, apply it), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MINILM = {"layers": 6, "hidden": 384, "intermediate": 1536, "vocab": 30522, "positions": 512, "labels": 2}
+BASE_SHA = "0" * 64
+
+
+def minilm_shapes() -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of all-MiniLM-L6-v2 with a 2-label classification head."""
+    h, f = MINILM["hidden"], MINILM["intermediate"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "bert.embeddings.word_embeddings.weight": (MINILM["vocab"], h),
+        "bert.embeddings.position_embeddings.weight": (MINILM["positions"], h),
+        "bert.embeddings.token_type_embeddings.weight": (2, h),
+        "bert.embeddings.LayerNorm.weight": (h,), "bert.embeddings.LayerNorm.bias": (h,),
+        "bert.pooler.dense.weight": (h, h), "bert.pooler.dense.bias": (h,),
+        "classifier.weight": (MINILM["labels"], h), "classifier.bias": (MINILM["labels"],),
+    }
+    for i in range(MINILM["layers"]):
+        layer = f"bert.encoder.layer.{i}"
+        for part in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes[f"{layer}.{part}.weight"], shapes[f"{layer}.{part}.bias"] = (h, h), (h,)
+        shapes[f"{layer}.intermediate.dense.weight"], shapes[f"{layer}.intermediate.dense.bias"] = (f, h), (f,)
+        shapes[f"{layer}.output.dense.weight"], shapes[f"{layer}.output.dense.bias"] = (h, f), (h,)
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[f"{layer}.{norm}.weight"], shapes[f"{layer}.{norm}.bias"] = (h,), (h,)
+    return shapes
+
+
+def write_payloads(folder: Path, count: int, density: float, seed: int) -> None:
+    """``count`` encoded sparse deltas over every MiniLM tensor, one file each."""
+    import numpy as np
+    import torch
+
+    from common.codec import encode
+    from common.delta import Delta, Sparse
+    from common.pruning.magnitude import kept_count
+
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        entries = {}
+        for name, shape in minilm_shapes().items():
+            numel = int(np.prod(shape))
+            chosen = np.sort(rng.choice(numel, size=kept_count(numel, density), replace=False, shuffle=False))
+            values = torch.from_numpy(rng.standard_normal(chosen.size).astype(np.float32) * 1e-3)
+            entries[name] = Sparse(shape, torch.from_numpy(chosen.astype(np.int64)), values)
+        (folder / f"{k}.bin").write_bytes(encode(Delta(entries), base=BASE_SHA, values="fp16"))
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> None:
+    """Make the kernel's peak RSS (VmHWM) start again from the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[str, Any]:
+    """One S, in this (fresh) process."""
+    import gc
+
+    import torch
+
+    from common.codec import Limits, decode
+    from common.config import AggregateSettings
+    from common.delta import apply_delta, check_delta_fits
+    from common.versions import encode_merged
+    from server.aggregation import make_aggregator
+    from server.downlink import wire_form
+
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    base = {name: torch.randn(shape, generator=generator) for name, shape in minilm_shapes().items()}
+    model_bytes = sum(4 * p.numel() for p in base.values())
+    limits = Limits.for_model(model_bytes // 4)
+    gc.collect()
+    baseline = _status_bytes("VmRSS")
+    _reset_peak()
+    started = time.perf_counter()
+    merger = make_aggregator(AggregateSettings(name=aggregator), seed=0)
+    kept = 0
+    for k in range(sites):
+        delta = decode((folder / f"{k}.bin").read_bytes(), limits).delta
+        check_delta_fits(base, delta)
+        kept += delta.count()
+        merger.add(delta, float(k + 1), key=str(k))
+        del delta
+    merged = merger.result()
+    seconds = time.perf_counter() - started
+    peak = _status_bytes("VmHWM")
+    blob = encode_merged(wire_form(merged), base=BASE_SHA)
+    del merged, merger
+    apply_delta(base, decode(blob, limits).delta)
+    commit_peak = _status_bytes("VmHWM")
+    del blob
+    gc.collect()
+    scratch = {name: torch.zeros_like(p) for name, p in base.items()}
+    passes = []
+    for _ in range(5):
+        tick = time.perf_counter()
+        for name, value in base.items():
+            scratch[name].add_(value)
+        passes.append(time.perf_counter() - tick)
+    dense_pass = statistics.median(passes)
+    return {
+        "sites": sites,
+        "aggregator": aggregator,
+        "density": density,
+        "kept_entries": kept,
+        "model_bytes": model_bytes,
+        "peak_extra_bytes": peak - baseline,
+        "peak_extra_over_model": round((peak - baseline) / model_bytes, 3),
+        "seconds": round(seconds, 3),
+        "dense_pass_seconds": round(dense_pass, 4),
+        "seconds_vs_dense_pass": round(seconds / dense_pass, 1),
+        "commit_peak_extra_over_model": round((commit_peak - baseline) / model_bytes, 3),
+    }
+
+
+def run(site_counts: list[int], density: float, aggregator: str) -> dict[str, Any]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fedelta-bench-") as tmp:
+        folder = Path(tmp)
+        write_payloads(folder, max(site_counts), density, seed=0)
+        for sites in site_counts:
+            command = [sys.executable, "-m", "simulations.bench_aggregate", "--child", str(sites),
+                       "--payloads", str(folder), "--density", str(density), "--aggregator", aggregator]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"S={sites} failed: {done.stderr[-2000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"model": "all-MiniLM-L6-v2 shapes (synthetic values)", "aggregator": aggregator, "density": density,
+            "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", default="4,16,64", help="comma-separated numbers of sites (default: 4,16,64)")
+    parser.add_argument("--density", type=float, default=0.01, help="fraction of each tensor a delta carries")
+    parser.add_argument("--aggregator", default="fedavg", help="aggregate.name (default: fedavg)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--payloads", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(measure(args.child, args.payloads, args.aggregator, args.density)))
+        return 0
+    report = run([int(s) for s in args.sites.split(",")], args.density, args.aggregator)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['aggregator']} over {report['model']}, density {report['density']}")
+    print(f"{'sites':>5} {'kept':>10} {'model MB':>9} {'peak extra MB':>14} {'x model':>8} {'x dense pass':>13} {'commit x model':>15}")
+    for row in report["rows"]:
+        print(f"{row['sites']:>5} {row['kept_entries']:>10} {row['model_bytes'] / 1e6:>9.1f} "
+              f"{row['peak_extra_bytes'] / 1e6:>14.1f} {row['peak_extra_over_model']:>8.3f} "
+              f"{row['seconds_vs_dense_pass']:>13.1f} {row['commit_peak_extra_over_model']:>15.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

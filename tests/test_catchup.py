@@ -1,0 +1,64 @@
+"""Stale, new and damaged sites reach the head by the shortest path, checked by hash."""
+
+from pathlib import Path
+
+import pytest
+from rounds import evaluate_all, open_federation, run_rounds, train_all
+
+from client.site import Site, simulated_site_data
+from client.state import WEIGHTS_FILE
+from common.versions import FROM_SNAPSHOT, VersionMismatch
+
+ONE_SITE_ROUNDS = {"federation.min-sites": 1}
+
+
+def test_stale_new_and_far_behind_sites_take_the_shortest_checked_path(tiny_settings, tmp_path):
+    settings = tiny_settings.with_overrides({**ONE_SITE_ROUNDS, "downlink.max-chain": 2})
+    with open_federation(settings, tmp_path) as (coordinator, sites):
+        run_rounds(coordinator, sites, range(1, 2))
+        run_rounds(coordinator, sites[:1], range(2, 4))
+        assert coordinator.head.id == 3 and coordinator.store.site_version("1") == 1
+
+        stale = coordinator.downlink_for("1")
+        assert (stale.base_version, stale.versions) == (1, [2, 3])
+        assert evaluate_all(coordinator, sites) == [(3, coordinator.head.sha)] * 2
+
+        newcomer = Site(settings, "site-new", tmp_path / "sites" / "new", simulated_site_data(settings, 1, 2))
+        far = coordinator.downlink_for("new")
+        assert (far.base_version, far.versions) == (FROM_SNAPSHOT, [3])
+        version, sha, _ = newcomer.evaluate_round(far)
+        assert (version, sha) == (3, coordinator.head.sha)
+
+        run_rounds(coordinator, sites[:1], range(4, 5))
+        step = coordinator.downlink_for("1")
+        assert (step.base_version, step.versions) == (3, [4])
+        assert evaluate_all(coordinator, sites)[1] == (4, coordinator.head.sha)
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "missing":
+        path.unlink()
+    else:
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt"])
+def test_a_site_with_an_empty_or_corrupt_cache_catches_up_before_it_trains_again(tiny_settings, tmp_path, how):
+    with open_federation(tiny_settings.with_overrides(ONE_SITE_ROUNDS), tmp_path) as (coordinator, sites):
+        run_rounds(coordinator, sites, range(1, 2))
+        _damage(sites[0].state.root / WEIGHTS_FILE, how)
+        assert sites[0].state.load_version() is None
+
+        with pytest.raises(VersionMismatch, match="holds nothing"):
+            sites[0].train_round(2, coordinator.downlink_for("0"))
+        coordinator.site_failed("0", "cache lost", 2)
+        assert train_all(coordinator, sites[1:], 2) == [True]
+        assert coordinator.commit(2).id == 2
+
+        recovery = coordinator.downlink_for("0")
+        assert recovery.base_version == FROM_SNAPSHOT
+        assert evaluate_all(coordinator, sites) == [(2, coordinator.head.sha)] * 2
+        assert train_all(coordinator, sites, 3) == [True, True]
+        assert coordinator.commit(3).id == 3

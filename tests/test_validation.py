@@ -1,0 +1,106 @@
+"""Each kind of bad update is rejected and recorded; the round still commits the good ones."""
+
+import pytest
+import torch
+from rounds import open_federation
+
+from common.codec import decode, encode
+from common.delta import Delta, Dense, Sparse, state_hash
+from server.validation import norm_outliers, update_norm
+
+TIGHT = {"validate.max-decoded-bytes": 1_000_000, "validate.max-norm-ratio": 10.0}
+
+
+def _scaled(payload: bytes, limits, factor: float) -> bytes:
+    decoded = decode(payload, limits)
+    entries = {
+        name: Dense(entry.to_dense() * factor) if entry.positions() is None
+        else Sparse(entry.shape, entry.positions(), entry.flat_values().float() * factor)
+        for name, entry in decoded.delta.entries.items()
+    }
+    return encode(Delta(entries), base=decoded.base, values="fp16")
+
+
+def _bad_uploads(coordinator, good: bytes) -> dict[str, tuple[bytes, float]]:
+    head = coordinator.head.sha
+    name, embeddings = "bert.encoder.layer.0.attention.self.query.weight", "bert.embeddings.word_embeddings.weight"
+    shape = tuple(coordinator.params[embeddings].shape)
+    return {
+        "corrupt": (good[:-40] + bytes(40), 10.0),
+        "wrong base": (encode(Delta({name: Dense(torch.zeros(32, 32))}), base="0" * 64), 10.0),
+        "nan": (encode(Delta({name: Sparse((32, 32), torch.tensor([3]), torch.tensor([float("nan")]))}), base=head), 10.0),
+        "wrong shape": (encode(Delta({name: Dense(torch.zeros(32, 33))}), base=head), 10.0),
+        "unknown tensor": (encode(Delta({"not.a.parameter": Dense(torch.zeros(3))}), base=head), 10.0),
+        "too large": (encode(Delta({embeddings: Dense(torch.randn(shape) * 1e-3)}), base=head), 10.0),
+        "huge norm": (_scaled(good, coordinator.limits, 1e4), 10.0),
+        "no examples": (good, 0.0),
+    }
+
+
+def test_every_bad_kind_is_rejected_and_recorded_and_the_round_commits_the_good_ones(tiny_settings, tmp_path):
+    with open_federation(tiny_settings.with_overrides(TIGHT), tmp_path) as (coordinator, sites):
+        replies = [site.train_round(1, coordinator.downlink_for(str(i))) for i, site in enumerate(sites)]
+        before = state_hash(coordinator.params)
+        bad = _bad_uploads(coordinator, replies[0].payload)
+        for kind, (payload, examples) in bad.items():
+            coordinator.receive(node="9", site=kind, server_round=1, payload=payload,
+                                metrics={"num-examples": examples})
+        assert state_hash(coordinator.params) == before and coordinator.aggregator.count == 0
+        for index, (site, reply) in enumerate(zip(sites, replies)):
+            assert coordinator.receive(node=str(index), site=site.name, server_round=1, payload=reply.payload,
+                                       metrics=reply.metrics)
+        version = coordinator.commit(1)
+        assert version is not None and version.id == 1
+        row = coordinator.finish_round(1)
+        reasons = {site: reason for site, round_, reason in coordinator.store.rejections() if round_ == 1}
+
+    assert set(reasons) == set(bad) and row["rejected"] == len(bad) and row["sites"] == len(bad) + 2
+    expected = {
+        "corrupt": "zstd", "wrong base": "not the current", "nan": "non-finite", "wrong shape": "shape",
+        "unknown tensor": "outside the method", "too large": "exceeds the limit of 1000000",
+        "huge norm": "validate.max-norm-ratio", "no examples": "num-examples",
+    }
+    for kind, fragment in expected.items():
+        assert fragment in reasons[kind], (kind, reasons[kind])
+
+
+def test_an_update_outside_the_method_is_rejected(tiny_settings, tmp_path):
+    settings = tiny_settings.with_overrides({"method.name": "lnbias"})
+    with open_federation(settings, tmp_path) as (coordinator, _):
+        name = "bert.encoder.layer.0.attention.self.query.weight"
+        payload = encode(Delta({name: Dense(torch.zeros(32, 32))}), base=coordinator.head.sha)
+        assert not coordinator.receive(node="0", site="s", server_round=1, payload=payload,
+                                       metrics={"num-examples": 5.0})
+        assert name in coordinator.store.rejections()[0][2]
+
+
+def test_too_few_accepted_updates_after_the_norm_check_commit_nothing(tiny_settings, tmp_path):
+    with open_federation(tiny_settings, tmp_path) as (coordinator, sites):
+        reply = sites[0].train_round(1, coordinator.downlink_for("0"))
+        coordinator.receive(node="0", site="good", server_round=1, payload=reply.payload, metrics=reply.metrics)
+        coordinator.receive(node="1", site="loud", server_round=1, payload=_scaled(reply.payload, coordinator.limits, 1e3),
+                            metrics=reply.metrics)
+        head = coordinator.head
+        assert coordinator.commit(1) is None and coordinator.head == head
+        assert [site for site, _, _ in coordinator.store.rejections()] == ["loud"]
+        assert coordinator.finish_round(1)["version"] == head.id
+
+
+@pytest.mark.parametrize(
+    ("norms", "ratio", "outliers"),
+    [
+        ([1.0, 1.2, 0.9, 50.0], 10.0, [3]),
+        ([1.0, 1.2, 0.9, 10.0], 10.0, []),
+        ([1.0, 1.2, 0.9, 10.01], 10.0, [3]),
+        ([1.0, 30.0], 10.0, [1]),
+        ([5.0], 10.0, []),
+        ([1.0, 1e9], 0.0, []),
+    ],
+)
+def test_norm_outliers_compare_with_the_median_of_the_others(norms, ratio, outliers):
+    assert sorted(norm_outliers(norms, ratio)) == outliers
+
+
+def test_update_norm_is_the_l2_norm_over_all_entries():
+    delta = Delta({"a": Dense(torch.tensor([3.0, 0.0])), "b": Sparse((10,), torch.tensor([1, 7]), torch.tensor([4.0, 12.0]))})
+    assert update_norm(delta) == 13.0
