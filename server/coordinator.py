@@ -26,7 +26,7 @@ from server.aggregation import Aggregator, make_aggregator
 from server.downlink import MergedEncoder, shortest_downlink
 from server.resume import reopen_rounds, restore
 from server.store import Version, VersionStore
-from server.validation import Rejected, norm_outliers, update_norm, validate_update, validate_weight
+from server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
 
 log = logging.getLogger("fedelta.server")
 
@@ -143,9 +143,8 @@ class Coordinator:
         """
         self.tally.upload_bytes += len(payload)
         self.tally.sites += 1
-        weight = float(metrics.get("num-examples", 0.0))
         try:
-            validate_weight(weight)
+            weight = example_weight(metrics)
             delta = self._admitted(payload)
             if self.settings.validate.max_norm_ratio:
                 self.held.append(HeldUpload(site, payload, weight, update_norm(delta)))

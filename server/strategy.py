@@ -19,6 +19,11 @@ from flwr.serverapp.strategy import FedAvg
 from server.coordinator import Coordinator
 
 
+def _held_version(record: ConfigRecord) -> tuple[str, int, str]:
+    """The site name, version and weights hash that a reply says its site holds."""
+    return str(record["site"]), int(record["version"]), str(record["sha"])
+
+
 class DeltaFedAvg(FedAvg):
     """FedAvg whose model travels as merged deltas and whose updates are pruned deltas."""
 
@@ -59,13 +64,16 @@ class DeltaFedAvg(FedAvg):
         for message in failed:
             self.coordinator.site_failed(str(message.metadata.src_node_id), message.error.reason, server_round)
         for message in valid:
-            update, metrics = message.content["update"], message.content["metrics"]
             node = str(message.metadata.src_node_id)
-            self.coordinator.acknowledge(node, str(update["site"]), int(update["version"]), str(update["sha"]))
-            self.coordinator.receive(
-                node=node, site=str(update["site"]), server_round=server_round,
-                payload=bytes(update["payload"]), metrics=dict(metrics),
-            )
+            try:
+                update, metrics = message.content["update"], message.content["metrics"]
+                site, version, sha = _held_version(update)
+                payload = bytes(update["payload"])
+            except (KeyError, TypeError, ValueError) as error:
+                self.coordinator.site_failed(node, f"malformed reply: {error!r}", server_round)
+                continue
+            self.coordinator.acknowledge(node, site, version, sha)
+            self.coordinator.receive(node=node, site=site, server_round=server_round, payload=payload, metrics=dict(metrics))
         version = self.coordinator.commit(server_round)
         merged = MetricRecord({"version": -1 if version is None else version.id, "accepted": float(len(valid))})
         return None, merged
@@ -78,8 +86,12 @@ class DeltaFedAvg(FedAvg):
             if message.has_error():
                 self.coordinator.site_failed(node, message.error.reason, server_round)
                 continue
-            ack = message.content["ack"]
-            self.coordinator.acknowledge(node, str(ack["site"]), int(ack["version"]), str(ack["sha"]))
+            try:
+                site, version, sha = _held_version(message.content["ack"])
+            except (KeyError, TypeError, ValueError) as error:
+                self.coordinator.site_failed(node, f"malformed reply: {error!r}", server_round)
+                continue
+            self.coordinator.acknowledge(node, site, version, sha)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.coordinator.tally.site_metrics = {f"site-{k}": float(v) for k, v in metrics.items()}

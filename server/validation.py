@@ -31,10 +31,12 @@ def validate_update(
         raise Rejected(str(error)) from error
 
 
-def validate_weight(weight: float) -> None:
-    """A site's aggregation weight (its number of training examples) must be finite and positive."""
-    if not (math.isfinite(weight) and weight > 0):
-        raise Rejected(f"num-examples must be a finite number > 0, got {weight}")
+def example_weight(metrics: Mapping[str, object]) -> float:
+    """A site's aggregation weight, its ``num-examples``: a finite number > 0."""
+    value = metrics.get("num-examples")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+        raise Rejected(f"num-examples must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def update_norm(delta: Delta) -> float:

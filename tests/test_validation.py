@@ -6,7 +6,7 @@ from rounds import open_federation
 
 from common.codec import decode, encode
 from common.delta import Delta, Dense, Sparse, state_hash
-from server.validation import norm_outliers, update_norm
+from server.validation import Rejected, example_weight, norm_outliers, update_norm
 
 TIGHT = {"validate.max-decoded-bytes": 1_000_000, "validate.max-norm-ratio": 10.0}
 
@@ -104,3 +104,10 @@ def test_norm_outliers_compare_with_the_median_of_the_others(norms, ratio, outli
 def test_update_norm_is_the_l2_norm_over_all_entries():
     delta = Delta({"a": Dense(torch.tensor([3.0, 0.0])), "b": Sparse((10,), torch.tensor([1, 7]), torch.tensor([4.0, 12.0]))})
     assert update_norm(delta) == 13.0
+
+
+@pytest.mark.parametrize("value", [0.0, -3.0, float("nan"), float("inf"), "12", True, None])
+def test_only_a_finite_positive_number_of_examples_is_a_weight(value):
+    with pytest.raises(Rejected, match="num-examples"):
+        example_weight({"num-examples": value})
+    assert example_weight({"num-examples": 12}) == 12.0
