@@ -10,7 +10,7 @@ import torch
 
 from common.delta import BaseMask, Entry
 from common.methods.registry import (
-    METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, matching, parameters_of, weight_matrices,
+    METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, parameters_of, targeted_matrices,
 )
 
 
@@ -27,9 +27,7 @@ class PaFi(FineTuningMethod):
         return f"pafi:{context.settings.density:g}"
 
     def matrices(self, params: Params, context: MethodContext) -> list[str]:
-        names = weight_matrices(params, context.head)
-        patterns = context.settings.target_patterns()
-        return matching(names, patterns, "pafi") if patterns else names
+        return targeted_matrices(params, context, "pafi")
 
     def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
         return sorted(set(self.matrices(parameters_of(model), context)) | set(context.head))

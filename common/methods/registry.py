@@ -148,5 +148,12 @@ def weight_matrices(params: Params, head: Collection[str]) -> list[str]:
     )
 
 
+def targeted_matrices(params: Params, context: MethodContext, what: str) -> list[str]:
+    """Weight matrices, narrowed by ``method.targets`` when it is set."""
+    names = weight_matrices(params, context.head)
+    patterns = context.settings.target_patterns()
+    return matching(names, patterns, what) if patterns else names
+
+
 def parameters_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.detach() for name, param in model.named_parameters()}

@@ -13,8 +13,8 @@ from torch.nn.utils import parametrize
 
 from common.delta import Entry, SingularOffsets
 from common.methods.registry import (
-    METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, matching, parameters_of,
-    singular_update, weight_matrices,
+    METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, parameters_of,
+    singular_update, targeted_matrices,
 )
 
 DEFAULT_RANK = 64
@@ -46,9 +46,7 @@ class SingularValueShift(torch.nn.Module):
 
 class SVFit(FineTuningMethod):
     def targets(self, params: Params, context: MethodContext) -> list[str]:
-        names = weight_matrices(params, context.head)
-        patterns = context.settings.target_patterns()
-        return matching(names, patterns, "svfit") if patterns else names
+        return targeted_matrices(params, context, "svfit")
 
     def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
         return sorted(set(self.targets(parameters_of(model), context)) | set(context.head))
