@@ -128,9 +128,9 @@ def sites(store: VersionStore) -> list[dict[str, Any]]:
 
 
 def versions(store: VersionStore) -> list[dict[str, Any]]:
-    """Every committed version, newest first, with what made it and how it scored."""
+    """Every committed version, newest first, with what made it and how its weights scored."""
     rolled = {c.result: c.version for c in store.controls(where="ok = 1 AND action = ?", params=(control.ROLLBACK,))}
-    scored = {row["version"]: row for row in store.round_records()}
+    scored = {row["version_sha256"]: row["accuracy"] for row in store.round_records()}
     rows = store.select(
         "SELECT id, parent, sha256, round, kind, blob_bytes, snapshot_bytes, created FROM versions ORDER BY id DESC"
     )
@@ -139,7 +139,7 @@ def versions(store: VersionStore) -> list[dict[str, Any]]:
             "version": row["id"], "parent": row["parent"], "sha256": row["sha256"], "round": row["round"],
             "kind": row["kind"], "delta_bytes": row["blob_bytes"], "snapshot_bytes": row["snapshot_bytes"],
             "created": row["created"], "rollback_of": rolled.get(row["id"]),
-            "accuracy": scored[row["id"]]["accuracy"] if row["id"] in scored else None,
+            "accuracy": scored.get(row["sha256"]),
             "delta_url": f"/versions/{row['id']}/delta", "export_url": f"/versions/{row['id']}/export.zip",
         }
         for row in rows
