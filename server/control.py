@@ -69,11 +69,14 @@ def between_rounds(
     sleep: Callable[[float], None] = time.sleep, poll: float = POLL_SECONDS,
 ) -> None:
     """Settle pending requests; while paused, keep settling them and wait for a resume."""
+    announced = False
     while True:
         for control in store.controls(where="settled IS NULL"):
             settle(store, control, next_round, rollback)
         if not is_paused(store):
             break
-        write_status(store, "paused", next_round - 1)
+        if not announced:
+            write_status(store, "paused", next_round - 1)
+            announced = True
         sleep(poll)
     write_status(store, "training", next_round)

@@ -138,7 +138,7 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
         bearer = request.headers.get("Authorization", "")
         body = request.get_json(silent=True) or {}
         version = body.get("version")
-        if version is not None and not isinstance(version, int):
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise Refused(400, "version must be an integer")
         made = act(action, bearer.removeprefix("Bearer ").strip() if bearer.startswith("Bearer ") else None, version)
         return jsonify(ok=True, control=made), 202
