@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS controls (
     settled REAL, ok INTEGER, outcome TEXT, result INTEGER
 );
 """
-CONTROL_COLUMNS = "id, action, version, requested, settled, ok, outcome, result"
 VERSION_COLUMNS = "id, parent, sha256, round, kind, blob, blob_bytes, snapshot, snapshot_bytes, residual"
 log = logging.getLogger("fedelta.store")
 
@@ -72,20 +71,6 @@ class Version:
     snapshot: str | None = None
     snapshot_bytes: int | None = None
     residual: str | None = None
-
-
-@dataclass(frozen=True)
-class Control:
-    """An operator's request (pause, resume, rollback) and, once the server has acted on it, the outcome."""
-
-    id: int
-    action: str
-    version: int | None
-    requested: float
-    settled: float | None = None
-    ok: bool | None = None
-    outcome: str | None = None
-    result: int | None = None
 
 
 class StoreError(RuntimeError):
@@ -147,30 +132,16 @@ class VersionStore:
 
     def write_meta(self, key: str, value: Any) -> None:
         """Remember one JSON value about the federation (its resolved settings, the server's status)."""
-        with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        self.write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def read_meta(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def request_control(self, action: str, version: int | None = None) -> Control:
+    def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One statement in its own transaction (operator controls); the id of the row it inserted."""
         with self._transaction():
-            cursor = self._db.execute(
-                "INSERT INTO controls (action, version, requested) VALUES (?, ?, ?)", (action, version, time.time())
-            )
-        return self.controls(where="id = ?", params=(cursor.lastrowid,))[0]
-
-    def settle_control(self, control_id: int, *, ok: bool, outcome: str, result: int | None = None) -> None:
-        with self._transaction():
-            self._db.execute(
-                "UPDATE controls SET settled = ?, ok = ?, outcome = ?, result = ? WHERE id = ?",
-                (time.time(), int(ok), outcome, result, control_id),
-            )
-
-    def controls(self, *, where: str = "1", params: tuple[Any, ...] = ()) -> list[Control]:
-        rows = self._db.execute(f"SELECT {CONTROL_COLUMNS} FROM controls WHERE {where} ORDER BY id", params)
-        return [Control(*row[:5], None if row[5] is None else bool(row[5]), *row[6:]) for row in rows]
+            return self._db.execute(sql, params).lastrowid or 0
 
     def commit_version(
         self, *, parent: int | None, round: int, sha: str, kind: str, blob: bytes,

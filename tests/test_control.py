@@ -13,14 +13,14 @@ def test_rollback_commits_the_old_weights_as_a_new_head_that_sites_and_a_restart
         store = coordinator.store
         run_rounds(coordinator, sites, range(1, 3))
         old, abandoned = store.version(1), store.version(2)
-        request = store.request_control(control.ROLLBACK, 1)
+        request = control.request(store, control.ROLLBACK, 1)
 
         coordinator.between_rounds(3)
 
         head = coordinator.head
         assert (head.id, head.parent, head.kind, head.sha) == (3, 2, control.ROLLBACK, old.sha)
         assert state_hash(coordinator.params) == old.sha
-        settled = store.controls(where="id = ?", params=(request.id,))[0]
+        settled = control.requests(store, where="id = ?", params=(request.id,))[0]
         assert (settled.ok, settled.result) == (True, 3)
         assert coordinator.downlink_for("0").versions == [3]
         assert evaluate_all(coordinator, sites) == [(3, old.sha)] * 2
@@ -40,9 +40,9 @@ def test_a_refused_rollback_changes_nothing(tiny_settings, tmp_path):
         run_rounds(coordinator, sites, range(1, 2))
         store, head = coordinator.store, coordinator.head
         for version in (99, 1):
-            store.request_control(control.ROLLBACK, version)
+            control.request(store, control.ROLLBACK, version)
         coordinator.between_rounds(2)
-        outcomes = [(c.ok, c.outcome) for c in store.controls()]
+        outcomes = [(c.ok, c.outcome) for c in control.requests(store)]
         assert outcomes == [(False, "refused: 'no version 99'"), (False, "refused: version 1 is already the head")]
         assert coordinator.head == head == store.head() and state_hash(coordinator.params) == head.sha
 
@@ -51,20 +51,20 @@ def test_pause_waits_between_rounds_and_settles_requests_until_resumed(tiny_sett
     with open_federation(tiny_settings, tmp_path) as (coordinator, sites):
         run_rounds(coordinator, sites, range(1, 3))
         store = coordinator.store
-        store.request_control(control.PAUSE)
+        control.request(store, control.PAUSE)
         seen: list[dict] = []
 
         def operator(_: float) -> None:
             seen.append(store.read_meta(control.STATUS))
             if len(seen) == 1:
-                store.request_control(control.ROLLBACK, 1)
+                control.request(store, control.ROLLBACK, 1)
             else:
-                store.request_control(control.RESUME)
+                control.request(store, control.RESUME)
 
         control.between_rounds(store, 3, coordinator.rollback_to, sleep=operator)
 
         assert [(s["state"], s["round"]) for s in seen] == [("paused", 2), ("paused", 2)]
-        assert [(c.action, c.ok) for c in store.controls()] == [("pause", True), ("rollback", True), ("resume", True)]
+        assert [(c.action, c.ok) for c in control.requests(store)] == [("pause", True), ("rollback", True), ("resume", True)]
         assert store.head().sha == store.version(1).sha and not control.is_paused(store)
         assert store.read_meta(control.STATUS)["state"] == "training"
 

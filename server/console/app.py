@@ -64,16 +64,14 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
             raise Refused(403, "actions are off: the console was started without --token-file")
         if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
             raise Refused(401, "a valid token is required for actions")
-        try:
-            control.check_request(action, version)
-        except ValueError as error:
-            raise Refused(400, str(error)) from None
         with reader(writable=True) as store:
-            if version is not None:
-                head = store.head()
-                if version > head.id:
-                    raise Refused(400, f"no committed version {version} (the head is {head.id})")
-            return queries.control_row(store.request_control(action, version))
+            head = store.head()
+            if version is not None and (head is None or version > head.id):
+                raise Refused(400, f"no committed version {version} (the head is {head.id if head else 'none'})")
+            try:
+                return queries.control_row(control.request(store, action, version))
+            except ValueError as error:
+                raise Refused(400, str(error)) from None
 
     @app.after_request
     def secure(response: Response) -> Response:

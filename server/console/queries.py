@@ -11,7 +11,8 @@ from typing import Any
 
 from common.report import reduction, summarize
 from server import control
-from server.store import Control, VersionStore
+from server.control import Control
+from server.store import VersionStore
 
 RECENT_ROUNDS = 3
 
@@ -89,7 +90,7 @@ def overview(store: VersionStore) -> dict[str, Any]:
         "total_dense_update_bytes": totals["total_dense_update_bytes"],
         "upload_reduction": totals["upload_reduction"],
         "rejected": len(store.rejections()),
-        "pending_controls": len(store.controls(where="settled IS NULL")),
+        "pending_controls": len(control.requests(store, where="settled IS NULL")),
         "now": time.time(),
     }
 
@@ -129,7 +130,8 @@ def sites(store: VersionStore) -> list[dict[str, Any]]:
 
 def versions(store: VersionStore) -> list[dict[str, Any]]:
     """Every committed version, newest first, with what made it and how its weights scored."""
-    rolled = {c.result: c.version for c in store.controls(where="ok = 1 AND action = ?", params=(control.ROLLBACK,))}
+    done = control.requests(store, where="ok = 1 AND action = ?", params=(control.ROLLBACK,))
+    rolled = {request.result: request.version for request in done}
     scored = {row["version_sha256"]: row["accuracy"] for row in store.round_records()}
     rows = store.select(
         "SELECT id, parent, sha256, round, kind, blob_bytes, snapshot_bytes, created FROM versions ORDER BY id DESC"
@@ -153,7 +155,7 @@ def rejections(store: VersionStore) -> list[dict[str, Any]]:
 
 def controls(store: VersionStore) -> list[dict[str, Any]]:
     """Operator requests, newest first, with what the server made of them."""
-    return [control_row(c) for c in reversed(store.controls())]
+    return [control_row(c) for c in reversed(control.requests(store))]
 
 
 def control_row(request: Control) -> dict[str, Any]:
