@@ -111,8 +111,7 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
 
     @app.get("/sites")
     def sites() -> str:
-        return page("sites", sites=read(queries.sites), head=read(VersionStore.head), now=time.time(),
-                    refresh=REFRESH_SECONDS)
+        return page("sites", sites=read(queries.sites), refresh=REFRESH_SECONDS)
 
     @app.get("/versions")
     def versions() -> str:
