@@ -26,8 +26,20 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	FLWR_TELEMETRY_ENABLED=0 $(VENV)/bin/fedelta simulate --preset default
 
-test: setup
+test: setup browser
 	FLWR_TELEMETRY_ENABLED=0 $(PY) -m pytest -q
+
+# Headless Chromium for the console's browser tests: installed with apt when running as root;
+# elsewhere those tests skip and say why.
+.PHONY: browser
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver for the browser tests"; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+	  || echo "could not install chromium; the browser tests will skip"; \
+	else echo "no chromium and not root: the browser tests will skip"; fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -103,7 +103,8 @@ def apply_downlink(params: Mapping[str, torch.Tensor], downlink: Downlink, limit
     """Bring ``params`` to the downlink's target version and return its hash.
 
     ``params`` must be at ``downlink.base_sha``, unless ``base_version`` is
-    :data:`FROM_SNAPSHOT` (the first blob then replaces them). Raises
+    :data:`FROM_SNAPSHOT` (the first blob then replaces them). A snapshot later in
+    the chain (a rolled-back version) replaces them as well. Raises
     :class:`VersionMismatch` on any hash mismatch.
     """
     from_snapshot = downlink.base_version == FROM_SNAPSHOT
@@ -112,10 +113,10 @@ def apply_downlink(params: Mapping[str, torch.Tensor], downlink: Downlink, limit
         raise VersionMismatch(f"local weights {current[:12]} are not the downlink's base {downlink.base_sha[:12]}")
     for blob, version, expected in zip(downlink.blobs, downlink.versions, downlink.shas):
         decoded = decode(blob, limits)
-        if from_snapshot and current is None:
-            if decoded.meta.get("kind") != SNAPSHOT:
-                raise VersionMismatch("a downlink from a snapshot must start with a snapshot")
+        if decoded.meta.get("kind") == SNAPSHOT:
             load_snapshot(params, decoded.delta)
+        elif current is None:
+            raise VersionMismatch("a downlink from a snapshot must start with a snapshot")
         elif decoded.base != current:
             raise VersionMismatch(f"blob for version {version} applies to {decoded.base[:12]}, not {str(current)[:12]}")
         else:

@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import report
 from common.config import Settings
+from server import control
 from server.coordinator import Coordinator
 from server.store import VersionStore
 from server.strategy import DeltaFedAvg
@@ -53,6 +54,7 @@ def main(grid: Grid, context: Context) -> None:
             train_config=ConfigRecord({"genesis-sha": coordinator.genesis_sha}),
             evaluate_fn=finish,
         )
+        control.write_status(store, "finished", coordinator.rounds.last + remaining)
         summary = report.write_summary(out_dir, settings.to_run_config())
         log.info("final accuracy %.4f, upload reduction %.1fx", summary["final_accuracy"], summary["upload_reduction"])
     finally:

@@ -21,10 +21,11 @@ from common.delta import Delta, apply_delta, model_params, revert_delta, state_h
 from common.methods import METHODS, MethodContext
 from common.model import load_model
 from common.training import evaluate
-from common.versions import MERGED, Downlink, encode_snapshot
+from common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
+from server import control
 from server.aggregation import Aggregator, make_aggregator
 from server.downlink import MergedEncoder, shortest_downlink
-from server.resume import reopen_rounds, restore
+from server.resume import reopen_rounds, replay_to, restore
 from server.store import Version, VersionStore
 from server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
 
@@ -93,10 +94,45 @@ class Coordinator:
         self.tally = RoundTally()
         self.aggregator: Aggregator = make_aggregator(settings.aggregate, settings.seed)
         self.held: list[HeldUpload] = []
+        store.write_meta("settings", settings.to_run_config())
+        store.write_meta("labels", list(corpus.label_names))
+        control.write_status(store, "starting", self.rounds.last)
 
     def store_round(self, flower_round: int) -> int:
         """The federation's round number for round ``flower_round`` of this server process."""
         return self.rounds.last + flower_round
+
+    def between_rounds(self, server_round: int) -> None:
+        """Act on the operator's pending controls before round ``server_round`` starts (waiting while paused)."""
+        control.between_rounds(self.store, server_round, self.rollback_to)
+        self.tally.started = time.perf_counter()
+
+    def rollback_to(self, version_id: int, server_round: int) -> Version:
+        """Commit a new head whose weights are those of committed version ``version_id``.
+
+        Its parent is the current head and its blob a full snapshot, so sites
+        reach it by the usual hash-checked downlink; the downlink residual of
+        the abandoned line is dropped.
+        """
+        target = self.store.version(version_id)
+        if target.id == self.head.id:
+            raise ValueError(f"version {version_id} is already the head")
+        previous = encode_snapshot(self.params)
+        try:
+            replay_to(self.store, target.id, self.params, self.limits)
+            sha = state_hash(self.params)
+            snapshot = encode_snapshot(self.params)
+            self.head = self.store.commit_version(
+                parent=self.head.id, round=server_round, sha=sha, kind=control.ROLLBACK, blob=snapshot, snapshot=snapshot,
+            )
+        except BaseException:
+            load_snapshot(self.params, decode(previous, self.limits).delta)
+            raise
+        self.encoder.residual = {}
+        self._snapshots = {self.head.id: snapshot}
+        self.resolver = self.method.resolver(self.context, self.params)
+        log.warning("rolled back: version %d holds version %d's weights (%s)", self.head.id, target.id, sha[:12])
+        return self.head
 
     def _genesis_params(self) -> dict[str, torch.Tensor]:
         snapshot = decode(self.store.read_blob(self.store.genesis()), self.limits).delta

@@ -48,18 +48,26 @@ def restore(store: VersionStore, params: Mapping[str, torch.Tensor], limits: Lim
             f"setting 'output.state-dir': the store in {store.root} starts from version 0 {genesis.sha[:12]}, "
             f"but model.path, seed and the data's labels build {sha[:12]}; use these settings' state folder or a new one"
         )
-    base = store.latest_snapshot(head.id)
-    chain = store.chain(base.id, head.id)
+    steps = replay_to(store, head.id, params, limits)
+    residual = load_residual(store.read_residual(head), limits)
+    check_residual_names(residual, params)
+    if head.id:
+        log.info("resumed at version %d (%s): a snapshot + %d merged deltas", head.id, head.sha[:12], steps)
+    return head, residual
+
+
+def replay_to(store: VersionStore, version_id: int, params: Mapping[str, torch.Tensor], limits: Limits) -> int:
+    """Overwrite ``params`` with committed version ``version_id``: its newest snapshot, then the
+    merged deltas after it, each checked by hash. Returns how many merged deltas were applied.
+    """
+    base = store.latest_snapshot(version_id)
+    chain = store.chain(base.id, version_id)
     replay = Downlink(
         FROM_SNAPSHOT, "", [store.read_snapshot(base), *(store.read_blob(v) for v in chain)],
         [base.id, *(v.id for v in chain)], [base.sha, *(v.sha for v in chain)],
     )
     apply_downlink(params, replay, limits)
-    residual = load_residual(store.read_residual(head), limits)
-    check_residual_names(residual, params)
-    if head.id:
-        log.info("resumed at version %d (%s): snapshot %d + %d merged deltas", head.id, head.sha[:12], base.id, len(chain))
-    return head, residual
+    return len(chain)
 
 
 def reopen_rounds(store: VersionStore, out_dir: Path) -> RoundLog:

@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, site TEXT NOT NULL, round INTEGER NOT NULL, reason TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS controls (
+    id INTEGER PRIMARY KEY, action TEXT NOT NULL, version INTEGER, requested REAL NOT NULL,
+    settled REAL, ok INTEGER, outcome TEXT, result INTEGER
+);
 """
 VERSION_COLUMNS = "id, parent, sha256, round, kind, blob, blob_bytes, snapshot, snapshot_bytes, residual"
 log = logging.getLogger("fedelta.store")
@@ -91,11 +96,52 @@ class VersionStore:
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._collect_garbage()
 
+    @classmethod
+    def attach(cls, root: Path, *, writable: bool = False) -> VersionStore:
+        """A second connection to a store that a server owns (the console's): no lock, no schema change.
+
+        Read-only unless ``writable``; a writable one only ever adds operator controls.
+        """
+        path = Path(root) / "store.sqlite"
+        if not path.is_file():
+            raise StoreError(f"{root} holds no version store (no store.sqlite); give the server's state folder")
+        store = cls.__new__(cls)
+        store.root, store._lock = Path(root), None
+        store._db = sqlite3.connect(f"{path.as_uri()}?mode={'rw' if writable else 'ro'}", uri=True,
+                                    isolation_level=None, timeout=10.0, check_same_thread=False)
+        schema = store._db.execute("PRAGMA user_version").fetchone()[0]
+        if schema != SCHEMA_VERSION:
+            store.close()
+            raise StoreError(f"{root} holds a store of schema {schema}, not {SCHEMA_VERSION}")
+        return store
+
     def close(self) -> None:
+        if self._lock is None:
+            self._db.close()
+            return
         if self._lock.closed:
             return
         self._db.close()
         self._lock.close()
+
+    def select(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only query, addressable by column name (for reports)."""
+        cursor = self._db.execute(sql, params)
+        cursor.row_factory = sqlite3.Row
+        return cursor.fetchall()
+
+    def write_meta(self, key: str, value: Any) -> None:
+        """Remember one JSON value about the federation (its resolved settings, the server's status)."""
+        self.write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def read_meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One statement in its own transaction (operator controls); the id of the row it inserted."""
+        with self._transaction():
+            return self._db.execute(sql, params).lastrowid or 0
 
     def commit_version(
         self, *, parent: int | None, round: int, sha: str, kind: str, blob: bytes,

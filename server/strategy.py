@@ -5,7 +5,8 @@ message carries (each site's own downlink instead of the full model) and how
 replies become a new version (the coordinator's streaming aggregation).
 Flower numbers this process's rounds 1..N; a server resumed on its store maps
 them to the federation's rounds (``Coordinator.store_round``), which is what
-sites see as ``server-round``.
+sites see as ``server-round``. Before a round's training starts, the
+coordinator acts on the operator's controls (pause, resume, rollback).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class DeltaFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round = self.coordinator.store_round(server_round)
+        self.coordinator.between_rounds(server_round)
         return self._with_downlinks(super().configure_train(server_round, ArrayRecord(), config, grid))
 
     def configure_evaluate(

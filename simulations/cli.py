@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=_simulate)
     methods = commands.add_parser("methods", help="list fine-tuning methods, pruners, value types and aggregators")
     methods.set_defaults(handler=_methods)
+    from server.console.cli import add_console_command
+
+    add_console_command(commands)
     return parser
 
 

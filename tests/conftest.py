@@ -29,3 +29,5 @@ TINY = {
 @pytest.fixture
 def tiny_settings(tmp_path) -> Settings:
     return Settings().with_overrides({**TINY, "output.dir": str(tmp_path / "out")})
+
+from console_harness import live_console  # noqa: E402,F401  (the session's live console, for test_console_*)

@@ -1,0 +1,53 @@
+"""``fedelta console``: serve the operations console over a server's state folder with waitress."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def read_token(path: str) -> str:
+    """The action token: the file's text without surrounding whitespace; it must not be empty."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ValueError(f"--token-file {path!r} cannot be read: {error.strerror}") from None
+    if not token:
+        raise ValueError(f"--token-file {path!r} is empty; put a secret token in it")
+    return token
+
+
+def serve(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).expanduser().resolve()
+    if not state_dir.is_dir():
+        raise ValueError(f"--state-dir {args.state_dir!r} is not a folder (give the server's output.state-dir)")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, not {args.port}")
+    token = read_token(args.token_file) if args.token_file else None
+    from waitress import serve as waitress_serve
+
+    from server.console.app import create_app
+
+    app = create_app(state_dir, token)
+    actions = f"actions need the token in {args.token_file}" if token else "actions are off (no --token-file)"
+    print(f"fedelta console: http://{args.host}:{args.port}/ over {state_dir}; {actions}", flush=True)
+    waitress_serve(app, host=args.host, port=args.port, threads=args.threads, ident="fedelta-console")
+    return 0
+
+
+def add_console_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``console`` on the ``fedelta`` command line."""
+    console = commands.add_parser(
+        "console",
+        help="serve the operations console (web pages and a JSON API) over a server's state folder",
+        description="Serve a web console over the version store that a running (or finished) server "
+        "writes: overview, rounds with charts, sites, versions (delta download, Hugging Face export), "
+        "rejections, a JSON API under /api/ and /healthz. Pause, resume and rollback need the token "
+        "from --token-file; the server acts on them between rounds.",
+    )
+    console.add_argument("--state-dir", required=True, help="the server's state folder (output.state-dir, or OUT/state)")
+    console.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    console.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    console.add_argument("--token-file", help="file holding the secret that actions require; without it actions are off")
+    console.add_argument("--threads", type=int, default=4, help="worker threads of the web server (default: 4)")
+    console.set_defaults(handler=serve)
