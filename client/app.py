@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 
 from client.site import Site, SiteData, simulated_site_data
 from common.config import Settings
-from common.data import load_file, split_site
+from common.data import label_names, load_file, split_site
 from common.versions import Downlink
 
 app = ClientApp()
@@ -20,9 +20,10 @@ def _site(context: Context) -> Site:
     node = context.node_config
     if "data-path" in node:
         name = str(node.get("site-name", f"node-{context.node_id}"))
-        corpus = load_file(Path(str(node["data-path"])))
+        labels = tuple(str(node["labels"]).split(",")) if "labels" in node else label_names(settings.data)
+        corpus = load_file(Path(str(node["data-path"])), labels)
         train_idx, test_idx = split_site(list(range(len(corpus))), settings.data.site_test_fraction, settings.seed)
-        data = SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(corpus.label_names))
+        data = SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(labels))
     else:
         index = int(node["partition-id"])
         name = f"site-{index}"

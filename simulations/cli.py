@@ -1,4 +1,4 @@
-"""The ``fedelta`` command line: ``simulate`` and ``methods``."""
+"""The ``fedelta`` command line: ``simulate``, ``methods``, and ``keys``, ``server``, ``site`` for deployment."""
 
 from __future__ import annotations
 
@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=_simulate)
     methods = commands.add_parser("methods", help="list fine-tuning methods, pruners, value types and aggregators")
     methods.set_defaults(handler=_methods)
+    from simulations import cmd_keys, cmd_server, cmd_site
+
+    for command in (cmd_keys, cmd_server, cmd_site):
+        command.add_parser(commands)
     return parser
 
 
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"fedelta: error: {error}", file=sys.stderr)
         return 2
 
