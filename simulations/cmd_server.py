@@ -63,9 +63,12 @@ def _check_registrations(children: list[Child]) -> None:
     for child in children:
         code = child.wait(timeout=120)
         text = "\n".join(child.lines)
-        if code and "already" not in text.lower():
+        if "already in use" in text:
+            state = "already registered"
+        elif code == 0 and ("registered successfully" in text or "\"success\": true" in text):
+            state = "registered"
+        else:
             raise RuntimeError(f"{child.name} failed (exit {code}):\n{text}")
-        state = "registered" if not code else "already registered"
         print(f"fedelta server: site {child.name.split(' ', 1)[1]} {state}", flush=True)
 
 

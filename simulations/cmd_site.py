@@ -12,9 +12,19 @@ from pathlib import Path
 from simulations.processes import Child, flower_command, flower_env, free_port, split_address, stop_on_signals
 
 RETRY_MAX_SECONDS = 30
-REFUSED_HINT = ("the SuperNode stopped with exit code {code}: the SuperLink was unreachable, its certificate "
-                "is not signed by {ca}, or it does not know this site's key (ask its operator to add "
-                "{name} to sites.csv and restart `fedelta server`)")
+
+
+def diagnose(lines: list[str], ca: Path, name: str) -> str:
+    """Why the SuperNode stopped, read from its output."""
+    text = "\n".join(lines)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake" in text:
+        return f"the SuperLink's TLS certificate is not signed by {ca} (wrong ca.crt, or a SuperLink of another deployment)"
+    if "Giving up reconnection" in text:
+        return "the SuperLink is not reachable (not started yet, wrong --superlink, or a firewall)"
+    if "Failed to activate SuperNode" in text:
+        return (f"the SuperLink refused this site's key: ask its operator to add {name}'s public key "
+                "to sites.csv and restart `fedelta server`")
+    return "the SuperNode stopped; its output is above"
 
 
 def check_data(path: Path, labels: tuple[str, ...]) -> str:
@@ -90,7 +100,7 @@ def _site(args: argparse.Namespace) -> int:
             if code == 0:
                 return 0
             failures += 1
-            hint = REFUSED_HINT.format(code=code, ca=Path(args.certs) / CA_CERT, name=name)
+            hint = f"exit code {code}: " + diagnose(node.lines, Path(args.certs) / CA_CERT, name)
             if args.max_retries is not None and failures > args.max_retries:
                 print(f"fedelta site {name}: {hint}", file=sys.stderr, flush=True)
                 return code
