@@ -7,9 +7,15 @@ from pathlib import Path
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from common.keys import CA_CERT, SERVER_CERT, SITES_LIST, make_keys, site_names, superlink_hosts
+    from common.keys import CA_CERT, SERVER_CERT, SITES_LIST, add_site, make_keys, site_names, superlink_hosts
 
     out = Path(args.out)
+    if args.add:
+        if not (out / CA_CERT).is_file():
+            raise FileNotFoundError(f"{out / CA_CERT} does not exist; create the folder first (--sites N)")
+        for site in (add_site(out, name) for name in args.add):
+            print(f"site key          {site.private_key}   (copy to {site.name} only; restart `fedelta server`)")
+        return 0
     if not args.name and args.sites is None:
         raise ValueError("give --sites N or one --name per site")
     names = args.name or site_names(args.sites)
@@ -37,6 +43,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     keys.add_argument("--out", required=True, help="folder to create (refused if it already holds a CA)")
     keys.add_argument("--sites", type=int, help="number of sites, named site-1 .. site-N")
     keys.add_argument("--name", action="append", help="a site name instead of site-K (repeat per site)")
+    keys.add_argument("--add", action="append", metavar="NAME",
+                      help="add a site's key pair to an existing folder (repeatable)")
     keys.add_argument("--host", action="append", metavar="HOST",
                       help="a DNS name or IP address sites use to reach the SuperLink (repeatable)")
     keys.set_defaults(handler=_keys)

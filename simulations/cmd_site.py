@@ -61,11 +61,13 @@ def _node_value(text: str, what: str) -> str:
 
 
 def supernode_command(args: argparse.Namespace, name: str, labels: tuple[str, ...], cache: Path) -> list[str]:
+    from common.keys import CA_CERT
+
     node_config = {"data-path": str(Path(args.data).resolve()), "site-name": name, "cache-dir": str(cache),
                    "labels": ",".join(labels)}
     command = [
         flower_command("flower-supernode"), "--superlink", args.superlink,
-        "--root-certificates", str(Path(args.certs) / "ca.crt"),
+        "--root-certificates", str((Path(args.certs) / CA_CERT).resolve()),
         "--auth-supernode-private-key", str(Path(args.key).resolve()),
         "--port", str(args.runtime_port or free_port()),
         "--node-config", " ".join(f"{key}={_node_value(value, key)}" for key, value in node_config.items()),
@@ -99,12 +101,13 @@ def _site(args: argparse.Namespace) -> int:
             node.stop()
             if code == 0:
                 return 0
-            failures += 1
+            connected = any("SuperNode ID" in line for line in node.lines)
+            failures = 1 if connected else failures + 1
             hint = f"exit code {code}: " + diagnose(node.lines, Path(args.certs) / CA_CERT, name)
             if args.max_retries is not None and failures > args.max_retries:
                 print(f"fedelta site {name}: {hint}", file=sys.stderr, flush=True)
                 return code
-            delay = min(RETRY_MAX_SECONDS, 2**failures)
+            delay = min(RETRY_MAX_SECONDS, 2 ** min(failures, 5))
             print(f"fedelta site {name}: {hint}; starting it again in {delay} s", file=sys.stderr, flush=True)
             time.sleep(delay)
     finally:
@@ -130,6 +133,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     site.add_argument("--labels", help="the model's label names, comma-separated, in order "
                       "(default: those of the default data set, rotten,fresh)")
     site.add_argument("--runtime-port", type=int, help="local port of the SuperNode's runtime API (default: a free one)")
-    site.add_argument("--max-retries", type=int, help="give up after the SuperNode failed this many times "
-                      "(refused, unreachable); default: start it again, waiting up to 30 s, until Ctrl-C")
+    site.add_argument("--max-retries", type=int, help="give up after the SuperNode failed this many times in a "
+                      "row (refused, unreachable); default: start it again, waiting up to 30 s, until Ctrl-C")
     site.set_defaults(handler=_site)
