@@ -122,7 +122,8 @@ def make_keys(out: Path, sites: list[str], hosts: list[str]) -> list[SiteKey]:
         raise ValueError("site names must be distinct")
     out = Path(out)
     if (out / CA_CERT).exists():
-        raise ValueError(f"{out} already holds a CA ({CA_CERT}); choose an empty folder, or add sites with `fedelta keys --add NAME`")
+        raise ValueError(f"{out} already holds a CA ({CA_CERT}); choose an empty folder, "
+                         "or add sites with `fedelta keys --add NAME`")
     names = superlink_hosts(hosts)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_cert = _certificate(_name("fedelta CA"), _name("fedelta CA"), ca_key.public_key(), ca_key, True, [])

@@ -154,12 +154,14 @@ def table(rows: list[dict], readings: list[list[tuple[int, int]]], names: list[s
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| round | site | wire up | payload up (metrics) | up overhead | wire down | payload down (metrics) | down overhead |",
+    lines = ["| round | site | wire up | payload up (metrics) | up overhead "
+             "| wire down | payload down (metrics) | down overhead |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in result["table"]:
         lines.append(
             f"| {row['round']} | {row['site']} | {row['wire_up']:,} | {row['payload_up']:,.0f} | "
-            f"{row['wire_up'] / max(1.0, row['payload_up']):.2f}x | {row['wire_down']:,} | {row['payload_down']:,.0f} | "
+            f"{row['wire_up'] / max(1.0, row['payload_up']):.2f}x | {row['wire_down']:,} | "
+            f"{row['payload_down']:,.0f} | "
             f"{row['wire_down'] / max(1.0, row['payload_down']):.2f}x |")
     return "\n".join(lines)
 

@@ -101,7 +101,8 @@ def _server(args: argparse.Namespace) -> int:
         ], env, log=state / "superlink.log", echo=args.verbose)
         children.append(superlink)
         wait_for_port(host, port, timeout=60, alive=superlink.running)
-        print(f"fedelta server: SuperLink on {host}:{port} (TLS, site authentication on); log {state / 'superlink.log'}",
+        print(f"fedelta server: SuperLink on {host}:{port} (TLS, site authentication on); "
+              f"log {state / 'superlink.log'}",
               flush=True)
         if (certs / CA_KEY).exists():
             print(f"fedelta server: note: {certs / CA_KEY} can mint certificates; keep it off this machine",

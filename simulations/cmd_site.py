@@ -18,7 +18,8 @@ def diagnose(lines: list[str], ca: Path, name: str) -> str:
     """Why the SuperNode stopped, read from its output."""
     text = "\n".join(lines)
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake" in text:
-        return f"the SuperLink's TLS certificate is not signed by {ca} (wrong ca.crt, or a SuperLink of another deployment)"
+        return (f"the SuperLink's TLS certificate is not signed by {ca} "
+                "(wrong ca.crt, or a SuperLink of another deployment)")
     if "Giving up reconnection" in text:
         return "the SuperLink is not reachable (not started yet, wrong --superlink, or a firewall)"
     if "Failed to activate SuperNode" in text:
@@ -132,7 +133,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     site.add_argument("--name", help="site name in the server's records (default: the key file's name)")
     site.add_argument("--labels", help="the model's label names, comma-separated, in order "
                       "(default: those of the default data set, rotten,fresh)")
-    site.add_argument("--runtime-port", type=int, help="local port of the SuperNode's runtime API (default: a free one)")
+    site.add_argument("--runtime-port", type=int,
+                      help="local port of the SuperNode's runtime API (default: a free one)")
     site.add_argument("--max-retries", type=int, help="give up after the SuperNode failed this many times in a "
                       "row (refused, unreachable); default: start it again, waiting up to 30 s, until Ctrl-C")
     site.set_defaults(handler=_site)
