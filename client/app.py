@@ -35,6 +35,12 @@ def _site(context: Context) -> Site:
     return Site(settings, name, cache, data)
 
 
+def _say(context: Context, line: str) -> None:
+    """One line per message in a deployed site's log (simulated sites stay quiet)."""
+    if "data-path" in context.node_config:
+        print(line, flush=True)
+
+
 def _downlink(msg: Message) -> Downlink:
     return Downlink.from_fields(msg.content["downlink"])
 
@@ -44,6 +50,8 @@ def train(msg: Message, context: Context) -> Message:
     site = _site(context)
     config = msg.content["config"]
     reply = site.train_round(int(config["server-round"]), _downlink(msg), str(config.get("genesis-sha", "")))
+    _say(context, f"{site.name}: trained on version {reply.version} "
+         f"({reply.sha[:12]}), loss {reply.metrics['train-loss']:.4f}, upload {len(reply.payload):,} bytes")
     update = ConfigRecord({"payload": reply.payload, "version": reply.version, "sha": reply.sha, "site": site.name})
     content = RecordDict({"update": update, "metrics": MetricRecord(reply.metrics)})
     return Message(content=content, reply_to=msg)
@@ -53,6 +61,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     site = _site(context)
     version, sha, metrics = site.evaluate_round(_downlink(msg))
+    _say(context, f"{site.name}: now on version {version} ({sha[:12]}), local accuracy {metrics['accuracy']:.4f}")
     ack = ConfigRecord({"version": version, "sha": sha, "site": site.name})
     content = RecordDict({"ack": ack, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

@@ -133,6 +133,7 @@ class Federation:
     refused: dict[str, tuple[int, str]]
     server_logs: tuple[str, str]
     second_server_code: int
+    restarted_site_log: str
 
 
 def _site_rounds(store: Path) -> dict[int, set[str]]:
@@ -197,7 +198,7 @@ def federation(tmp_path_factory) -> Federation:
         second = launcher.start("server-again", server_command)
         second_code = second.process.wait(400)
         return Federation(root, state, rows(), rows_when_killed, _site_rounds(state / "store.sqlite"), refused,
-                          (server.text(), second.text()), second_code)
+                          (server.text(), second.text()), second_code, restarted.text())
     finally:
         launcher.stop_all()
 
@@ -236,6 +237,8 @@ def test_a_killed_site_is_left_out_and_catches_up_by_hash(federation):
         reasons = db.execute("SELECT round, reason FROM rejections").fetchall()
     assert len(reasons) == 1 and reasons[0][0] == 1 and "Node Unavailable" in reasons[0][1]
     assert federation.site_rounds[2] == set(SITES)
+    version_1 = federation.rows[1]["version_sha256"][:12]
+    assert f"site-3: trained on version 1 ({version_1})" in federation.restarted_site_log
 
 
 def test_a_killed_server_resumes_from_its_last_committed_version(federation):
