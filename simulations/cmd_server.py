@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simulations.processes import Child, flower_command, flower_env, split_address, stop_on_signals, wait_for_port
+
+if TYPE_CHECKING:
+    from common.keys import SiteKey
 
 CONNECTION = "fedelta"
 
@@ -46,7 +49,7 @@ def _overrides(args: argparse.Namespace, state: Path) -> dict[str, Any]:
     return overrides
 
 
-def _register(sites: list, home: Path, env: dict[str, str]) -> list[Child]:
+def _register(sites: list[SiteKey], home: Path, env: dict[str, str]) -> list[Child]:
     """`flwr supernode register` for every listed site, in parallel; a key already known is fine."""
     keys = home / "site-keys"
     keys.mkdir(parents=True, exist_ok=True)
