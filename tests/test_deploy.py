@@ -11,8 +11,9 @@ its faults on a fixed schedule, and the tests check what it recorded:
   started again on the same state folder; it resumes at version 1 and finishes,
   with site-3 caught up from the version it holds.
 
-Every process is started in its own session and stopped by PID, with all its
-descendants, in a ``finally``.
+A separate test sends SIGINT to a running server and site. Every process is
+started in its own session and stopped by PID, with all its descendants, in a
+``finally``.
 """
 
 from __future__ import annotations
@@ -249,3 +250,31 @@ def test_a_killed_server_resumes_from_its_last_committed_version(federation):
     with sqlite3.connect(f"file:{federation.state / 'store.sqlite'}?mode=ro", uri=True) as db:
         parents = db.execute("SELECT id, parent FROM versions ORDER BY id").fetchall()
     assert parents == [(0, None), (1, 0), (2, 1)]
+
+
+def test_ctrl_c_stops_the_server_and_a_site_with_everything_they_started(tmp_path):
+    make_keys(tmp_path / "keys", ["site-1"], [])
+    write_site_data(tmp_path / "site-1.csv", 1)
+    port = free_port()
+    fedelta = [PYTHON, "-m", "simulations.cli"]
+    launcher = Launcher(tmp_path)
+    try:
+        server = launcher.start("server", [*fedelta, "server", "--state-dir", str(tmp_path / "state"), "--certs",
+                                           str(tmp_path / "keys"), "--address", f"127.0.0.1:{port}",
+                                           *(arg for item in TINY for arg in ("--set", item))])
+        wait_until(lambda: "Waiting for nodes to connect" in server.text(), 180, "the ServerApp to run")
+        site = launcher.start("site", [*fedelta, "site", "--superlink", f"127.0.0.1:{port}", "--certs",
+                                       str(tmp_path / "keys"), "--key", str(tmp_path / "keys" / "sites" / "site-1"),
+                                       "--data", str(tmp_path / "site-1.csv"), "--cache-dir", str(tmp_path / "cache")])
+        wait_until(lambda: "SuperNode ID" in site.text(), 120, "the site to connect")
+        for entry, names in ((site, (b"flower-supernode", b"flower-superexec")),
+                             (server, (b"flower-superlink", b"flower-superexec", b"flwr-serverapp"))):
+            tree = descendants(entry.process.pid)
+            commands = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes() for pid in tree if alive(pid))
+            assert all(name in commands for name in names), commands
+            entry.process.send_signal(signal.SIGINT)
+            assert entry.process.wait(60) == 128 + signal.SIGINT
+            wait_until(lambda: not any(alive(pid) for pid in tree), 30, f"{entry.name}'s children to exit")
+            assert "SIGINT received; stopping everything this command started" in entry.text()
+    finally:
+        launcher.stop_all()
