@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 
 from client.site import Site, SiteData, simulated_site_data
 from common.config import Settings
-from common.data import load_file, split_site
+from common.data import label_names, load_file, split_site
 from common.versions import Downlink
 
 app = ClientApp()
@@ -20,9 +20,10 @@ def _site(context: Context) -> Site:
     node = context.node_config
     if "data-path" in node:
         name = str(node.get("site-name", f"node-{context.node_id}"))
-        corpus = load_file(Path(str(node["data-path"])))
+        labels = tuple(str(node["labels"]).split(",")) if "labels" in node else label_names(settings.data)
+        corpus = load_file(Path(str(node["data-path"])), labels)
         train_idx, test_idx = split_site(list(range(len(corpus))), settings.data.site_test_fraction, settings.seed)
-        data = SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(corpus.label_names))
+        data = SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(labels))
     else:
         index = int(node["partition-id"])
         name = f"site-{index}"
@@ -34,6 +35,12 @@ def _site(context: Context) -> Site:
     return Site(settings, name, cache, data)
 
 
+def _say(context: Context, line: str) -> None:
+    """One line per message in a deployed site's log (simulated sites stay quiet)."""
+    if "data-path" in context.node_config:
+        print(line, flush=True)
+
+
 def _downlink(msg: Message) -> Downlink:
     return Downlink.from_fields(msg.content["downlink"])
 
@@ -43,6 +50,8 @@ def train(msg: Message, context: Context) -> Message:
     site = _site(context)
     config = msg.content["config"]
     reply = site.train_round(int(config["server-round"]), _downlink(msg), str(config.get("genesis-sha", "")))
+    _say(context, f"{site.name}: trained on version {reply.version} "
+         f"({reply.sha[:12]}), loss {reply.metrics['train-loss']:.4f}, upload {len(reply.payload):,} bytes")
     update = ConfigRecord({"payload": reply.payload, "version": reply.version, "sha": reply.sha, "site": site.name})
     content = RecordDict({"update": update, "metrics": MetricRecord(reply.metrics)})
     return Message(content=content, reply_to=msg)
@@ -52,6 +61,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     site = _site(context)
     version, sha, metrics = site.evaluate_round(_downlink(msg))
+    _say(context, f"{site.name}: now on version {version} ({sha[:12]}), local accuracy {metrics['accuracy']:.4f}")
     ack = ConfigRecord({"version": version, "sha": sha, "site": site.name})
     content = RecordDict({"ack": ack, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

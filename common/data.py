@@ -90,10 +90,12 @@ def load_bbc_news() -> Corpus:
     return Corpus(texts, labels, groups, topics)
 
 
-def load_file(path: Path) -> Corpus:
+def load_file(path: Path, label_set: tuple[str, ...] | None = None) -> Corpus:
     """A CSV or JSONL file with ``text`` and ``label`` (and optionally ``group``) columns.
 
-    Integer labels are used as they are; other labels map to their sorted order.
+    Without ``label_set``, integer labels are used as they are and other
+    labels map to their sorted order. With ``label_set`` (a site joining a model
+    whose labels are fixed), each label must be one of its names or an index into it.
     """
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
@@ -104,6 +106,10 @@ def load_file(path: Path) -> Corpus:
     if missing:
         raise ValueError(f"data file {str(path)!r} lacks column(s) {sorted(missing)}")
     raw_labels = [str(row["label"]).strip() for row in rows]
+    texts = [str(row["text"]) for row in rows]
+    groups = [str(row.get("group", "")) for row in rows]
+    if label_set is not None:
+        return Corpus(texts, _labels_in(path, raw_labels, label_set), groups, tuple(label_set))
     if all(label.lstrip("-").isdigit() for label in raw_labels):
         labels = [int(label) for label in raw_labels]
         if min(labels) < 0:
@@ -112,9 +118,30 @@ def load_file(path: Path) -> Corpus:
     else:
         names = tuple(sorted(set(raw_labels)))
         labels = [names.index(label) for label in raw_labels]
-    texts = [str(row["text"]) for row in rows]
-    groups = [str(row.get("group", "")) for row in rows]
     return Corpus(texts, labels, groups, names)
+
+
+def _labels_in(path: Path, raw_labels: list[str], names: tuple[str, ...]) -> list[int]:
+    """Each label as an index into ``names``: a name, or an integer index; a clear error naming the others."""
+    index = {str(i): i for i in range(len(names))}
+    index.update({name: i for i, name in enumerate(names)})
+    unknown = sorted({label for label in raw_labels if label not in index})
+    if unknown:
+        shown = ", ".join(repr(label) for label in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ValueError(
+            f"data file {str(path)!r} has label(s) {shown} outside the model's label set "
+            f"{list(names)} (or their indices 0..{len(names) - 1})"
+        )
+    return [index[label] for label in raw_labels]
+
+
+def label_names(settings: DataSettings) -> tuple[str, ...]:
+    """The label set of the model these data settings build, without loading a bundled corpus."""
+    if settings.path:
+        return load_file(Path(settings.path)).label_names
+    if settings.name == "bbc-news":
+        return tuple(sorted(p.name for p in (_package_dir(BBC_PACKAGE) / BBC_DIR).iterdir() if p.is_dir()))
+    return RT_LABELS
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The ``fedelta`` command line: ``simulate`` and ``methods``."""
+"""The ``fedelta`` command line: ``simulate``, ``methods``, and ``keys``, ``server``, ``site`` for deployment."""
 
 from __future__ import annotations
 
@@ -93,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list fine-tuning methods, pruners, value types and aggregators")
     methods.set_defaults(handler=_methods)
     from server.console.cli import add_console_command
+    from simulations import cmd_keys, cmd_server, cmd_site
 
     add_console_command(commands)
+    for command in (cmd_keys, cmd_server, cmd_site):
+        command.add_parser(commands)
     return parser
 
 
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"fedelta: error: {error}", file=sys.stderr)
         return 2
 
