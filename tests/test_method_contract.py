@@ -94,6 +94,12 @@ def test_method_contract(method_name, kind):
     body = [name for name in resolved.names() if name not in bundle.head]
     assert body and any(resolved.entries[name].to_dense().abs().sum() > 0 for name in body)
 
+    # The new task head trains under every method, and its change is in the upload.
+    trained = model_params(bundle.model)
+    for name in bundle.head:
+        assert not torch.equal(trained[name], base[name]), name
+        torch.testing.assert_close(resolved.entries[name].to_dense(), trained[name] - base[name])
+
     # Uploads round-trip exactly (fp32 values).
     decoded = decode(upload.payload, LIMITS).delta
     for name, entry in formed.items():

@@ -1,4 +1,7 @@
+"""Which tensors each method trains, and HiWi's adapter on a bias as wide as MiniLM's."""
+
 import pytest
+import torch
 
 from common.delta import model_params
 from common.config import MethodSettings
@@ -36,3 +39,28 @@ def test_version_zero_is_reproducible():
     first = load_model("tiny-bert", num_labels=2, seed=3)
     second = load_model("tiny-bert", num_labels=2, seed=3)
     assert state_hash(model_params(first.model)) == state_hash(model_params(second.model))
+
+
+@pytest.mark.parametrize("width", [64, 1536])
+def test_hiwi_fits_a_bias_shift_whatever_the_bias_width(width):
+    """Adam at lr 3e-2 on a 1536-wide bias (MiniLM's FFN) must neither saturate nor blow up the adapter.
+
+    Held as a plain A, each step moved every hidden unit P A by lr * sum|P|, so the
+    units ran off within a few steps: gelu went to zero and P' stayed P.
+    """
+    from common.methods.hiwi import HiWiAdapter
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(width, generator=gen) * 0.1
+    shift = torch.randn(width, generator=gen) * 0.05
+    adapter = HiWiAdapter(base.shape, 8, gen)
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=3e-2)
+    start = float(shift.pow(2).sum())
+    for _ in range(60):
+        loss = (adapter(base) - base - shift).pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        error = (adapter(base) - base - shift).pow(2).sum()
+    assert float(error) < 0.01 * start

@@ -18,17 +18,30 @@ DEFAULT_WIDTH = 8
 
 
 class HiWiAdapter(torch.nn.Module):
-    """``P -> P + gelu(P A) B`` over the rows of P; B starts at zero, so P' = P at first."""
+    """``P -> P + gelu(P A) B`` over the rows of P; B starts at zero, so P' = P at first.
+
+    A is held as ``a = n A`` (n the row length) and used as ``a / n``: the same
+    function, with Adam steps of the right size. Adam moves every entry of a tensor
+    by about the learning rate per step, so a directly held A would move each hidden
+    unit of ``P A`` by up to ``lr * sum|P|``, a sum over n entries (about 200 * lr on
+    MiniLM's 1536-wide FFN biases): the units blow up within a round and P' - P
+    swamps P. Through ``a / n`` one step moves a unit by at most ``lr * mean|P|``,
+    whatever n.
+    """
 
     def __init__(self, shape: torch.Size, width: int, generator: torch.Generator) -> None:
         super().__init__()
-        features = shape[-1]
-        self.a = torch.nn.Parameter(torch.randn(features, width, generator=generator) / math.sqrt(features))
-        self.b = torch.nn.Parameter(torch.zeros(width, features))
+        self.fan_in = shape[-1]
+        # A = a / n starts with entries of variance 1 / n, so P A starts at the scale of P's entries.
+        self.a = torch.nn.Parameter(torch.randn(self.fan_in, width, generator=generator) * math.sqrt(self.fan_in))
+        self.b = torch.nn.Parameter(torch.zeros(width, self.fan_in))
+
+    def hidden(self, weight: torch.Tensor) -> torch.Tensor:
+        """The adapter's hidden units ``P A``, one row per row of P."""
+        return weight.reshape(-1, self.fan_in) @ self.a / self.fan_in
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        rows = weight.reshape(-1, weight.shape[-1])
-        return weight + (torch.nn.functional.gelu(rows @ self.a) @ self.b).reshape(weight.shape)
+        return weight + (torch.nn.functional.gelu(self.hidden(weight)) @ self.b).reshape(weight.shape)
 
 
 class HiWi(FineTuningMethod):
