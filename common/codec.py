@@ -1,12 +1,13 @@
 """The wire format: a Delta as a safetensors container compressed with zstd.
 
 Layout of the container, before compression:
-- tensor ``<name>/values``: the entry's values in the declared value dtype
-  (``<name>/a`` and ``<name>/b`` instead for low-rank factors);
+- tensor ``<name>/values``: the entry's values as the declared value type
+  stores them (``<name>/a`` and ``<name>/b`` instead for low-rank factors);
+  scaled types (int8, ternary) add ``<name>/values.scale``: one fp32 scale;
 - tensor ``<name>/indices`` (explicit-index entries only): the gaps between
   successive flat indices, minus one, as LEB128 varints (uint8);
 - metadata (``dict[str, str]``): ``format``, ``base`` (sha256 of the weights
-  the delta applies to), ``values`` (value dtype), ``entries`` (JSON: per name
+  the delta applies to), ``values`` (value type), ``entries`` (JSON: per name
   its kind, shape and its kind's parameters: seed and keep, mask spec, rank),
   plus caller metadata such as ``method`` and ``prune``.
 
@@ -30,7 +31,7 @@ import torch
 import zstandard
 
 from common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
-from common.quantization import VALUE_TYPES
+from common.quantization import VALUE_TYPES, Encoded, Quantizer
 
 FORMAT = "fedelta-delta/1"
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
@@ -42,6 +43,7 @@ TENSOR_PARTS = {
     "low-rank": ("a", "b"),
     "singular": ("values",),
 }
+SCALE_SUFFIX = ".scale"
 MAX_VARINT_BYTES = 5
 MAX_HEADER_BYTES = 64 << 20
 
@@ -82,7 +84,7 @@ def encode(
     level: int = 3,
 ) -> bytes:
     """Serialize ``delta`` (values cast to ``values``) for weights with hash ``base``."""
-    dtype = VALUE_TYPES.get(values)
+    quantizer = VALUE_TYPES.get(values)
     extra = dict(meta or {})
     clash = RESERVED_KEYS & extra.keys()
     if clash:
@@ -93,10 +95,10 @@ def encode(
         entry = delta.entries[name]
         described[name] = _describe(entry)
         if isinstance(entry, LowRank):
-            tensors[f"{name}/a"] = entry.a.detach().to(dtype).contiguous()
-            tensors[f"{name}/b"] = entry.b.detach().to(dtype).contiguous()
+            _put(tensors, f"{name}/a", quantizer.encode(entry.a))
+            _put(tensors, f"{name}/b", quantizer.encode(entry.b))
             continue
-        tensors[f"{name}/values"] = entry.flat_values().detach().to(dtype).reshape(-1).contiguous()
+        _put(tensors, f"{name}/values", quantizer.encode(entry.flat_values().reshape(-1)))
         if isinstance(entry, Sparse):
             gaps = encode_index_gaps(entry.indices.numpy())
             tensors[f"{name}/indices"] = torch.from_numpy(gaps)
@@ -119,17 +121,19 @@ def decode(data: bytes, limits: Limits) -> Decoded:
     if value_name not in VALUE_TYPES or not isinstance(meta.get("base"), str):
         raise CodecError(f"bad metadata: values={value_name!r}, base={meta.get('base')!r}")
     described = _parse_entries(meta.get("entries", ""), limits)
+    quantizer = VALUE_TYPES.get(value_name)
     expected = set()
     for n, d in described.items():
         expected |= {f"{n}/{part}" for part in TENSOR_PARTS[d["kind"]]}
+        if quantizer.scaled:
+            expected |= {f"{n}/{part}{SCALE_SUFFIX}" for part in TENSOR_PARTS[d["kind"]] if part != "indices"}
     if set(header) - {"__metadata__"} != expected:
         raise CodecError("tensors in the container do not match the declared entries")
     try:
         tensors = safetensors.torch.load(raw)
     except Exception as error:  # safetensors raises its own error types
         raise CodecError(f"malformed safetensors payload: {error}") from error
-    dtype = VALUE_TYPES.get(value_name)
-    entries = {name: _build(name, d, tensors, dtype) for name, d in described.items()}
+    entries = {name: _build(name, d, _Values(tensors, quantizer)) for name, d in described.items()}
     return Decoded(Delta(entries), dict(meta))
 
 
@@ -222,17 +226,43 @@ def _parse_entries(text: str, limits: Limits) -> dict[str, dict[str, Any]]:
     return described
 
 
-def _build(name: str, d: dict[str, Any], tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> Entry:
+def _put(tensors: dict[str, torch.Tensor], key: str, encoded: Encoded) -> None:
+    tensors[key] = encoded.stored
+    if encoded.scale is not None:
+        tensors[f"{key}{SCALE_SUFFIX}"] = encoded.scale
+
+
+@dataclass(frozen=True)
+class _Values:
+    """The container's tensors, read back through the declared value type."""
+
+    tensors: Mapping[str, torch.Tensor]
+    quantizer: Quantizer
+
+    def read(self, name: str, key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        stored = self.tensors[key]
+        if stored.dtype != self.quantizer.storage or (shape is None and stored.dim() != 1):
+            raise CodecError(f"entry {name!r}: {key} must be a 1-D {self.quantizer.storage} tensor")
+        if shape is not None and tuple(stored.shape) != shape:
+            raise CodecError(f"entry {name!r}: {key} has shape {tuple(stored.shape)}, expected {shape}")
+        scale = self.tensors.get(f"{key}{SCALE_SUFFIX}")
+        if self.quantizer.scaled:
+            if scale is None or scale.dtype != torch.float32 or scale.numel() != 1 or not torch.isfinite(scale).all():
+                raise CodecError(f"entry {name!r}: {key} needs one finite fp32 scale")
+        try:
+            return self.quantizer.decode(stored, scale)
+        except ValueError as error:
+            raise CodecError(f"entry {name!r}: {error}") from error
+
+
+def _build(name: str, d: dict[str, Any], values_of: _Values) -> Entry:
     shape = tuple(d["shape"])
     if d["kind"] == "low-rank":
-        a, b = tensors[f"{name}/a"], tensors[f"{name}/b"]
         rank = d["rank"]
-        if a.dtype != dtype or b.dtype != dtype or tuple(a.shape) != (rank, shape[1]) or tuple(b.shape) != (shape[0], rank):
-            raise CodecError(f"entry {name!r}: factors do not match rank {rank} and shape {shape}")
+        a = values_of.read(name, f"{name}/a", (rank, shape[1]))
+        b = values_of.read(name, f"{name}/b", (shape[0], rank))
         return LowRank(a, b)
-    values = tensors[f"{name}/values"]
-    if values.dtype != dtype or values.dim() != 1:
-        raise CodecError(f"entry {name!r}: values must be a 1-D {dtype} tensor")
+    values = values_of.read(name, f"{name}/values")
     if d["kind"] == "base-mask":
         if values.numel() > prod(shape):
             raise CodecError(f"entry {name!r}: more values than positions")
@@ -246,8 +276,8 @@ def _build(name: str, d: dict[str, Any], tensors: Mapping[str, torch.Tensor], dt
             raise CodecError(f"entry {name!r}: {values.numel()} values for shape {shape}")
         return Dense(values.reshape(shape))
     if d["kind"] == "sparse":
-        gaps = tensors[f"{name}/indices"]
-        if gaps.dtype != torch.uint8 or values.numel() != d["count"]:
+        gaps = values_of.tensors[f"{name}/indices"]
+        if gaps.dtype != torch.uint8 or gaps.dim() != 1 or values.numel() != d["count"]:
             raise CodecError(f"entry {name!r}: indices and values disagree")
         indices = decode_index_gaps(gaps.numpy(), d["count"], prod(shape))
         return Sparse(shape, torch.from_numpy(indices), values)
