@@ -1,0 +1,65 @@
+"""Activation-aware pruning, labelled DAREx-q and PERP recovery inside a site's round (tiny BERT)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rounds import open_federation, run_rounds
+from common.codec import decode
+from common.delta import Dense, SeededMask, Sparse
+from common.methods.lnbias import norm_and_bias_names
+from common.model import load_model
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind", "q_metric"),
+    [
+        ({"prune.name": "darex-q"}, SeededMask, True),
+        ({"prune.name": "darex-q", "prune.q-mode": "labelled"}, SeededMask, True),
+        ({"prune.name": "importance", "quant.values": "int8"}, Sparse, False),
+        ({"prune.name": "magnitude", "quant.values": "ternary", "feedback.enabled": True}, Sparse, False),
+    ],
+)
+def test_a_round_with_each_new_pruner_reports_its_metrics(tiny_settings, tmp_path, overrides, kind, q_metric):
+    settings = tiny_settings.with_overrides({"prune.drop": 0.9, "prune.calibration-size": 8, **overrides})
+    with open_federation(settings, tmp_path) as (coordinator, sites):
+        run_rounds(coordinator, sites, range(1, 2))
+        reply = sites[0].train_round(2, coordinator.downlink_for("0"))
+    entries = decode(reply.payload, coordinator.limits).delta.entries
+    weight = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert isinstance(entries[weight], kind)
+    metrics_file = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert ("site_prune_q" in metrics_file[-1]) == q_metric and "site_residual_norm" in metrics_file[-1]
+    if q_metric:
+        assert 0 < reply.metrics["prune-q-min"] <= reply.metrics["prune-q"] <= reply.metrics["prune-q-max"]
+    if settings.prune.q_mode == "labelled":
+        assert reply.metrics["prune-q-min"] == reply.metrics["prune-q-max"]
+
+
+def test_labelled_mode_carves_a_validation_split_from_training(tiny_settings, tmp_path):
+    settings = tiny_settings.with_overrides({"prune.name": "darex-q", "prune.q-mode": "labelled"})
+    plain = tiny_settings.with_overrides({"prune.name": "darex-q"})
+    with open_federation(settings, tmp_path / "a") as (_, labelled), open_federation(plain, tmp_path / "b") as (_, sites):
+        data, reference = labelled[0].data, sites[0].data
+    assert data.validation is not None and len(data.validation) >= 1
+    assert sorted(data.train.texts + data.validation.texts) == sorted(reference.train.texts)
+    assert data.test.texts == reference.test.texts
+
+
+def test_recovery_sends_norms_and_biases_dense_and_fixes_the_pruned_rest(tiny_settings, tmp_path):
+    settings = tiny_settings.with_overrides({"prune.name": "magnitude", "prune.drop": 0.9, "prune.recover-steps": 2})
+    baseline = tiny_settings.with_overrides({"prune.name": "magnitude", "prune.drop": 0.9})
+    replies = []
+    for index, chosen in enumerate((settings, baseline)):
+        with open_federation(chosen, tmp_path / str(index)) as (coordinator, sites):
+            replies.append(decode(sites[0].train_round(1, coordinator.downlink_for("0")).payload, coordinator.limits))
+    recovered, plain = (reply.delta.entries for reply in replies)
+    model = load_model("tiny-bert", 2, 0).model
+    norms_biases = set(norm_and_bias_names(model)) & set(recovered)
+    assert norms_biases and all(isinstance(recovered[name], Dense) for name in norms_biases)
+    weight = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert torch.equal(recovered[weight].indices, plain[weight].indices)
+    assert torch.equal(recovered[weight].values, plain[weight].values)
+    changed = [n for n in norms_biases if not torch.equal(recovered[n].to_dense(), plain[n].to_dense())]
+    assert changed
