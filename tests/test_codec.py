@@ -6,7 +6,7 @@ import safetensors.torch
 import torch
 import zstandard
 
-from common.codec import CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
+from common.codec import FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
 from common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
 from common.pruning import PruneRequest, prune_delta
 
@@ -111,16 +111,16 @@ def _container(meta: dict, tensors: dict) -> bytes:
     ("meta", "tensors", "fragment"),
     [
         ({"format": "other"}, {"x/values": torch.zeros(1)}, "not a fedelta"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp64", "entries": "{}"}, {}, "bad metadata"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp64", "entries": "{}"}, {}, "bad metadata"),
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "dense", "shape": [4]}})}, {"x/values": torch.zeros(3)}, "3 values"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "magic", "shape": [4]}})}, {"x/values": torch.zeros(4)}, "unknown kind"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "dense", "shape": [-4]}})}, {"x/values": torch.zeros(4)}, "bad shape"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "dense", "shape": [4]}})}, {"y/values": torch.zeros(4)}, "do not match"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "seeded", "shape": [400], "seed": 1, "keep": 0.5}})},
          {"x/values": torch.zeros(3)}, "for a mask"),
     ],
