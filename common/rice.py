@@ -3,8 +3,8 @@
 Each gap g = index - previous - 1 (the first gap is the index itself) is split
 into a quotient g >> b, written in unary (that many 0 bits, then a 1), and the
 b low bits. The Rice parameter b is chosen per tensor to minimise the total,
-which for the geometric gaps of a random mask of density d comes within about
-1 % of log2 C(n, k) bits. Layout (bytes): ``b``, then the k low-bit fields
+which for the geometric gaps of a random mask of density d <= 1/2 comes within
+about 1.5 % of log2 C(n, k) bits (denser sets cost at least 1 bit per index). Layout (bytes): ``b``, then the k low-bit fields
 packed MSB first, then the unary quotients packed MSB first, zero-padded.
 Decoding checks every length and the padding, so a payload decodes to exactly
 one index set or raises.
