@@ -15,7 +15,8 @@ type (fp16, int8) it prunes every tensor, encodes, and reports:
   ``index_ratio_to_bound``: that over log2 C(n_t, k_t) bits (explicit masks);
 - ``encode_vs_zstd`` / ``decode_vs_zstd``: median time of our encode / decode
   over median time of zstd level 3 compressing / decompressing the same delta
-  as dense fp32 bytes, timed alternately in this process (``--repeats`` pairs).
+  as dense fp32 bytes, timed alternately in this process (``--repeats`` pairs),
+  both on one thread.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def run(scale: float, repeats: int, seed: int, model_dir: Path | None = None) ->
     from common.pruning import PruneRequest, prune_delta
     from common.quantization import VALUE_TYPES
 
+    torch.set_num_threads(1)  # zstd compresses on one thread too
     folder = model_dir or bundled_model_path()
     shapes = minilm_shapes(folder)
     generator = torch.Generator().manual_seed(seed)
