@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rounds import open_federation, run_rounds
+from client.site import Site, simulated_site_data
+from rounds import node_of, open_federation
 from common.codec import decode
 from common.delta import Dense, SeededMask, Sparse
 from common.methods.lnbias import norm_and_bias_names
@@ -24,8 +25,15 @@ from common.model import load_model
 def test_a_round_with_each_new_pruner_reports_its_metrics(tiny_settings, tmp_path, overrides, kind, q_metric):
     settings = tiny_settings.with_overrides({"prune.drop": 0.9, "prune.calibration-size": 8, **overrides})
     with open_federation(settings, tmp_path) as (coordinator, sites):
-        run_rounds(coordinator, sites, range(1, 2))
-        reply = sites[0].train_round(2, coordinator.downlink_for("0"))
+        replies = []
+        for site in sites:
+            node = node_of(site)
+            replies.append(site.train_round(1, coordinator.downlink_for(node)))
+            coordinator.receive(node=node, site=site.name, server_round=1, payload=replies[-1].payload,
+                                metrics=replies[-1].metrics)
+        coordinator.commit(1)
+        coordinator.finish_round(1)
+    reply = replies[0]
     entries = decode(reply.payload, coordinator.limits).delta.entries
     weight = "bert.encoder.layer.0.intermediate.dense.weight"
     assert isinstance(entries[weight], kind)
@@ -40,8 +48,8 @@ def test_a_round_with_each_new_pruner_reports_its_metrics(tiny_settings, tmp_pat
 def test_labelled_mode_carves_a_validation_split_from_training(tiny_settings, tmp_path):
     settings = tiny_settings.with_overrides({"prune.name": "darex-q", "prune.q-mode": "labelled"})
     plain = tiny_settings.with_overrides({"prune.name": "darex-q"})
-    with open_federation(settings, tmp_path / "a") as (_, labelled), open_federation(plain, tmp_path / "b") as (_, sites):
-        data, reference = labelled[0].data, sites[0].data
+    data = Site(settings, "site-0", tmp_path / "a", simulated_site_data(settings, 0, 2)).data
+    reference = Site(plain, "site-0", tmp_path / "b", simulated_site_data(plain, 0, 2)).data
     assert data.validation is not None and len(data.validation) >= 1
     assert sorted(data.train.texts + data.validation.texts) == sorted(reference.train.texts)
     assert data.test.texts == reference.test.texts
