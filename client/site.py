@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,16 @@ from client.state import SiteState
 from common.codec import Limits
 from common.config import Settings
 from common.data import Corpus, hold_out, load_corpus, partition, split_site
-from common.delta import extract_delta, model_params
+from common.delta import Delta, extract_delta, model_params
 from common.methods import METHODS, MethodContext
+from common.methods.lnbias import norm_and_bias_names
 from common.model import ModelBundle, load_model
 from common.optimizers import make_optimizer
+from common.pruning import Calibration, PruneRequest, uses_inputs
+from common.pruning.calibration import calibrate, choose_global_q, with_delta_applied
+from common.pruning.recover import recover
 from common.training import evaluate, train
-from common.upload import make_upload, residual_norm, upload_seed
+from common.upload import finish_upload, prune_target, upload_seed
 from common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
 
 
@@ -26,6 +31,12 @@ class SiteData:
     train: Corpus
     test: Corpus
     num_labels: int
+    validation: Corpus | None = None
+
+    def with_validation(self, fraction: float, seed: int) -> SiteData:
+        """A copy whose training examples lose a ``fraction`` to a local validation split."""
+        train_idx, val_idx = split_site(list(range(len(self.train))), fraction, seed)
+        return SiteData(self.train.subset(train_idx), self.test, self.num_labels, self.train.subset(val_idx))
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,8 @@ class Site:
         self.settings = settings
         self.name = name
         self.state = SiteState(cache_dir)
+        if settings.prune.name == "darex-q" and settings.prune.q_mode == "labelled" and data.validation is None:
+            data = data.with_validation(settings.data.site_test_fraction, settings.seed + 1)
         self.data = data
 
     def sync(self, downlink: Downlink) -> tuple[ModelBundle, int, str]:
@@ -104,10 +117,19 @@ class Site:
         attachment.merge()
         dense_names = [name for name in attachment.touched if name not in formed]
         delta = extract_delta(model_params(model), before, dense_names)
-        upload = make_upload(
-            delta, self.state.load_residual(), settings, base=sha,
-            seed=upload_seed(settings.seed, server_round, self.name), limits=Limits.for_model(bundle.num_params()),
-            formed=formed, resolver=resolver,
+        seed = upload_seed(settings.seed, server_round, self.name)
+        calibration = self.calibration(bundle, before, delta, seed)
+        recovering = frozenset(norm_and_bias_names(model)) & delta.keys() if settings.prune.recover_steps else frozenset()
+        pruned = prune_target(
+            delta, self.state.load_residual(), settings, seed=seed, calibration=calibration, keep_dense=recovering
+        )
+        if recovering:
+            pruned = pruned.with_dense(recover(
+                model, bundle.tokenizer, self.data.train, base=before, pruned=pruned.delta, names=recovering,
+                head=bundle.head, settings=settings, seed=seed + 1,
+            ))
+        upload = finish_upload(
+            pruned, settings, base=sha, limits=Limits.for_model(bundle.num_params()), formed=formed, resolver=resolver
         )
         self.state.save_residual(upload.residual)
         metrics = {
@@ -116,11 +138,36 @@ class Site:
             "train-examples": float(result.examples),
             "upload-bytes": float(len(upload.payload)),
             "kept-values": float(upload.sent.count()),
-            "residual-norm": residual_norm(upload.residual),
+            **upload.metrics,
             "downlink-bytes": float(downlink.size()),
             "seconds": time.perf_counter() - started,
         }
         return TrainReply(upload.payload, version, sha, metrics)
+
+    def calibration(
+        self, bundle: ModelBundle, before: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], seed: int
+    ) -> Calibration | None:
+        """Layer inputs on an unlabelled batch of training texts, for pruners that use them; with
+        ``prune.q-mode = labelled``, also DAREx-q's global q chosen on the local validation split."""
+        prune = self.settings.prune
+        if not uses_inputs(prune.name):
+            return None
+        rng = random.Random(seed)
+        texts = rng.sample(self.data.train.texts, min(prune.calibration_size, len(self.data.train)))
+        found = calibrate(bundle.model, bundle.tokenizer, texts, max_length=self.settings.model.max_length)
+        if prune.name != "darex-q" or prune.q_mode != "labelled" or not self.data.validation:
+            return found
+        params, validation = model_params(bundle.model), self.data.validation
+
+        def score(pruned: Delta) -> tuple[float, float]:
+            def run() -> tuple[float, float]:
+                result = evaluate(bundle.model, bundle.tokenizer, validation, max_length=self.settings.model.max_length)
+                return result.accuracy, -result.loss
+
+            return with_delta_applied(params, before, pruned, run)
+
+        q = choose_global_q(delta, PruneRequest(prune.keep, seed), score, min_size=prune.min_size)
+        return Calibration(found.inputs, q)
 
     def evaluate_round(self, downlink: Downlink) -> tuple[int, str, dict[str, float]]:
         bundle, version, sha = self.sync(downlink)

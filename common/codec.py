@@ -1,12 +1,14 @@
 """The wire format: a Delta as a safetensors container compressed with zstd.
 
 Layout of the container, before compression:
-- tensor ``<name>/values``: the entry's values in the declared value dtype
-  (``<name>/a`` and ``<name>/b`` instead for low-rank factors);
+- tensor ``<name>/values``: the entry's values as the declared value type
+  stores them (``<name>/a`` and ``<name>/b`` instead for low-rank factors);
+  with a scaled value type (int8, ternary), tensor ``scales`` holds one fp32
+  scale per value tensor, in the order of their names;
 - tensor ``<name>/indices`` (explicit-index entries only): the gaps between
-  successive flat indices, minus one, as LEB128 varints (uint8);
+  successive flat indices, minus one, Golomb-Rice coded (uint8; :mod:`common.rice`);
 - metadata (``dict[str, str]``): ``format``, ``base`` (sha256 of the weights
-  the delta applies to), ``values`` (value dtype), ``entries`` (JSON: per name
+  the delta applies to), ``values`` (value type), ``entries`` (JSON: per name
   its kind, shape and its kind's parameters: seed and keep, mask spec, rank),
   plus caller metadata such as ``method`` and ``prune``.
 
@@ -30,9 +32,10 @@ import torch
 import zstandard
 
 from common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
-from common.quantization import VALUE_TYPES
+from common.quantization import VALUE_TYPES, Encoded, Quantizer
+from common.rice import IndexCodingError, decode_indices, encode_indices
 
-FORMAT = "fedelta-delta/1"
+FORMAT = "fedelta-delta/2"
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
 TENSOR_PARTS = {
     "dense": ("values",),
@@ -42,7 +45,7 @@ TENSOR_PARTS = {
     "low-rank": ("a", "b"),
     "singular": ("values",),
 }
-MAX_VARINT_BYTES = 5
+SCALES = "scales"
 MAX_HEADER_BYTES = 64 << 20
 
 
@@ -79,31 +82,42 @@ def encode(
     base: str,
     values: str = "fp32",
     meta: Mapping[str, str] | None = None,
-    level: int = 3,
+    level: int | None = None,
 ) -> bytes:
-    """Serialize ``delta`` (values cast to ``values``) for weights with hash ``base``."""
-    dtype = VALUE_TYPES.get(values)
+    """Serialize ``delta`` (values cast to ``values``) for weights with hash ``base``.
+
+    ``level`` is the zstd level; by default small containers get a slower,
+    tighter level (:func:`auto_level`), which costs little at their size.
+    """
+    quantizer = VALUE_TYPES.get(values)
     extra = dict(meta or {})
     clash = RESERVED_KEYS & extra.keys()
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved")
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor | Encoded] = {}
     described: dict[str, dict[str, Any]] = {}
     for name in delta.names():
         entry = delta.entries[name]
         described[name] = _describe(entry)
         if isinstance(entry, LowRank):
-            tensors[f"{name}/a"] = entry.a.detach().to(dtype).contiguous()
-            tensors[f"{name}/b"] = entry.b.detach().to(dtype).contiguous()
+            tensors[f"{name}/a"] = quantizer.encode(entry.a)
+            tensors[f"{name}/b"] = quantizer.encode(entry.b)
             continue
-        tensors[f"{name}/values"] = entry.flat_values().detach().to(dtype).reshape(-1).contiguous()
+        tensors[f"{name}/values"] = quantizer.encode(entry.flat_values().reshape(-1))
         if isinstance(entry, Sparse):
             gaps = encode_index_gaps(entry.indices.numpy())
             tensors[f"{name}/indices"] = torch.from_numpy(gaps)
-    header = {"format": FORMAT, "base": base, "values": values, "entries": json.dumps(described), **extra}
-    raw = safetensors.torch.save(tensors, metadata=header)
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    entries = json.dumps(described, separators=(",", ":"))
+    header = {"format": FORMAT, "base": base, "values": values, "entries": entries, **extra}
+    raw = safetensors.torch.save(_container_tensors(tensors), metadata=header)
+    chosen = auto_level(len(raw)) if level is None else level
+    compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True, write_content_size=True)
     return compressor.compress(raw)
+
+
+def auto_level(size: int) -> int:
+    """zstd level by container size: 15 under 256 KiB, 9 under 4 MiB, else 3."""
+    return 15 if size < 256 << 10 else 9 if size < 4 << 20 else 3
 
 
 def decode(data: bytes, limits: Limits) -> Decoded:
@@ -119,17 +133,20 @@ def decode(data: bytes, limits: Limits) -> Decoded:
     if value_name not in VALUE_TYPES or not isinstance(meta.get("base"), str):
         raise CodecError(f"bad metadata: values={value_name!r}, base={meta.get('base')!r}")
     described = _parse_entries(meta.get("entries", ""), limits)
+    quantizer = VALUE_TYPES.get(value_name)
     expected = set()
     for n, d in described.items():
         expected |= {f"{n}/{part}" for part in TENSOR_PARTS[d["kind"]]}
+    if quantizer.scaled:
+        expected.add(SCALES)
     if set(header) - {"__metadata__"} != expected:
         raise CodecError("tensors in the container do not match the declared entries")
     try:
         tensors = safetensors.torch.load(raw)
     except Exception as error:  # safetensors raises its own error types
         raise CodecError(f"malformed safetensors payload: {error}") from error
-    dtype = VALUE_TYPES.get(value_name)
-    entries = {name: _build(name, d, tensors, dtype) for name, d in described.items()}
+    values_of = _Values(tensors, quantizer, _scales_by_key(tensors, quantizer))
+    entries = {name: _build(name, d, values_of) for name, d in described.items()}
     return Decoded(Delta(entries), dict(meta))
 
 
@@ -222,17 +239,66 @@ def _parse_entries(text: str, limits: Limits) -> dict[str, dict[str, Any]]:
     return described
 
 
-def _build(name: str, d: dict[str, Any], tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> Entry:
+def _container_tensors(tensors: dict[str, torch.Tensor | Encoded]) -> dict[str, torch.Tensor]:
+    """Stored tensors by key, plus one ``scales`` tensor when the value type is scaled."""
+    out: dict[str, torch.Tensor] = {}
+    scales = []
+    for key in sorted(tensors):
+        item = tensors[key]
+        if isinstance(item, Encoded):
+            out[key] = item.stored
+            if item.scale is not None:
+                scales.append(item.scale.reshape(1))
+        else:
+            out[key] = item
+    if scales:
+        out[SCALES] = torch.cat(scales)
+    return out
+
+
+def _value_keys(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    return sorted(key for key in tensors if "/" in key and not key.endswith("/indices"))
+
+
+def _scales_by_key(tensors: Mapping[str, torch.Tensor], quantizer: Quantizer) -> dict[str, torch.Tensor]:
+    if not quantizer.scaled:
+        return {}
+    scales, keys = tensors[SCALES], _value_keys(tensors)
+    if scales.dtype != torch.float32 or scales.dim() != 1 or scales.numel() != len(keys):
+        raise CodecError(f"{SCALES} must be a 1-D fp32 tensor with one scale per value tensor ({len(keys)})")
+    if not torch.isfinite(scales).all():
+        raise CodecError(f"{SCALES} holds non-finite values")
+    return {key: scales[i : i + 1] for i, key in enumerate(keys)}
+
+
+@dataclass(frozen=True)
+class _Values:
+    """The container's tensors, read back through the declared value type."""
+
+    tensors: Mapping[str, torch.Tensor]
+    quantizer: Quantizer
+    scales: Mapping[str, torch.Tensor]
+
+    def read(self, name: str, key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        stored = self.tensors[key]
+        if stored.dtype != self.quantizer.storage or (shape is None and stored.dim() != 1):
+            raise CodecError(f"entry {name!r}: {key} must be a 1-D {self.quantizer.storage} tensor")
+        if shape is not None and tuple(stored.shape) != shape:
+            raise CodecError(f"entry {name!r}: {key} has shape {tuple(stored.shape)}, expected {shape}")
+        try:
+            return self.quantizer.decode(stored, self.scales.get(key))
+        except ValueError as error:
+            raise CodecError(f"entry {name!r}: {error}") from error
+
+
+def _build(name: str, d: dict[str, Any], values_of: _Values) -> Entry:
     shape = tuple(d["shape"])
     if d["kind"] == "low-rank":
-        a, b = tensors[f"{name}/a"], tensors[f"{name}/b"]
         rank = d["rank"]
-        if a.dtype != dtype or b.dtype != dtype or tuple(a.shape) != (rank, shape[1]) or tuple(b.shape) != (shape[0], rank):
-            raise CodecError(f"entry {name!r}: factors do not match rank {rank} and shape {shape}")
+        a = values_of.read(name, f"{name}/a", (rank, shape[1]))
+        b = values_of.read(name, f"{name}/b", (shape[0], rank))
         return LowRank(a, b)
-    values = tensors[f"{name}/values"]
-    if values.dtype != dtype or values.dim() != 1:
-        raise CodecError(f"entry {name!r}: values must be a 1-D {dtype} tensor")
+    values = values_of.read(name, f"{name}/values")
     if d["kind"] == "base-mask":
         if values.numel() > prod(shape):
             raise CodecError(f"entry {name!r}: more values than positions")
@@ -246,8 +312,8 @@ def _build(name: str, d: dict[str, Any], tensors: Mapping[str, torch.Tensor], dt
             raise CodecError(f"entry {name!r}: {values.numel()} values for shape {shape}")
         return Dense(values.reshape(shape))
     if d["kind"] == "sparse":
-        gaps = tensors[f"{name}/indices"]
-        if gaps.dtype != torch.uint8 or values.numel() != d["count"]:
+        gaps = values_of.tensors[f"{name}/indices"]
+        if gaps.dtype != torch.uint8 or gaps.dim() != 1 or values.numel() != d["count"]:
             raise CodecError(f"entry {name!r}: indices and values disagree")
         indices = decode_index_gaps(gaps.numpy(), d["count"], prod(shape))
         return Sparse(shape, torch.from_numpy(indices), values)
@@ -258,47 +324,13 @@ def _build(name: str, d: dict[str, Any], tensors: Mapping[str, torch.Tensor], dt
 
 
 def encode_index_gaps(indices: np.ndarray) -> np.ndarray:
-    """Strictly increasing int64 indices as LEB128 varints of (gap - 1); the first gap is the index."""
-    if indices.size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    gaps = np.diff(indices.astype(np.int64), prepend=-1) - 1
-    if gaps.min() < 0:
-        raise ValueError("indices must be strictly increasing and non-negative")
-    gaps = gaps.astype(np.uint64)
-    lengths = np.ones(gaps.size, dtype=np.int64)
-    for j in range(1, MAX_VARINT_BYTES + 1):
-        lengths += gaps >= np.uint64(1 << (7 * j))
-    if lengths.max() > MAX_VARINT_BYTES:
-        raise ValueError("index gap too large for the varint coding")
-    starts = np.cumsum(lengths) - lengths
-    out = np.empty(int(lengths.sum()), dtype=np.uint8)
-    for j in range(MAX_VARINT_BYTES):
-        has = lengths > j
-        if not has.any():
-            break
-        byte = (gaps[has] >> np.uint64(7 * j)) & np.uint64(0x7F)
-        more = (lengths[has] > j + 1).astype(np.uint64) << np.uint64(7)
-        out[starts[has] + j] = (byte | more).astype(np.uint8)
-    return out
+    """Strictly increasing int64 indices as Golomb-Rice coded gaps (see :mod:`common.rice`)."""
+    return encode_indices(indices)
 
 
 def decode_index_gaps(data: np.ndarray, count: int, numel: int) -> np.ndarray:
-    """Inverse of :func:`encode_index_gaps`; checks the count and that every index is < numel."""
-    if count == 0:
-        if data.size:
-            raise CodecError("index bytes present for an empty entry")
-        return np.zeros(0, dtype=np.int64)
-    ends = np.flatnonzero(data < 0x80)
-    if ends.size != count or ends[-1] != data.size - 1:
-        raise CodecError(f"index coding holds {ends.size} values, expected {count}")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    if (ends - starts).max() >= MAX_VARINT_BYTES:
-        raise CodecError("index varint too long")
-    owner = np.repeat(np.arange(count), ends - starts + 1)
-    shift = (np.arange(data.size) - starts[owner]).astype(np.uint64) * np.uint64(7)
-    parts = (data.astype(np.uint64) & np.uint64(0x7F)) << shift
-    gaps = np.add.reduceat(parts, starts).astype(np.int64)
-    indices = np.cumsum(gaps + 1) - 1
-    if indices[-1] >= numel:
-        raise CodecError(f"index {indices[-1]} out of range for {numel} elements")
-    return indices
+    """Inverse of :func:`encode_index_gaps`; checks the count, lengths and that every index is < numel."""
+    try:
+        return decode_indices(data, count, numel)
+    except IndexCodingError as error:
+        raise CodecError(str(error)) from error

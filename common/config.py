@@ -17,7 +17,8 @@ from typing import Any
 
 PARTITIONERS = ("movie", "dirichlet", "iid")
 DATASETS = ("rotten-tomatoes", "bbc-news")
-RESCALING_PRUNERS = ("dare",)
+RESCALING_PRUNERS = ("dare", "darex-q")
+Q_MODES = ("unlabelled", "labelled")
 OPTIMIZERS = ("adamw", "adamr", "sgd")
 
 
@@ -122,9 +123,15 @@ class PruneSettings:
     drop: float = 0.9
     density: float = 0.0
     min_size: int = 1024
+    q_mode: str = "unlabelled"
+    calibration_size: int = 32
+    recover_steps: int = 0
 
     def __post_init__(self) -> None:
         _require(0 <= self.drop < 1, "prune.drop", "must be in [0, 1)")
+        _require(self.q_mode in Q_MODES, "prune.q-mode", f"must be one of {Q_MODES}, got {self.q_mode!r}")
+        _require(self.calibration_size >= 1, "prune.calibration-size", "must be >= 1")
+        _require(self.recover_steps >= 0, "prune.recover-steps", "must be >= 0 (0 = no recovery)")
         _require(0 <= self.density <= 1, "prune.density", "must be in [0, 1] (0 means 1 - prune.drop)")
         _require(self.min_size >= 0, "prune.min-size", "must be >= 0")
 
@@ -240,7 +247,8 @@ class Settings:
             not (self.feedback.enabled and self.prune.name in RESCALING_PRUNERS),
             "feedback.enabled",
             f"cannot be combined with prune.name={self.prune.name!r}: its kept values are rescaled by "
-            "1/keep, so the residual would carry that sampling noise and grow about 1/keep-fold per round; "
+            "1/q (q = keep for dare, fitted for darex-q), so the residual would carry that sampling noise "
+            "and grow about 1/q-fold per round; "
             "use error feedback with a selecting pruner (magnitude) or turn it off",
         )
 

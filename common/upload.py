@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from common.codec import Limits, decode, encode
 from common.config import Settings
-from common.delta import Delta, Entry
+from common.delta import Delta, Dense, Entry
 from common.methods.registry import Resolver
-from common.pruning import PruneRequest, prune_delta
+from common.pruning import Calibration, PruneRequest, prune_delta
 
 
 @dataclass(frozen=True)
@@ -22,12 +23,74 @@ class Upload:
     payload: bytes
     sent: Delta
     residual: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """``target`` (delta + residual), its pruned form, and what the pruner recorded per tensor."""
+
+    target: dict[str, torch.Tensor]
+    delta: Delta
+    stats: dict[str, float]
+
+    def with_dense(self, replaced: Mapping[str, torch.Tensor]) -> Pruned:
+        """The same, with some tensors replaced by new values sent dense (e.g. after recovery)."""
+        entries = {**self.delta.entries, **{name: Dense(value) for name, value in replaced.items()}}
+        return Pruned({**self.target, **replaced}, Delta(entries), self.stats)
 
 
 def upload_seed(run_seed: int, server_round: int, site: str) -> int:
     """A 63-bit seed for one site's pruning mask in one round."""
     digest = hashlib.sha256(f"{run_seed}|{server_round}|{site}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def prune_target(
+    delta: Mapping[str, torch.Tensor],
+    residual: Mapping[str, torch.Tensor],
+    settings: Settings,
+    *,
+    seed: int,
+    calibration: Calibration | None = None,
+    keep_dense: frozenset[str] = frozenset(),
+) -> Pruned:
+    """``delta + residual``, pruned with the configured pruner; ``keep_dense`` tensors stay whole."""
+    with torch.no_grad():
+        target = {name: value + residual[name] if name in residual else value for name, value in delta.items()}
+    request = PruneRequest(keep=settings.prune.keep, seed=seed, calibration=calibration)
+    pruned = prune_delta(target, settings.prune.name, request, settings.prune.min_size, keep_dense)
+    return Pruned(target, pruned, dict(request.stats))
+
+
+def finish_upload(
+    pruned: Pruned,
+    settings: Settings,
+    *,
+    base: str,
+    limits: Limits,
+    formed: Mapping[str, Entry] | None = None,
+    resolver: Resolver | None = None,
+) -> Upload:
+    """Encode the pruned delta plus the method's ``formed`` entries, and form the new residual.
+
+    ``sent`` is the decoded upload (mask and singular entries unresolved). The
+    residual is computed against the decoded bytes, resolved, so
+    ``delta + residual_old == sent + residual_new`` holds for exactly what the
+    server will apply.
+    """
+    entries = {**pruned.delta.entries, **(formed or {})}
+    meta = {"method": settings.method.name, "prune": f"{settings.prune.name}:{settings.prune.keep:g}"}
+    payload = encode(Delta(entries), base=base, values=settings.quant.values, meta=meta)
+    sent = decode(payload, limits).delta
+    new_residual: dict[str, torch.Tensor] = {}
+    if settings.feedback.enabled:
+        resolved = (resolver or Resolver()).resolve(sent)
+        with torch.no_grad():
+            for name, value in pruned.target.items():
+                new_residual[name] = value - resolved.entries[name].to_dense()
+    metrics = {"residual-norm": residual_norm(new_residual), **prune_metrics(pruned.stats)}
+    return Upload(payload=payload, sent=sent, residual=new_residual, metrics=metrics)
 
 
 def make_upload(
@@ -40,30 +103,19 @@ def make_upload(
     limits: Limits,
     formed: Mapping[str, Entry] | None = None,
     resolver: Resolver | None = None,
+    calibration: Calibration | None = None,
 ) -> Upload:
-    """Prune and encode ``delta + residual``, plus the method's ``formed`` entries as they are.
+    """:func:`prune_target` then :func:`finish_upload`."""
+    pruned = prune_target(delta, residual, settings, seed=seed, calibration=calibration)
+    return finish_upload(pruned, settings, base=base, limits=limits, formed=formed, resolver=resolver)
 
-    ``sent`` is the decoded upload (mask and singular entries unresolved). The
-    residual is computed against the decoded bytes, resolved, so
-    ``delta + residual_old == sent + residual_new`` holds for exactly what the
-    server will apply.
-    """
-    with torch.no_grad():
-        target = {name: value + residual[name] if name in residual else value for name, value in delta.items()}
-    pruned = prune_delta(
-        target, settings.prune.name, PruneRequest(keep=settings.prune.keep, seed=seed), settings.prune.min_size
-    )
-    entries = {**pruned.entries, **(formed or {})}
-    meta = {"method": settings.method.name, "prune": f"{settings.prune.name}:{settings.prune.keep:g}"}
-    payload = encode(Delta(entries), base=base, values=settings.quant.values, meta=meta)
-    sent = decode(payload, limits).delta
-    new_residual: dict[str, torch.Tensor] = {}
-    if settings.feedback.enabled:
-        resolved = (resolver or Resolver()).resolve(sent)
-        with torch.no_grad():
-            for name, value in target.items():
-                new_residual[name] = value - resolved.entries[name].to_dense()
-    return Upload(payload=payload, sent=sent, residual=new_residual)
+
+def prune_metrics(stats: Mapping[str, float]) -> dict[str, float]:
+    """Site metrics from per-tensor pruner records: DAREx-q's q (mean, min, max over tensors)."""
+    if not stats:
+        return {}
+    values = list(stats.values())
+    return {"prune-q": statistics.fmean(values), "prune-q-min": min(values), "prune-q-max": max(values)}
 
 
 def residual_norm(residual: Mapping[str, torch.Tensor]) -> float:

@@ -30,6 +30,8 @@ from server.store import Version, VersionStore
 from server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
 
 log = logging.getLogger("fedelta.server")
+# Sites' training metrics whose mean over the round's sites goes into metrics.jsonl as ``site_<key>``.
+REPORTED_TRAIN_METRICS = ("prune-q", "residual-norm")
 
 
 @dataclass
@@ -42,6 +44,10 @@ class RoundTally:
     downlink_bytes: int = 0
     rejected: int = 0
     site_metrics: dict[str, float] = field(default_factory=dict)
+    train_metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def train_means(self) -> dict[str, float]:
+        return {f"site-{key}": sum(values) / len(values) for key, values in self.train_metrics.items() if values}
 
     def counters(self) -> dict[str, int]:
         return {"sites": self.sites, "upload_bytes": self.upload_bytes,
@@ -179,6 +185,9 @@ class Coordinator:
         """
         self.tally.upload_bytes += len(payload)
         self.tally.sites += 1
+        for key in REPORTED_TRAIN_METRICS:
+            if isinstance(metrics.get(key), int | float):
+                self.tally.train_metrics.setdefault(key, []).append(float(metrics[key]))
         try:
             weight = example_weight(metrics)
             delta = self._admitted(payload)
@@ -269,7 +278,7 @@ class Coordinator:
             "downlink_bytes": counters["downlink_bytes"],
             "rejected": counters["rejected"],
             "seconds": time.perf_counter() - tally.started,
-            **{key.replace("-", "_"): value for key, value in tally.site_metrics.items()},
+            **{key.replace("-", "_"): value for key, value in {**tally.train_means(), **tally.site_metrics}.items()},
         }
         self.store.record_round(server_round, self.head.id, row)
         report.append_row(self.out_dir, row)

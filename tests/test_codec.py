@@ -6,7 +6,7 @@ import safetensors.torch
 import torch
 import zstandard
 
-from common.codec import CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
+from common.codec import FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
 from common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
 from common.pruning import PruneRequest, prune_delta
 
@@ -111,16 +111,16 @@ def _container(meta: dict, tensors: dict) -> bytes:
     ("meta", "tensors", "fragment"),
     [
         ({"format": "other"}, {"x/values": torch.zeros(1)}, "not a fedelta"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp64", "entries": "{}"}, {}, "bad metadata"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp64", "entries": "{}"}, {}, "bad metadata"),
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "dense", "shape": [4]}})}, {"x/values": torch.zeros(3)}, "3 values"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "magic", "shape": [4]}})}, {"x/values": torch.zeros(4)}, "unknown kind"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "dense", "shape": [-4]}})}, {"x/values": torch.zeros(4)}, "bad shape"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "dense", "shape": [4]}})}, {"y/values": torch.zeros(4)}, "do not match"),
-        ({"format": "fedelta-delta/1", "base": BASE, "values": "fp32",
+        ({"format": FORMAT, "base": BASE, "values": "fp32",
           "entries": json.dumps({"x": {"kind": "seeded", "shape": [400], "seed": 1, "keep": 0.5}})},
          {"x/values": torch.zeros(3)}, "for a mask"),
     ],
@@ -133,3 +133,90 @@ def test_malformed_containers_name_the_problem(meta, tensors, fragment):
 def test_reserved_metadata_keys_are_refused():
     with pytest.raises(ValueError, match="reserved"):
         encode(_delta(), base=BASE, meta={"base": "x"})
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.01, 0.0005])  # Rice spends >= 1 bit per index
+def test_rice_coded_indices_round_trip_near_the_information_bound(density):
+    import math
+
+    rng = np.random.default_rng(int(density * 1e4))
+    numel = 200_000
+    indices = np.flatnonzero(rng.random(numel) < density)
+    coded = encode_index_gaps(indices)
+    assert np.array_equal(decode_index_gaps(coded, indices.size, numel), indices)
+    bound_bits = (math.lgamma(numel + 1) - math.lgamma(indices.size + 1) - math.lgamma(numel - indices.size + 1)) / math.log(2)
+    assert coded.size * 8 <= 1.05 * bound_bits + 16
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda c: c[:-1],                                       # a byte short
+    lambda c: np.concatenate([c, np.zeros(1, np.uint8)]),   # a byte of padding too many
+    lambda c: np.concatenate([[60], c[1:]]).astype(np.uint8),  # Rice parameter out of range
+])
+def test_rice_decoding_rejects_malformed_lengths(mutate):
+    coded = encode_index_gaps(np.array([3, 40, 41, 977]))
+    with pytest.raises(CodecError):
+        decode_index_gaps(mutate(coded), 4, 1000)
+
+
+# Property: random corruption of a valid payload is rejected or changes nothing.
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+
+def _payload(values: str) -> tuple[Delta, bytes]:
+    gen = torch.Generator().manual_seed(3)
+    dense = {"a.weight": torch.randn(30, 20, generator=gen), "a.bias": torch.randn(30, generator=gen)}
+    parts = {**prune_delta(dense, "magnitude", PruneRequest(0.1, 1), min_size=100).entries,
+             **{f"s.{k}": v for k, v in prune_delta(dense, "dare", PruneRequest(0.2, 2), min_size=100).entries.items()}}
+    delta = Delta(parts)
+    return delta, encode(delta, base=BASE, values=values)
+
+
+PAYLOADS = {values: _payload(values) for values in ("fp16", "int8", "ternary")}
+
+
+def _same(decoded: Delta, original: Delta, values: str) -> bool:
+    """Whether ``decoded`` is exactly what ``original`` becomes when sent with ``values``."""
+    from common.pruning.recover import as_received
+
+    return decoded.names() == original.names() and all(
+        torch.equal(decoded.entries[n].to_dense(), as_received(original.entries[n], values)) for n in original.names()
+    )
+
+
+@hsettings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.sampled_from(sorted(PAYLOADS)),
+    edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(min_value=0)),
+)
+def test_corrupted_payload_is_rejected_or_decodes_to_the_original(values, edits, cut):
+    original, payload = PAYLOADS[values]
+    data = bytearray(payload)
+    for position, byte in edits:
+        data[position % len(data)] = byte
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    try:
+        decoded = decode(bytes(data), LIMITS)
+    except CodecError:
+        return
+    assert _same(decoded.delta, original, values)
+
+
+@hsettings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.sampled_from(sorted(PAYLOADS)),
+    edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), min_size=1, max_size=4),
+)
+def test_corrupted_container_inside_a_valid_frame_raises_only_codec_errors(values, edits):
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(PAYLOADS[values][1]))
+    for position, byte in edits:
+        raw[position % len(raw)] = byte
+    data = zstandard.ZstdCompressor(write_checksum=True, write_content_size=True).compress(bytes(raw))
+    try:
+        decoded = decode(data, LIMITS)
+    except CodecError:
+        return
+    assert decoded.delta.count() <= LIMITS.max_elements

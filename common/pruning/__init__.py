@@ -2,9 +2,10 @@
 
 A pruner is a function ``(name, delta, request) -> Entry`` registered in
 :data:`PRUNERS` with its reference; importing this package registers them all.
+Activation-aware pruners read layer inputs from the request's :class:`Calibration`.
 """
 
-from common.pruning.registry import PRUNERS, PruneRequest, prune_delta
-from common.pruning import dare, magnitude, none  # noqa: F401  (registration)
+from common.pruning.registry import PRUNERS, Calibration, PruneRequest, prune_delta, uses_inputs
+from common.pruning import dare, darex_q, importance, magnitude, none  # noqa: F401  (registration)
 
-__all__ = ["PRUNERS", "PruneRequest", "prune_delta"]
+__all__ = ["PRUNERS", "Calibration", "PruneRequest", "prune_delta", "uses_inputs"]

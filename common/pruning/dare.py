@@ -7,13 +7,21 @@ from common.delta import Entry, SeededMask, seeded_mask
 from common.pruning.registry import PRUNERS, PruneRequest
 
 
+def seeded_positions(name: str, delta: torch.Tensor, request: PruneRequest) -> torch.Tensor:
+    """Flat positions DARE keeps for tensor ``name``: a Bernoulli(keep) mask from the request's seed."""
+    return seeded_mask(request.seed, name, delta.numel(), request.keep).nonzero().reshape(-1)
+
+
+def rescaled(name: str, delta: torch.Tensor, request: PruneRequest, positions: torch.Tensor, q: float) -> SeededMask:
+    """The kept values divided by ``q`` on DARE's seeded mask."""
+    values = delta.reshape(-1)[positions] / q
+    return SeededMask(tuple(delta.shape), name, request.seed, request.keep, values, positions)
+
+
 @PRUNERS.register(
     "dare",
     summary="random drop on a seeded mask, kept values rescaled by 1/(1-p); no indices sent",
     reference="Yu et al. 2024, Language Models are Super Mario (DARE), arXiv:2311.03099",
 )
 def dare(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
-    mask = seeded_mask(request.seed, name, delta.numel(), request.keep)
-    positions = mask.nonzero().reshape(-1)
-    values = delta.reshape(-1)[positions] / request.keep
-    return SeededMask(tuple(delta.shape), name, request.seed, request.keep, values, positions)
+    return rescaled(name, delta, request, seeded_positions(name, delta, request), request.keep)

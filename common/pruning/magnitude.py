@@ -11,13 +11,18 @@ def kept_count(numel: int, keep: float) -> int:
     return min(numel, max(1, round(keep * numel))) if numel else 0
 
 
+def top_k(delta: torch.Tensor, score: torch.Tensor, keep: float) -> Sparse:
+    """The entries of ``delta`` with the k largest ``score`` (same shape), k = :func:`kept_count`."""
+    flat = delta.reshape(-1)
+    k = kept_count(flat.numel(), keep)
+    indices = torch.topk(score.reshape(-1), k, sorted=False).indices.sort().values
+    return Sparse(tuple(delta.shape), indices, flat[indices].clone())
+
+
 @PRUNERS.register(
     "magnitude",
     summary="keep the top-k |delta| entries per tensor; sends indices",
     reference="Han et al. 2015, Learning both Weights and Connections; DARE paper baseline",
 )
 def magnitude(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
-    flat = delta.reshape(-1)
-    k = kept_count(flat.numel(), request.keep)
-    indices = torch.topk(flat.abs(), k, sorted=False).indices.sort().values
-    return Sparse(tuple(delta.shape), indices, flat[indices].clone())
+    return top_k(delta, delta.abs(), request.keep)

@@ -1,9 +1,9 @@
-"""The pruner registry and the loop that prunes every tensor of a delta."""
+"""The pruner registry, what a pruner is asked, and the loop that prunes every tensor of a delta."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,24 +12,70 @@ from common.registry import Registry
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """What activation-aware pruners know about the model's inputs.
+
+    ``inputs`` maps the name of a linear layer's weight to a batch of that
+    layer's inputs (rows x in_features), captured on unlabelled text. ``q`` is
+    a global DAREx-q keep scale chosen on labelled data; it overrides the
+    per-layer closed form.
+    """
+
+    inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    q: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.q is not None and not 0.0 < self.q <= 1.0:
+            raise ValueError(f"calibration q must be in (0, 1], got {self.q}")
+
+    def inputs_for(self, name: str, delta: torch.Tensor) -> torch.Tensor | None:
+        """The inputs multiplying ``delta`` (out x in), or ``None`` when it is not such a weight."""
+        inputs = self.inputs.get(name)
+        if inputs is None or delta.dim() != 2 or inputs.dim() != 2 or inputs.shape[1] != delta.shape[1]:
+            return None
+        return inputs
+
+
+@dataclass(frozen=True)
 class PruneRequest:
-    """What a pruner needs besides the tensor: the fraction to keep and a seed."""
+    """What a pruner needs besides the tensor: the fraction to keep, a seed, optionally calibration.
+
+    Pruners may record one number per tensor in ``stats`` (darex-q: the q it used).
+    """
 
     keep: float
     seed: int
+    calibration: Calibration | None = None
+    stats: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def inputs_for(self, name: str, delta: torch.Tensor) -> torch.Tensor | None:
+        return None if self.calibration is None else self.calibration.inputs_for(name, delta)
 
 
 Pruner = Callable[[str, torch.Tensor, PruneRequest], Entry]
 PRUNERS: Registry[Pruner] = Registry("pruner")
 
 
+def needs_inputs(pruner: Pruner) -> Pruner:
+    """Mark a pruner that uses captured layer inputs (:class:`Calibration`) when it has them."""
+    pruner.needs_inputs = True  # type: ignore[attr-defined]
+    return pruner
+
+
+def uses_inputs(name: str) -> bool:
+    """Whether the pruner registered as ``name`` wants a calibration batch."""
+    return bool(getattr(PRUNERS.get(name), "needs_inputs", False))
+
+
 def prune_delta(
-    dense: Mapping[str, torch.Tensor], pruner: str, request: PruneRequest, min_size: int = 0
+    dense: Mapping[str, torch.Tensor], pruner: str, request: PruneRequest, min_size: int = 0,
+    keep_dense: frozenset[str] = frozenset(),
 ) -> Delta:
-    """Prune each tensor with ``pruner``; tensors under ``min_size`` elements stay dense."""
+    """Prune each tensor with ``pruner``; tensors under ``min_size`` elements or in ``keep_dense`` stay dense."""
     prune = PRUNERS.get(pruner)
     entries: dict[str, Entry] = {}
     for name in sorted(dense):
         tensor = dense[name]
-        entries[name] = Dense(tensor) if tensor.numel() < min_size else prune(name, tensor, request)
+        small = tensor.numel() < min_size or name in keep_dense
+        entries[name] = Dense(tensor) if small else prune(name, tensor, request)
     return Delta(entries)

@@ -1,0 +1,45 @@
+"""DAREx-q: DARE's seeded mask with the kept values rescaled by 1/q, q fitted to preserve layer outputs."""
+
+from __future__ import annotations
+
+import torch
+
+from common.delta import Entry
+from common.pruning.dare import rescaled, seeded_positions
+from common.pruning.registry import PRUNERS, PruneRequest, needs_inputs
+
+
+def output_preserving_q(kept: torch.Tensor, delta: torch.Tensor, inputs: torch.Tensor) -> float | None:
+    """q minimising ||a / q - b||^2 with a = X (m*delta)^T, b = X delta^T: 1/q = <a,b> / <a,a>.
+
+    ``None`` when the fit is undefined (nothing kept, or <a,b> <= 0).
+    """
+    x = inputs.to(torch.float32)
+    a = (x @ kept.to(torch.float32).T).double()
+    b = (x @ delta.to(torch.float32).T).double()
+    aa, ab = float((a * a).sum()), float((a * b).sum())
+    if aa <= 0.0 or ab <= 0.0:
+        return None
+    return aa / ab
+
+
+@PRUNERS.register(
+    "darex-q",
+    summary="DARE's seeded mask, kept values rescaled by 1/q with q fitted per layer on captured inputs "
+    "(prune.q-mode = unlabelled) or one q chosen on local validation accuracy (labelled); no indices sent; "
+    "tensors without inputs use DARE's 1/(1-p)",
+    reference="Deng et al. 2024, DARE the Extreme: Revisiting Delta-Parameter Pruning, arXiv:2410.09344",
+)
+@needs_inputs
+def darex_q(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
+    positions = seeded_positions(name, delta, request)
+    q = request.keep
+    if request.calibration is not None and request.calibration.q is not None:
+        q = request.calibration.q
+    elif (inputs := request.inputs_for(name, delta)) is not None:
+        kept = torch.zeros(delta.numel(), dtype=torch.float32)
+        kept[positions] = delta.reshape(-1)[positions].to(torch.float32)
+        fitted = output_preserving_q(kept.reshape(delta.shape), delta, inputs)
+        q = fitted if fitted is not None else q
+    request.stats[name] = q
+    return rescaled(name, delta, request, positions, q)

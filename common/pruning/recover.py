@@ -1,0 +1,66 @@
+"""PERP-style recovery after pruning: a few steps on normalization and bias tensors, the pruned delta fixed."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from math import prod
+
+import torch
+
+from common.config import Settings
+from common.data import Corpus
+from common.delta import Delta, Entry, model_params
+from common.optimizers import make_optimizer
+from common.quantization import VALUE_TYPES, round_trip
+from common.training import train
+
+
+def as_received(entry: Entry, values: str) -> torch.Tensor:
+    """The dense fp32 tensor a receiver decodes for ``entry`` sent with value type ``values``."""
+    decoded = round_trip(VALUE_TYPES.get(values), entry.flat_values().reshape(-1))
+    positions = entry.positions()
+    if positions is None:
+        return decoded.reshape(entry.shape)
+    out = torch.zeros(prod(entry.shape), dtype=torch.float32)
+    out[positions] = decoded
+    return out.reshape(entry.shape)
+
+
+def recover(
+    model: torch.nn.Module,
+    tokenizer: object,
+    corpus: Corpus,
+    *,
+    base: Mapping[str, torch.Tensor],
+    pruned: Delta,
+    names: Collection[str],
+    head: list[str],
+    settings: Settings,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Train only ``names`` for ``prune.recover-steps`` steps on top of base + the pruned delta as sent.
+
+    Every other pruned tensor is set to its base value plus exactly what the
+    server will decode, and stays fixed. Returns the new deltas of ``names``
+    (to be sent dense); the model is left holding the recovered weights.
+    """
+    params = model_params(model)
+    with torch.no_grad():
+        for name, entry in pruned.entries.items():
+            if name not in names:
+                params[name].copy_(base[name] + as_received(entry, settings.quant.values))
+    trainable = [param for name, param in model.named_parameters() if name in names]
+    flags = {name: param.requires_grad for name, param in model.named_parameters()}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in names)
+    try:
+        optimizer = make_optimizer(model, trainable, head, settings.local, settings.optimizer)
+        train(
+            model, tokenizer, corpus, optimizer, steps=settings.prune.recover_steps,
+            batch_size=settings.local.batch_size, max_length=settings.model.max_length, seed=seed,
+        )
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+    with torch.no_grad():
+        return {name: params[name].detach().to(torch.float32) - base[name].to(torch.float32) for name in names}

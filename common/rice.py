@@ -1,0 +1,99 @@
+"""Golomb-Rice coding of strictly increasing indices: the codec's index layer (numpy, vectorised).
+
+Each gap g = index - previous - 1 (the first gap is the index itself) is split
+into a quotient g >> b, written in unary (that many 0 bits, then a 1), and the
+b low bits. The Rice parameter b is chosen per tensor to minimise the total,
+which for the geometric gaps of a random mask of density d <= 1/2 comes within
+about 1.5 % of log2 C(n, k) bits (denser sets cost at least 1 bit per index). Layout (bytes): ``b``, then the k low-bit fields
+packed MSB first, then the unary quotients packed MSB first, zero-padded.
+Decoding checks every length and the padding, so a payload decodes to exactly
+one index set or raises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_RICE_BITS = 48
+
+
+class IndexCodingError(ValueError):
+    """Bytes that are not a valid Rice coding of the declared index count."""
+
+
+def _best_parameter(gaps: np.ndarray) -> int:
+    """The b that minimises k * (b + 1) + sum(gaps >> b)."""
+    top = min(MAX_RICE_BITS, max(0, int(gaps.max()).bit_length()))
+    costs = [gaps.size * (b + 1) + int((gaps >> np.uint64(b)).sum()) for b in range(top + 1)]
+    return int(np.argmin(costs))
+
+
+def _low_bits_length(count: int, b: int) -> int:
+    return (count * b + 7) // 8
+
+
+def encode_indices(indices: np.ndarray) -> np.ndarray:
+    """Rice-code strictly increasing non-negative int64 ``indices`` into uint8 bytes."""
+    if indices.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    gaps = np.diff(indices.astype(np.int64), prepend=-1) - 1
+    if gaps.min() < 0:
+        raise ValueError("indices must be strictly increasing and non-negative")
+    gaps = gaps.astype(np.uint64)
+    b = _best_parameter(gaps)
+    if b:
+        shifts = np.arange(b - 1, -1, -1, dtype=np.uint64)
+        low = np.packbits(((gaps[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1))
+    else:
+        low = np.zeros(0, dtype=np.uint8)
+    quotients = (gaps >> np.uint64(b)).astype(np.int64)
+    ones = np.cumsum(quotients + 1) - 1
+    unary = np.zeros(int(ones[-1]) + 1, dtype=np.uint8)
+    unary[ones] = 1
+    return np.concatenate([np.array([b], dtype=np.uint8), low, np.packbits(unary)])
+
+
+def _read_low_bits(data: np.ndarray, count: int, b: int) -> np.ndarray:
+    """The ``count`` b-bit fields packed MSB first in ``data``, without expanding to bits."""
+    if b == 0:
+        return np.zeros(count, dtype=np.uint64)
+    padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)]).astype(np.uint64)
+    start = np.arange(count, dtype=np.uint64) * np.uint64(b)
+    byte, shift = start >> np.uint64(3), start & np.uint64(7)
+    word = np.zeros(count, dtype=np.uint64)
+    for t in range(8):
+        word |= padded[(byte + np.uint64(t)).astype(np.int64)] << np.uint64(56 - 8 * t)
+    return (word >> (np.uint64(64 - b) - shift)) & np.uint64((1 << b) - 1)
+
+
+def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
+    """Inverse of :func:`encode_indices`; checks lengths, padding, and that every index is < ``numel``."""
+    if count == 0:
+        if data.size:
+            raise IndexCodingError("index bytes present for an empty entry")
+        return np.zeros(0, dtype=np.int64)
+    if data.size < 2:
+        raise IndexCodingError("index coding too short")
+    b = int(data[0])
+    if b > MAX_RICE_BITS or (1 << b) > 2 * max(numel, 1):
+        raise IndexCodingError(f"Rice parameter {b} out of range")
+    low_end = 1 + _low_bits_length(count, b)
+    # every quotient is at most numel >> b and they sum to at most numel >> b, so the unary part is bounded
+    most_unary = (count + (numel >> b) + 7) // 8
+    unary_bytes = data.size - low_end
+    if unary_bytes < 1 or unary_bytes > most_unary:
+        raise IndexCodingError(f"index coding of {data.size} bytes does not fit {count} indices")
+    unary = np.unpackbits(data[low_end:])
+    ones = np.flatnonzero(unary)
+    if ones.size != count or unary.size - ones[-1] > 8:
+        raise IndexCodingError(f"index coding holds {ones.size} values, expected {count}")
+    if low_end > 1 and count * b % 8 and data[low_end - 1] & ((1 << (8 - count * b % 8)) - 1):
+        raise IndexCodingError("index coding has non-zero padding")
+    quotients = np.diff(ones, prepend=-1) - 1
+    gaps = (quotients.astype(np.uint64) << np.uint64(b)) | _read_low_bits(data[1:low_end], count, b)
+    if int(gaps.max()) >= numel:
+        raise IndexCodingError(f"index gap out of range for {numel} elements")
+    indices = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    if indices[-1] >= numel:
+        raise IndexCodingError(f"index {indices[-1]} out of range for {numel} elements")
+    return indices

@@ -1,0 +1,73 @@
+"""Activation-aware pruning, labelled DAREx-q and PERP recovery inside a site's round (tiny BERT)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from client.site import Site, simulated_site_data
+from rounds import node_of, open_federation
+from common.codec import decode
+from common.delta import Dense, SeededMask, Sparse
+from common.methods.lnbias import norm_and_bias_names
+from common.model import load_model
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind", "q_metric"),
+    [
+        ({"prune.name": "darex-q"}, SeededMask, True),
+        ({"prune.name": "darex-q", "prune.q-mode": "labelled"}, SeededMask, True),
+        ({"prune.name": "importance", "quant.values": "int8"}, Sparse, False),
+        ({"prune.name": "magnitude", "quant.values": "ternary", "feedback.enabled": True}, Sparse, False),
+    ],
+)
+def test_a_round_with_each_new_pruner_reports_its_metrics(tiny_settings, tmp_path, overrides, kind, q_metric):
+    settings = tiny_settings.with_overrides({"prune.drop": 0.9, "prune.calibration-size": 8, **overrides})
+    with open_federation(settings, tmp_path) as (coordinator, sites):
+        replies = []
+        for site in sites:
+            node = node_of(site)
+            replies.append(site.train_round(1, coordinator.downlink_for(node)))
+            coordinator.receive(node=node, site=site.name, server_round=1, payload=replies[-1].payload,
+                                metrics=replies[-1].metrics)
+        coordinator.commit(1)
+        coordinator.finish_round(1)
+    reply = replies[0]
+    entries = decode(reply.payload, coordinator.limits).delta.entries
+    weight = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert isinstance(entries[weight], kind)
+    metrics_file = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert ("site_prune_q" in metrics_file[-1]) == q_metric and "site_residual_norm" in metrics_file[-1]
+    if q_metric:
+        assert 0 < reply.metrics["prune-q-min"] <= reply.metrics["prune-q"] <= reply.metrics["prune-q-max"]
+    if settings.prune.q_mode == "labelled":
+        assert reply.metrics["prune-q-min"] == reply.metrics["prune-q-max"]
+
+
+def test_labelled_mode_carves_a_validation_split_from_training(tiny_settings, tmp_path):
+    settings = tiny_settings.with_overrides({"prune.name": "darex-q", "prune.q-mode": "labelled"})
+    plain = tiny_settings.with_overrides({"prune.name": "darex-q"})
+    data = Site(settings, "site-0", tmp_path / "a", simulated_site_data(settings, 0, 2)).data
+    reference = Site(plain, "site-0", tmp_path / "b", simulated_site_data(plain, 0, 2)).data
+    assert data.validation is not None and len(data.validation) >= 1
+    assert sorted(data.train.texts + data.validation.texts) == sorted(reference.train.texts)
+    assert data.test.texts == reference.test.texts
+
+
+def test_recovery_sends_norms_and_biases_dense_and_fixes_the_pruned_rest(tiny_settings, tmp_path):
+    settings = tiny_settings.with_overrides({"prune.name": "magnitude", "prune.drop": 0.9, "prune.recover-steps": 2})
+    baseline = tiny_settings.with_overrides({"prune.name": "magnitude", "prune.drop": 0.9})
+    replies = []
+    for index, chosen in enumerate((settings, baseline)):
+        with open_federation(chosen, tmp_path / str(index)) as (coordinator, sites):
+            replies.append(decode(sites[0].train_round(1, coordinator.downlink_for("0")).payload, coordinator.limits))
+    recovered, plain = (reply.delta.entries for reply in replies)
+    model = load_model("tiny-bert", 2, 0).model
+    norms_biases = set(norm_and_bias_names(model)) & set(recovered)
+    assert norms_biases and all(isinstance(recovered[name], Dense) for name in norms_biases)
+    weight = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert torch.equal(recovered[weight].indices, plain[weight].indices)
+    assert torch.equal(recovered[weight].values, plain[weight].values)
+    changed = [n for n in norms_biases if not torch.equal(recovered[n].to_dense(), plain[n].to_dense())]
+    assert changed
