@@ -16,6 +16,7 @@ from common.delta import extract_delta, model_params
 from common.methods import METHODS, MethodContext
 from common.model import ModelBundle, load_model
 from common.optimizers import make_optimizer
+from common.sparsity import base_pattern, formed_off_pattern, keep_pattern, lock_pattern
 from common.training import evaluate, train
 from common.upload import make_upload, residual_norm, upload_seed
 from common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
@@ -61,7 +62,7 @@ class Site:
 
     def sync(self, downlink: Downlink) -> tuple[ModelBundle, int, str]:
         """Load the model at the downlink's target version, verified by hash, and cache it."""
-        bundle = load_model(self.settings.model.path, self.data.num_labels, self.settings.seed)
+        bundle = load_model(self.settings.model.source, self.data.num_labels, self.settings.seed)
         params = model_params(bundle.model)
         limits = Limits.for_model(bundle.num_params())
         cached = self.state.load_version()
@@ -79,7 +80,7 @@ class Site:
 
     def method_context(self, head: list[str], genesis_sha: str) -> MethodContext:
         def genesis() -> dict[str, torch.Tensor]:
-            bundle = load_model(self.settings.model.path, self.data.num_labels, self.settings.seed)
+            bundle = load_model(self.settings.model.source, self.data.num_labels, self.settings.seed)
             return model_params(bundle.model)
 
         return MethodContext(self.settings.method, head, genesis_sha, genesis, self.state.memo)
@@ -93,6 +94,8 @@ class Site:
         context = self.method_context(bundle.head, genesis_sha)
         resolver = method.resolver(context, params) if settings.feedback.enabled else None
         attachment = method.attach(model, context)
+        pattern = base_pattern(settings.model.sparse_base, context)
+        lock_pattern(model, pattern)
         before = {name: params[name].clone() for name in attachment.touched}
         optimizer = make_optimizer(model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
         result = train(
@@ -100,10 +103,10 @@ class Site:
             steps=settings.local.steps, batch_size=settings.local.batch_size,
             max_length=settings.model.max_length, seed=upload_seed(settings.seed, server_round, self.name),
         )
-        formed = attachment.formed()
+        formed = formed_off_pattern(attachment.formed(), pattern)
         attachment.merge()
         dense_names = [name for name in attachment.touched if name not in formed]
-        delta = extract_delta(model_params(model), before, dense_names)
+        delta = keep_pattern(extract_delta(model_params(model), before, dense_names), pattern)
         upload = make_upload(
             delta, self.state.load_residual(), settings, base=sha,
             seed=upload_seed(settings.seed, server_round, self.name), limits=Limits.for_model(bundle.num_params()),

@@ -20,6 +20,7 @@ from common.data import hold_out, load_corpus
 from common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
 from common.methods import METHODS, MethodContext
 from common.model import load_model
+from common.sparsity import base_pattern
 from common.training import evaluate
 from common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
 from server import control
@@ -75,7 +76,7 @@ class Coordinator:
         corpus = load_corpus(settings.data)
         _, test_idx = hold_out(corpus, settings.data.test_size, settings.seed)
         self.test = corpus.subset(test_idx)
-        self.bundle = load_model(settings.model.path, len(corpus.label_names), settings.seed)
+        self.bundle = load_model(settings.model.source, len(corpus.label_names), settings.seed)
         self.params = model_params(self.bundle.model)
         self.num_params = self.bundle.num_params()
         self.limits = Limits.for_model(self.num_params)
@@ -90,6 +91,7 @@ class Coordinator:
         self._memo: dict[str, dict[str, torch.Tensor]] = {}
         self.context = MethodContext(settings.method, self.bundle.head, self.genesis_sha, self._genesis_params, self._remember)
         self.allowed = self.method.touched(self.bundle.model, self.context)
+        self.pattern = base_pattern(settings.model.sparse_base, self.context)
         self.resolver = self.method.resolver(self.context, self.params)
         self.tally = RoundTally()
         self.aggregator: Aggregator = make_aggregator(settings.aggregate, settings.seed)
@@ -197,7 +199,9 @@ class Coordinator:
         """Decode one upload within limits, resolve method-specific entries, validate against the head."""
         decoded = decode(payload, self.upload_limits)
         decoded = Decoded(self.resolver.resolve(decoded.delta), decoded.meta)
-        validate_update(decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed)
+        validate_update(
+            decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed, pattern=self.pattern
+        )
         return decoded.delta
 
     def _reject(self, site: str, server_round: int, reason: str) -> None:

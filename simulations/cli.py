@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     from server.console.cli import add_console_command
 
     add_console_command(commands)
+    from simulations.cmd_sparse_base import add_command as add_sparse_base_command
+
+    add_sparse_base_command(commands)
     return parser
 
 
