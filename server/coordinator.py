@@ -26,6 +26,7 @@ from common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
 from server import control
 from server.aggregation import Aggregator, make_aggregator
 from server.downlink import MergedEncoder, shortest_downlink
+from server.memory import peak_rss_bytes, rss_bytes
 from server.resume import reopen_rounds, replay_to, restore
 from server.store import Version, VersionStore
 from server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
@@ -273,6 +274,8 @@ class Coordinator:
             "downlink_bytes": counters["downlink_bytes"],
             "rejected": counters["rejected"],
             "seconds": time.perf_counter() - tally.started,
+            "server_rss_bytes": rss_bytes(),
+            "server_peak_rss_bytes": peak_rss_bytes(),
             **{key.replace("-", "_"): value for key, value in tally.site_metrics.items()},
         }
         self.store.record_round(server_round, self.head.id, row)
