@@ -117,7 +117,7 @@ def prepare_sparse_base(request: SparseBaseRequest) -> dict[str, object]:
     every = max(1, ramp // 50)
     pattern: dict[str, torch.Tensor] = {}
     removers: list = []
-    last_loss = float("nan")
+    last_loss: float | None = None
     student.model.train()
     with tqdm(total=request.steps, desc=f"prune to {request.sparsity:g}", disable=not sys.stderr.isatty()) as bar:
         for step in range(request.steps):
@@ -156,7 +156,7 @@ def _body_bytes(params: dict[str, torch.Tensor], head: list[str], *, sparse: boo
     return len(encode(Delta(entries), base="", values="fp32"))
 
 
-def _write(student, request: SparseBaseRequest, dense_bytes: int, last_loss: float) -> dict[str, object]:
+def _write(student, request: SparseBaseRequest, dense_bytes: int, last_loss: float | None) -> dict[str, object]:
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     student.model.base_model.save_pretrained(str(out))

@@ -14,7 +14,7 @@ def peak_rss_bytes() -> int:
 
 
 def rss_bytes() -> int:
-    """Resident set now (``/proc/self/statm``), or the peak where that file does not exist."""
+    """Resident set now, from ``/proc/self/statm`` (the peak where that file does not exist)."""
     try:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

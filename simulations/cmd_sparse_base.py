@@ -15,8 +15,10 @@ def _prepare(args: argparse.Namespace) -> int:
     )
     report = prepare_sparse_base(request)
     sizes = report["bytes"]
+    loss = report["final_distillation_loss"]
     print(f"sparsity {report['targeted_sparsity']:.4f} of {report['targeted_params']:,} body matrix weights "
-          f"({report['model_sparsity']:.4f} of the whole model); distillation loss {report['final_distillation_loss']:.4g}")
+          f"({report['model_sparsity']:.4f} of the whole model); "
+          + ("one-shot (no distillation)" if loss is None else f"final distillation loss {loss:.4g}"))
     print(f"download as zstd-compressed fp32: {human_bytes(sizes['sparse_body_zstd'])} sparse vs "
           f"{human_bytes(sizes['dense_body_zstd'])} dense; safetensors on disk {human_bytes(sizes['safetensors'])}")
     print(f"wrote {args.out} (use it with --set model.sparse-base={args.out})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulations.experiments.harness import figure, overrides_text
+from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
 from simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "darex_extreme"
@@ -80,11 +80,6 @@ def plot(outcomes: list[Outcome], path) -> None:
     for key, points in series.items():
         points.sort(key=lambda o: o.run.tags["drop"])
         ax.plot([1 - o.run.tags["drop"] for o in points], [o.accuracy for o in points], marker="o", label=key)
-    ax.set_xscale("log")
+    accuracy_axes(ax, "fraction kept, 1 - p (log)", log_x=True)
     ax.invert_xaxis()
-    ax.set_xlabel("fraction kept, 1 - p (log)")
-    ax.set_ylabel("final accuracy")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(plt, fig, path)

@@ -12,7 +12,7 @@ from typing import Any
 
 from common.report import human_bytes
 from simulations.compare_methods import RUNS as METHOD_RUNS
-from simulations.experiments.harness import figure, frontier, overrides_text
+from simulations.experiments.harness import accuracy_axes, figure, frontier, overrides_text, save
 from simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "frontier"
@@ -78,10 +78,5 @@ def plot(outcomes: list[Outcome], path) -> None:
         ax.annotate(o.run.label, (o.upload_bytes, o.accuracy), fontsize=7, xytext=(4, 4), textcoords="offset points")
     for o, style in zip([o for o in outcomes if "reference" in o.run.tags], ("--", ":"), strict=False):
         ax.axhline(o.accuracy, linestyle=style, color="gray", label=o.run.label)
-    ax.set_xscale("log")
-    ax.set_xlabel("total upload bytes (log)")
-    ax.set_ylabel("final accuracy")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    accuracy_axes(ax, "total upload bytes (log)", log_x=True)
+    save(plt, fig, path)

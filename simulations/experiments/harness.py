@@ -147,3 +147,20 @@ def figure():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(plt, fig, path: Path) -> None:
+    """Lay out, write as PNG and release a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy_axes(ax, xlabel: str, *, log_x: bool = False, legend: bool = True) -> None:
+    """Label an accuracy plot's axes (optionally a log x axis) and draw its legend."""
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final accuracy")
+    if legend:
+        ax.legend(fontsize=7)

@@ -7,7 +7,7 @@ steps, magnitude and DARE at p = 0.99 and 0.999, recovery 0 or 8 steps.
 
 from __future__ import annotations
 
-from simulations.experiments.harness import figure, overrides_text
+from simulations.experiments.harness import figure, overrides_text, save
 from simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "perp"
@@ -59,6 +59,4 @@ def plot(outcomes: list[Outcome], path) -> None:
     colors = ["tab:green" if o.run.tags["recover"] else "tab:gray" for o in outcomes]
     ax.barh(labels, [o.accuracy for o in outcomes], color=colors)
     ax.set_xlabel("final accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(plt, fig, path)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from common.report import human_bytes
-from simulations.experiments.harness import figure, overrides_text
+from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
 from simulations.experiments.runner import QUICK, Outcome, Run, run_all
 
 NAME = "sparse_base"
@@ -84,8 +84,5 @@ def plot(outcomes: list[Outcome], path) -> None:
     for o in points:
         ax.annotate(f"{o.accuracy:.3f}", (o.run.tags["sparsity"], o.accuracy), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    ax.set_xlabel("base sparsity S (0 = dense base)")
-    ax.set_ylabel("final federated accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    accuracy_axes(ax, "base sparsity S (0 = dense base)", legend=False)
+    save(plt, fig, path)
