@@ -21,10 +21,11 @@ def _run_quick(module, tmp_path: Path):
     outcomes = run_experiment(module, quick=True, backend="inprocess", runs=tmp_path / "runs", results=results)
     section = (results / "section.md").read_text()
     assert section.startswith(f"## {module.TITLE} (quick mode)")
-    assert "Commit `" in section and "seed 0" in section
+    assert "Code of commit `" in section and "seed 0" in section
     assert (results / "plot.png").read_bytes()[:8] == PNG
     recorded = json.loads((results / "outcomes.json").read_text())
     assert [r["label"] for r in recorded] == [o.run.label for o in outcomes]
+    assert all(len(r["commit"].removesuffix("+changes")) == 40 for r in recorded if not r["refused"])
     return outcomes, section
 
 

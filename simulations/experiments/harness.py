@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 from types import ModuleType
@@ -25,16 +24,6 @@ from simulations.experiments.runner import BACKENDS, Outcome, run_all
 
 RESULTS_DIR = PROJECT_DIR / "simulations" / "results"
 RUNS_DIR = Path("runs") / "experiments"
-
-
-def commit() -> str:
-    """``git rev-parse HEAD``, marked ``+changes`` when tracked files differ from it."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=PROJECT_DIR, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    head = git("rev-parse", "HEAD") or "unknown"
-    return f"{head}+changes" if git("status", "--porcelain", "--untracked-files=no") else head
 
 
 def hardware() -> str:
@@ -55,7 +44,8 @@ def hardware() -> str:
 
 def provenance(outcomes: list[Outcome]) -> str:
     seeds = sorted({o.summary["config"]["seed"] for o in outcomes if o.summary})
-    return (f"Commit `{commit()}`; seed {', '.join(map(str, seeds)) or '-'}; {hardware()}; "
+    revisions = ", ".join(f"`{r}`" for r in sorted({o.revision for o in outcomes})) or "-"
+    return (f"Code of commit {revisions}; seed {', '.join(map(str, seeds)) or '-'}; {hardware()}; "
             f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
 
 
@@ -73,7 +63,8 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
     lines = [
         f"## {module.TITLE}{' (quick mode)' if quick else ''}",
         "",
-        f"`python -m simulations.experiments run {module.NAME}{' --quick' if quick else ''}`. {provenance(done)}",
+        f"`python -m simulations.experiments run {module.NAME}{' --quick' if quick else ''}`. "
+        f"{provenance(done)}",
         "",
         module.describe(quick),
         "",
@@ -92,7 +83,7 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
 def _record(outcome: Outcome) -> dict[str, Any]:
     summary = {k: v for k, v in outcome.summary.items() if k != "config"}
     return {"label": outcome.run.label, "overrides": outcome.run.overrides, "tags": outcome.run.tags,
-            "refused": outcome.refused, "seconds": outcome.seconds, "summary": summary,
+            "refused": outcome.refused, "commit": outcome.revision, "seconds": outcome.seconds, "summary": summary,
             "rows": outcome.rows}
 
 

@@ -25,6 +25,7 @@ QUICK: dict[str, Any] = {
     "local.lr": 1e-3, "data.test-size": 32, "data.max-site-examples": 32, "model.max-length": 16,
 }
 BACKENDS = ("flower", "inprocess")
+REVISION_FILE = "commit.txt"  # the commit a run was made with, next to its summary.json
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Outcome:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     refused: str = ""
+    revision: str = ""
 
     @property
     def accuracy(self) -> float:
@@ -91,9 +93,23 @@ def execute(run: Run, out: Path, backend: str) -> Outcome:
         return Outcome(run, refused=reason)
     started = time.perf_counter()
     if not (out / "summary.json").is_file():
+        revision = commit()
         (run_flower if backend == "flower" else run_inprocess)(run.overrides, out)
+        (out / REVISION_FILE).write_text(revision + "\n")
     summary = json.loads((out / "summary.json").read_text())
-    return Outcome(run, summary, report.read_rows(out), time.perf_counter() - started)
+    revision_file = out / REVISION_FILE
+    revision = revision_file.read_text().strip() if revision_file.is_file() else "unknown"
+    return Outcome(run, summary, report.read_rows(out), time.perf_counter() - started, revision=revision)
+
+
+def commit() -> str:
+    """``git rev-parse HEAD`` of this checkout, marked ``+changes`` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return f"{head}+changes" if git("status", "--porcelain", "--untracked-files=no") else head
 
 
 def run_flower(overrides: dict[str, Any], out: Path) -> None:
