@@ -54,10 +54,11 @@ def _mb(value: float) -> str:
 
 
 def table(outcomes: list[Outcome]) -> str:
+    ordered = sorted(outcomes, key=lambda o: o.run.tags["sites"])
     lines = ["| sites | sampled / round | seconds / round (median, rounds 2+) | server RSS after round 1 | "
              "after last round | server peak RSS | upload / round |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
-    for o in sorted(outcomes, key=lambda o: o.run.tags["sites"]):
+    for o in ordered:
         rows = o.trained_rows()
         later = rows[1:] or rows
         lines.append(
@@ -66,6 +67,14 @@ def table(outcomes: list[Outcome]) -> str:
             f"| {_mb(rows[-1]['server_rss_bytes'])} | {_mb(max(r['server_peak_rss_bytes'] for r in rows))} "
             f"| {statistics.mean(r['upload_bytes'] for r in rows) / 1e6:.2f} MB |"
         )
+    first, last = ordered[0], ordered[-1]
+    if len(ordered) > 1:
+        seconds = [statistics.median(r["seconds"] for r in (o.trained_rows()[1:] or o.trained_rows()))
+                   for o in (first, last)]
+        memory = [o.trained_rows()[-1]["server_rss_bytes"] for o in (first, last)]
+        lines += ["", f"From {first.run.tags['sites']} to {last.run.tags['sites']} sites the median round time "
+                  f"changes by {100 * (seconds[1] / seconds[0] - 1):+.0f} % and the server's resident memory after "
+                  f"the last round by {(memory[1] - memory[0]) / 1e6:+.0f} MB."]
     return "\n".join(lines)
 
 
@@ -81,7 +90,8 @@ def plot(outcomes: list[Outcome], path) -> None:
     left.set_ylabel("seconds per round")
     right.set_xlabel("round")
     right.set_ylabel("server resident memory (MB)")
-    left.set_ylim(bottom=0)
-    right.set_ylim(bottom=0)
+    for ax in (left, right):
+        ax.set_ylim(bottom=0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     left.legend(fontsize=7)
     save(plt, fig, path)
