@@ -15,8 +15,8 @@ from common.data import Corpus, hold_out, load_corpus, partition, split_site
 from common.delta import extract_delta, model_params
 from common.methods import METHODS, MethodContext
 from common.model import ModelBundle, load_model
+from common.sparsity import base_pattern, formed_off_pattern, lock_pattern, zero_pattern
 from common.optimizers import make_optimizer
-from common.sparsity import base_pattern, formed_off_pattern, keep_pattern, lock_pattern
 from common.training import evaluate, train
 from common.upload import make_upload, residual_norm, upload_seed
 from common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
@@ -105,8 +105,9 @@ class Site:
         )
         formed = formed_off_pattern(attachment.formed(), pattern)
         attachment.merge()
+        zero_pattern(model_params(model), pattern)
         dense_names = [name for name in attachment.touched if name not in formed]
-        delta = keep_pattern(extract_delta(model_params(model), before, dense_names), pattern)
+        delta = extract_delta(model_params(model), before, dense_names)
         upload = make_upload(
             delta, self.state.load_residual(), settings, base=sha,
             seed=upload_seed(settings.seed, server_round, self.name), limits=Limits.for_model(bundle.num_params()),

@@ -3,8 +3,9 @@
 With ``model.sparse-base`` set, version 0 is a base pruned once
 (``fedelta prepare-sparse-base``). Its pattern is the exact zeros of the body's
 weight matrices in version 0; every party derives it from version 0, so it is
-never sent. Sites train with those gradients masked, send deltas that are zero
-there, and the server rejects an update that writes into a pruned position.
+never sent. Sites train with those gradients masked and re-zero the merged
+weights there, so their deltas are zero there, and the server rejects an update
+that writes into a pruned position.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ def base_pattern(sparse_base: str, context: MethodContext) -> dict[str, torch.Te
     )
 
 
-def keep_pattern(delta: Mapping[str, torch.Tensor], pattern: Pattern | None) -> dict[str, torch.Tensor]:
-    """``delta`` with every pruned position set to exactly zero."""
+def zero_pattern(params: Mapping[str, torch.Tensor], pattern: Pattern | None) -> None:
+    """Set every pruned position of ``params`` to exactly zero, in place (a delta from the base is then zero there)."""
     if not pattern:
-        return dict(delta)
+        return
     with torch.no_grad():
-        return {
-            name: value.masked_fill(pattern[name], 0.0) if name in pattern else value for name, value in delta.items()
-        }
+        for name, pruned in pattern.items():
+            if name in params:
+                params[name].masked_fill_(pruned, 0.0)
 
 
 def lock_pattern(model: torch.nn.Module, pattern: Pattern | None) -> list[Callable[[], None]]:

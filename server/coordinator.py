@@ -273,9 +273,9 @@ class Coordinator:
             "dense_update_bytes": 4 * self.num_params * counters["sites"],
             "downlink_bytes": counters["downlink_bytes"],
             "rejected": counters["rejected"],
-            "seconds": time.perf_counter() - tally.started,
             "server_rss_bytes": rss_bytes(),
             "server_peak_rss_bytes": peak_rss_bytes(),
+            "seconds": time.perf_counter() - tally.started,
             **{key.replace("-", "_"): value for key, value in tally.site_metrics.items()},
         }
         self.store.record_round(server_round, self.head.id, row)
