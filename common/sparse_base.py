@@ -2,10 +2,11 @@
 
 The body's weight matrices (no embeddings, no task head, no norms or biases)
 are pruned on a cubic schedule to ``sparsity`` over the first three quarters of
-the steps, keeping in each matrix exactly ``round(sparsity * numel)`` zeros
-(the smallest magnitudes, ties by index); the student learns to reproduce the
-dense teacher's hidden states (and pooled output) on unlabelled text, with the
-pruned weights held at zero. The result is a Hugging Face model folder.
+the steps (in 20 increments), keeping in each matrix exactly
+``round(sparsity * numel)`` zeros (the smallest magnitudes, ties by index); the
+student learns to reproduce the dense teacher's hidden states (and pooled
+output) on unlabelled text, with the pruned weights held at zero and the
+embeddings (never pruned) frozen. The result is a Hugging Face model folder.
 """
 
 from __future__ import annotations
@@ -107,21 +108,22 @@ def prepare_sparse_base(request: SparseBaseRequest) -> dict[str, object]:
     params = dict(student.model.named_parameters())
     dense_bytes = _body_bytes(model_params(teacher.model), teacher.head, sparse=False)
     names = weight_matrices(params, student.head)
-    trainable = [p for n, p in params.items() if n not in student.head]
+    frozen = set(student.head) | {name for name in params if "embed" in name}
+    trainable = [p for n, p in params.items() if n not in frozen]
     for name, param in params.items():
-        param.requires_grad_(name not in student.head)
+        param.requires_grad_(name not in frozen)
     optimizer = torch.optim.AdamW(trainable, lr=request.lr, weight_decay=0.0)
     texts = distillation_texts(request.data, request.seed) if request.steps else []
     rng = random.Random(request.seed)
     ramp = math.ceil(RAMP * request.steps)
-    every = max(1, ramp // 50)
+    every = max(1, ramp // 20)
     pattern: dict[str, torch.Tensor] = {}
     removers: list = []
     last_loss: float | None = None
     student.model.train()
     with tqdm(total=request.steps, desc=f"prune to {request.sparsity:g}", disable=not sys.stderr.isatty()) as bar:
         for step in range(request.steps):
-            if step % every == 0 or step == ramp:
+            if step <= ramp and (step % every == 0 or step == ramp):
                 target = cubic_sparsity(step, ramp, request.sparsity)
                 pattern = {name: prune_smallest(params[name], target) for name in names}
                 for remove in removers:

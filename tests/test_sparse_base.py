@@ -45,6 +45,7 @@ def test_every_body_matrix_has_exactly_the_requested_zeros(sparse_base):
     dense = dict(load_model("tiny-bert", num_labels=2, seed=0).model.named_parameters())
     moved = [n for n in params if n not in bundle.head and n not in matrices and not torch.equal(params[n], dense[n])]
     assert moved, "distillation trains the unpruned tensors too"
+    assert all("embed" not in n for n in moved), "embeddings stay frozen"
 
 
 @pytest.mark.parametrize("method", METHODS)
