@@ -17,6 +17,7 @@ from common.delta import Delta, extract_delta, model_params
 from common.methods import METHODS, MethodContext
 from common.methods.lnbias import norm_and_bias_names
 from common.model import ModelBundle, load_model
+from common.sparsity import base_pattern, formed_off_pattern, lock_pattern, zero_pattern
 from common.optimizers import make_optimizer
 from common.pruning import Calibration, PruneRequest, uses_inputs
 from common.pruning.calibration import calibrate, choose_global_q, with_delta_applied
@@ -74,7 +75,7 @@ class Site:
 
     def sync(self, downlink: Downlink) -> tuple[ModelBundle, int, str]:
         """Load the model at the downlink's target version, verified by hash, and cache it."""
-        bundle = load_model(self.settings.model.path, self.data.num_labels, self.settings.seed)
+        bundle = load_model(self.settings.model.source, self.data.num_labels, self.settings.seed)
         params = model_params(bundle.model)
         limits = Limits.for_model(bundle.num_params())
         cached = self.state.load_version()
@@ -92,7 +93,7 @@ class Site:
 
     def method_context(self, head: list[str], genesis_sha: str) -> MethodContext:
         def genesis() -> dict[str, torch.Tensor]:
-            bundle = load_model(self.settings.model.path, self.data.num_labels, self.settings.seed)
+            bundle = load_model(self.settings.model.source, self.data.num_labels, self.settings.seed)
             return model_params(bundle.model)
 
         return MethodContext(self.settings.method, head, genesis_sha, genesis, self.state.memo)
@@ -106,6 +107,8 @@ class Site:
         context = self.method_context(bundle.head, genesis_sha)
         resolver = method.resolver(context, params) if settings.feedback.enabled else None
         attachment = method.attach(model, context)
+        pattern = base_pattern(settings.model.sparse_base, context)
+        lock_pattern(model, pattern)
         before = {name: params[name].clone() for name in attachment.touched}
         optimizer = make_optimizer(model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
         result = train(
@@ -113,8 +116,9 @@ class Site:
             steps=settings.local.steps, batch_size=settings.local.batch_size,
             max_length=settings.model.max_length, seed=upload_seed(settings.seed, server_round, self.name),
         )
-        formed = attachment.formed()
+        formed = formed_off_pattern(attachment.formed(), pattern)
         attachment.merge()
+        zero_pattern(model_params(model), pattern)
         dense_names = [name for name in attachment.touched if name not in formed]
         delta = extract_delta(model_params(model), before, dense_names)
         seed = upload_seed(settings.seed, server_round, self.name)

@@ -31,9 +31,15 @@ def _require(condition: bool, key: str, message: str) -> None:
 class ModelSettings:
     path: str = ""
     max_length: int = 64
+    sparse_base: str = ""
 
     def __post_init__(self) -> None:
         _require(8 <= self.max_length <= 4096, "model.max-length", "must be in [8, 4096]")
+
+    @property
+    def source(self) -> str:
+        """Where version 0's body comes from: ``model.sparse-base`` when set, else ``model.path``."""
+        return self.sparse_base or self.path
 
 
 @dataclass(frozen=True)

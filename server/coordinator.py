@@ -20,11 +20,13 @@ from common.data import hold_out, load_corpus
 from common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
 from common.methods import METHODS, MethodContext
 from common.model import load_model
+from common.sparsity import base_pattern
 from common.training import evaluate
 from common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
 from server import control
 from server.aggregation import Aggregator, make_aggregator
 from server.downlink import MergedEncoder, shortest_downlink
+from server.memory import peak_rss_bytes, rss_bytes
 from server.resume import reopen_rounds, replay_to, restore
 from server.store import Version, VersionStore
 from server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
@@ -81,7 +83,7 @@ class Coordinator:
         corpus = load_corpus(settings.data)
         _, test_idx = hold_out(corpus, settings.data.test_size, settings.seed)
         self.test = corpus.subset(test_idx)
-        self.bundle = load_model(settings.model.path, len(corpus.label_names), settings.seed)
+        self.bundle = load_model(settings.model.source, len(corpus.label_names), settings.seed)
         self.params = model_params(self.bundle.model)
         self.num_params = self.bundle.num_params()
         self.limits = Limits.for_model(self.num_params)
@@ -96,6 +98,7 @@ class Coordinator:
         self._memo: dict[str, dict[str, torch.Tensor]] = {}
         self.context = MethodContext(settings.method, self.bundle.head, self.genesis_sha, self._genesis_params, self._remember)
         self.allowed = self.method.touched(self.bundle.model, self.context)
+        self.pattern = base_pattern(settings.model.sparse_base, self.context)
         self.resolver = self.method.resolver(self.context, self.params)
         self.tally = RoundTally()
         self.aggregator: Aggregator = make_aggregator(settings.aggregate, settings.seed)
@@ -206,7 +209,9 @@ class Coordinator:
         """Decode one upload within limits, resolve method-specific entries, validate against the head."""
         decoded = decode(payload, self.upload_limits)
         decoded = Decoded(self.resolver.resolve(decoded.delta), decoded.meta)
-        validate_update(decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed)
+        validate_update(
+            decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed, pattern=self.pattern
+        )
         return decoded.delta
 
     def _reject(self, site: str, server_round: int, reason: str) -> None:
@@ -277,6 +282,8 @@ class Coordinator:
             "dense_update_bytes": 4 * self.num_params * counters["sites"],
             "downlink_bytes": counters["downlink_bytes"],
             "rejected": counters["rejected"],
+            "server_rss_bytes": rss_bytes(),
+            "server_peak_rss_bytes": peak_rss_bytes(),
             "seconds": time.perf_counter() - tally.started,
             **{key.replace("-", "_"): value for key, value in {**tally.train_means(), **tally.site_metrics}.items()},
         }

@@ -10,6 +10,7 @@ import torch
 
 from common.codec import Decoded
 from common.delta import Delta, check_delta_fits
+from common.sparsity import Pattern, violations
 
 
 class Rejected(ValueError):
@@ -17,9 +18,14 @@ class Rejected(ValueError):
 
 
 def validate_update(
-    decoded: Decoded, *, base_sha: str, params: Mapping[str, torch.Tensor], allowed: Collection[str]
+    decoded: Decoded,
+    *,
+    base_sha: str,
+    params: Mapping[str, torch.Tensor],
+    allowed: Collection[str],
+    pattern: Pattern | None = None,
 ) -> None:
-    """Base hash, tensor names (within the method's), shapes, finite values."""
+    """Base hash, tensor names (within the method's), shapes, finite values, a sparse base's zeros."""
     if decoded.base != base_sha:
         raise Rejected(f"update was made on base {decoded.base[:12]}, not the current {base_sha[:12]}")
     outside = set(decoded.delta.entries) - set(allowed)
@@ -29,6 +35,9 @@ def validate_update(
         check_delta_fits(params, decoded.delta)
     except ValueError as error:
         raise Rejected(str(error)) from error
+    written = violations(decoded.delta, pattern)
+    if written:
+        raise Rejected(f"update writes into pruned positions of the sparse base: {written[:3]}")
 
 
 def example_weight(metrics: Mapping[str, object]) -> float:

@@ -94,10 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(handler=_methods)
     from server.console.cli import add_console_command
     from simulations import cmd_keys, cmd_server, cmd_site
+    from simulations.cmd_sparse_base import add_command as add_sparse_base_command
 
     add_console_command(commands)
     for command in (cmd_keys, cmd_server, cmd_site):
         command.add_parser(commands)
+    add_sparse_base_command(commands)
     return parser
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from common.report import human_bytes
+from simulations.experiments.runner import run_flower
+from simulations.presets import preset
 
 # Every run gets the same budget (BUDGET); parameter-efficient methods move few
 # values, so they get larger learning rates (picked by a short centralized probe,
@@ -37,17 +38,10 @@ RUNS: dict[str, dict[str, str]] = {
 
 def run_one(method: str, out: Path, quick: bool) -> dict:
     overrides = {"method.name": method, **RUNS[method]}
-    command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out / method)]
-    if quick:
-        command += ["--preset", "smoke"]
-    else:
+    if not quick:
         overrides = {**BUDGET, **overrides}
-    for key, value in overrides.items():
-        command += ["--set", f"{key}={value}"]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    run_flower({**(preset("smoke") if quick else {}), **overrides}, out / method)
     summary = json.loads((out / method / "summary.json").read_text())
     site_rounds = summary["rounds"] * summary["config"]["federation.num-sites"]
     return {

@@ -15,8 +15,12 @@ from common.methods.registry import (
 
 
 def smallest_positions(weight: torch.Tensor, density: float) -> torch.Tensor:
-    """Flat indices (ascending) of the ``round(density * numel)`` smallest |weight|, ties by index."""
+    """Flat indices (ascending) of the ``round(density * numel)`` smallest nonzero |weight|, ties by index.
+
+    Exact zeros (a sparse base's pruned weights, which stay zero) rank last.
+    """
     flat = weight.detach().reshape(-1).abs()
+    flat = flat.masked_fill(flat == 0, float("inf"))
     k = max(1, round(density * flat.numel()))
     order = torch.sort(flat, stable=True).indices
     return order[:k].sort().values

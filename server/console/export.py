@@ -29,7 +29,7 @@ def export_version(store: VersionStore, version_id: int, into: BinaryIO) -> str:
     if recorded is None or labels is None:
         raise StoreError(f"{store.root} does not record the settings that build version 0; it cannot be exported")
     settings = Settings.from_run_config(recorded)
-    bundle = load_model(settings.model.path, len(labels), settings.seed)
+    bundle = load_model(settings.model.source, len(labels), settings.seed)
     params = model_params(bundle.model)
     replay_to(store, version.id, params, Limits.for_model(bundle.num_params()))
     if state_hash(params) != version.sha:

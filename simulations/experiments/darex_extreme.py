@@ -1,0 +1,85 @@
+"""Experiment 2, DAREx at the extreme: DARE, DAREx-q (both q modes), magnitude and importance at p = 0.9,
+0.99, 0.999, with AdamW and AdamR, pruning every round, with and without error feedback.
+
+Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 6 rounds x 24 local
+steps, fp16 values. Combinations the settings refuse (error feedback with a
+rescaling pruner) are listed as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
+from simulations.experiments.runner import QUICK, Outcome, Run
+
+NAME = "darex_extreme"
+TITLE = "DAREx at the extreme: pruners at p = 0.9, 0.99, 0.999"
+FULL = {"rounds": 6, "local.steps": 24}
+PRUNERS: dict[str, dict[str, Any]] = {
+    "dare": {"prune.name": "dare"},
+    "darex-q unlabelled": {"prune.name": "darex-q", "prune.q-mode": "unlabelled"},
+    "darex-q labelled": {"prune.name": "darex-q", "prune.q-mode": "labelled"},
+    "magnitude": {"prune.name": "magnitude"},
+    "importance": {"prune.name": "importance"},
+}
+DROPS = (0.9, 0.99, 0.999)
+OPTIMIZERS = ("adamw", "adamr")
+QUICK_PRUNERS = ("dare", "darex-q unlabelled", "magnitude")
+
+
+def plan(quick: bool) -> list[Run]:
+    base = dict(QUICK) if quick else dict(FULL)
+    pruners = QUICK_PRUNERS if quick else tuple(PRUNERS)
+    drops = (0.99,) if quick else DROPS
+    optimizers = ("adamr",) if quick else OPTIMIZERS
+    feedbacks = (False,) if quick else (False, True)
+    runs = []
+    for pruner in pruners:
+        for drop in drops:
+            for optimizer in optimizers:
+                for feedback in feedbacks:
+                    label = f"{pruner}, p={drop:g}, {optimizer}{', feedback' if feedback else ''}"
+                    overrides = {**base, **PRUNERS[pruner], "prune.drop": drop, "optimizer.name": optimizer,
+                                 "feedback.enabled": feedback}
+                    runs.append(Run(label, overrides, {"pruner": pruner, "drop": drop, "optimizer": optimizer,
+                                                        "feedback": feedback}))
+    return runs
+
+
+def describe(quick: bool) -> str:
+    base = QUICK if quick else {"model.path": "MiniLM", "data.name": "rotten-tomatoes", **FULL}
+    return (f"Full fine-tuning with {overrides_text(base)}; every round each site prunes its delta with the "
+            "row's pruner and drop rate p (the fraction of entries dropped). AdamR decays toward the round's base "
+            "weights (optimizer.lambda = 0.1).")
+
+
+def table(outcomes: list[Outcome]) -> str:
+    columns = sorted({(o.run.tags["optimizer"], o.run.tags["feedback"]) for o in outcomes})
+    header = " | ".join(f"{opt}{' + feedback' if fb else ''}" for opt, fb in columns)
+    lines = [f"| pruner | p | {header} |", "|---|---:|" + "---:|" * len(columns)]
+    cells: dict[tuple, Outcome] = {
+        (o.run.tags["pruner"], o.run.tags["drop"], o.run.tags["optimizer"], o.run.tags["feedback"]): o
+        for o in outcomes
+    }
+    for pruner in dict.fromkeys(o.run.tags["pruner"] for o in outcomes):
+        for drop in sorted({o.run.tags["drop"] for o in outcomes}):
+            row = [f"{cells[(pruner, drop, *c)].accuracy:.3f}" if (pruner, drop, *c) in cells else "-"
+                   for c in columns]
+            lines.append(f"| {pruner} | {drop:g} | {' | '.join(row)} |")
+    return "Final accuracy:\n\n" + "\n".join(lines)
+
+
+def plot(outcomes: list[Outcome], path) -> None:
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        key = f"{o.run.tags['pruner']}, {o.run.tags['optimizer']}{' + fb' if o.run.tags['feedback'] else ''}"
+        series.setdefault(key, []).append(o)
+    for key, points in series.items():
+        points.sort(key=lambda o: o.run.tags["drop"])
+        ax.plot([1 - o.run.tags["drop"] for o in points], [o.accuracy for o in points], marker="o", label=key)
+    accuracy_axes(ax, "fraction kept, 1 - p (log)", log_x=True)
+    ax.invert_xaxis()
+    save(plt, fig, path)

@@ -1,0 +1,82 @@
+"""Experiment 1, the methods frontier: every method x a few pruning settings, accuracy against bytes sent.
+
+Full mode: MiniLM on Rotten Tomatoes, 8 sites non-IID by movie, 10 rounds x 24
+local steps; references: centralized full fine-tuning (one site holding all the
+training data, same steps) and uncompressed federated full fine-tuning (fp32,
+no pruning).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.report import human_bytes
+from simulations.compare_methods import RUNS as METHOD_RUNS
+from simulations.experiments.harness import accuracy_axes, figure, frontier, overrides_text, save
+from simulations.experiments.runner import QUICK, Outcome, Run
+
+NAME = "frontier"
+TITLE = "Methods frontier: accuracy against upload bytes"
+FULL = {"federation.num-sites": 8, "rounds": 10, "local.steps": 24}
+PRUNING: dict[str, dict[str, Any]] = {
+    "none": {"prune.name": "none"},
+    "dare p=0.9": {"prune.name": "dare", "prune.drop": 0.9},
+    "magnitude 1% + feedback": {"prune.name": "magnitude", "prune.density": 0.01, "feedback.enabled": True},
+}
+QUICK_GRID = {"full": ("dare p=0.9",), "lnbias": ("none",)}
+
+
+def plan(quick: bool) -> list[Run]:
+    base = dict(QUICK) if quick else dict(FULL)
+    grid = QUICK_GRID if quick else {method: tuple(PRUNING) for method in METHOD_RUNS}
+    runs = []
+    for method, prunings in grid.items():
+        lr = {} if quick else {k: v for k, v in METHOD_RUNS[method].items() if k == "local.lr"}
+        for pruning in prunings:
+            runs.append(Run(f"{method}, {pruning}", {**base, "method.name": method, **lr, **PRUNING[pruning]},
+                            {"method": method, "pruning": pruning}))
+    runs.append(Run("reference: federated full, uncompressed",
+                    {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32"},
+                    {"reference": "federated"}))
+    runs.append(Run("reference: centralized full",
+                    {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32",
+                     "federation.num-sites": 1, "federation.min-sites": 1, "data.partition": "iid"},
+                    {"reference": "centralized"}))
+    return runs
+
+
+def describe(quick: bool) -> str:
+    if quick:
+        return f"Quick configuration (tiny BERT): {overrides_text(QUICK)}."
+    return (f"MiniLM on Rotten Tomatoes, sites non-IID by movie, {overrides_text(FULL)}, default settings "
+            "otherwise; each method's learning rate as in the methods comparison. Upload bytes are the total "
+            "over all rounds and sites; the centralized reference sends nothing that counts as federated upload "
+            "(one site holds all training data). Frontier points: no other run is both smaller and more accurate.")
+
+
+def table(outcomes: list[Outcome]) -> str:
+    on_frontier = set(frontier([(o.upload_bytes, o.accuracy) for o in outcomes if "reference" not in o.run.tags]))
+    federated = [o for o in outcomes if "reference" not in o.run.tags]
+    marks = {id(federated[i]) for i in on_frontier}
+    lines = ["| run | final acc | best acc | total upload | vs dense fp32 | frontier |",
+             "|---|---:|---:|---:|---:|:---:|"]
+    for o in sorted(outcomes, key=lambda o: -o.accuracy):
+        lines.append(f"| {o.run.label} | {o.accuracy:.3f} | {o.summary['best_accuracy']:.3f} "
+                     f"| {human_bytes(o.upload_bytes)} | {o.summary['upload_reduction']:.0f}x "
+                     f"| {'yes' if id(o) in marks else ''} |")
+    return "\n".join(lines)
+
+
+def plot(outcomes: list[Outcome], path) -> None:
+    plt = figure()
+    federated = [o for o in outcomes if "reference" not in o.run.tags and o.upload_bytes > 0]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([o.upload_bytes for o in federated], [o.accuracy for o in federated], color="tab:blue", zorder=3)
+    best = [federated[i] for i in frontier([(o.upload_bytes, o.accuracy) for o in federated])]
+    ax.plot([o.upload_bytes for o in best], [o.accuracy for o in best], color="tab:red", label="frontier")
+    for o in best:
+        ax.annotate(o.run.label, (o.upload_bytes, o.accuracy), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for o, style in zip([o for o in outcomes if "reference" in o.run.tags], ("--", ":"), strict=False):
+        ax.axhline(o.accuracy, linestyle=style, color="gray", label=o.run.label)
+    accuracy_axes(ax, "total upload bytes (log)", log_x=True)
+    save(plt, fig, path)

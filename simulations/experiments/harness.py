@@ -1,0 +1,157 @@
+"""What every experiment shares: its command line, provenance, the results folder, tables and plots.
+
+An experiment module defines ``NAME``, ``TITLE``, ``describe(quick)``,
+``plan(quick)`` (a list of runs) or ``outcomes(quick, out, backend)``,
+``table(outcomes)`` (markdown) and ``plot(outcomes, path)``. Its results folder
+holds ``section.md`` (title, provenance, configuration, table, plot link),
+``plot.png`` and ``outcomes.json``; ``python -m simulations.experiments results``
+puts the sections into ``simulations/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from simulations.engine import PROJECT_DIR
+from simulations.experiments.runner import BACKENDS, Outcome, run_all
+
+RESULTS_DIR = PROJECT_DIR / "simulations" / "results"
+RUNS_DIR = Path("runs") / "experiments"
+
+
+def hardware() -> str:
+    """CPU, cores, memory, Python and torch of this machine, in one line."""
+    import torch
+
+    memory = ""
+    try:
+        with open("/proc/meminfo") as handle:
+            kib = int(handle.readline().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()}, {os.cpu_count()} cores{memory}, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def provenance(outcomes: list[Outcome]) -> str:
+    seeds = sorted({o.summary["config"]["seed"] for o in outcomes if o.summary})
+    revisions = ", ".join(f"`{r}`" for r in sorted({o.revision for o in outcomes})) or "-"
+    return (f"Code of commit {revisions}; seed {', '.join(map(str, seeds)) or '-'}; {hardware()}; "
+            f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+
+
+def overrides_text(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "-"
+
+
+def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, results: Path) -> Path:
+    """section.md, plot.png and outcomes.json of one experiment; returns the section's path."""
+    results.mkdir(parents=True, exist_ok=True)
+    done = [o for o in outcomes if not o.refused]
+    if done:
+        module.plot(done, results / "plot.png")
+    refused = [f"- {o.run.label}: refused ({o.refused})" for o in outcomes if o.refused]
+    lines = [
+        f"## {module.TITLE}{' (quick mode)' if quick else ''}",
+        "",
+        f"`python -m simulations.experiments run {module.NAME}{' --quick' if quick else ''}`. "
+        f"{provenance(done)}",
+        "",
+        module.describe(quick),
+        "",
+        module.table(done) if done else "No run finished.",
+    ]
+    if refused:
+        lines += ["", "Not run (the settings refuse the combination, or this code lacks the unit):", "", *refused]
+    if done:
+        lines += ["", f"![{module.TITLE}](results/{module.NAME}/plot.png)"]
+    section = results / "section.md"
+    section.write_text("\n".join(lines) + "\n")
+    (results / "outcomes.json").write_text(json.dumps([_record(o) for o in outcomes], indent=2) + "\n")
+    return section
+
+
+def _record(outcome: Outcome) -> dict[str, Any]:
+    summary = {k: v for k, v in outcome.summary.items() if k != "config"}
+    return {"label": outcome.run.label, "overrides": outcome.run.overrides, "tags": outcome.run.tags,
+            "refused": outcome.refused, "commit": outcome.revision, "seconds": outcome.seconds, "summary": summary,
+            "rows": outcome.rows}
+
+
+def run_experiment(module: ModuleType, *, quick: bool, backend: str, runs: Path, results: Path) -> list[Outcome]:
+    """Plan and execute every run of ``module``, then write its results folder."""
+    if hasattr(module, "outcomes"):
+        outcomes = module.outcomes(quick, runs, backend)
+    else:
+        outcomes = run_all(module.plan(quick), runs, backend)
+    section = write_results(module, outcomes, quick, results)
+    print(section.read_text())
+    return outcomes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny model, few runs, in process: seconds (for tests)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="flower (fedelta simulate subprocesses; the full mode's default) or inprocess "
+                        "(the quick mode's default)")
+    parser.add_argument("--runs", help=f"folder for the runs (default {RUNS_DIR}/NAME[-quick]); finished runs "
+                        "found there are reused")
+    parser.add_argument("--results", help="folder for section.md, plot.png, outcomes.json (default "
+                        "simulations/results/NAME, or runs/experiments/NAME-quick/results with --quick)")
+
+
+def main_for(module: ModuleType, args: argparse.Namespace) -> int:
+    name = module.NAME + ("-quick" if args.quick else "")
+    runs = Path(args.runs) if args.runs else RUNS_DIR / name
+    default_results = runs / "results" if args.quick else RESULTS_DIR / module.NAME
+    results = Path(args.results) if args.results else default_results
+    backend = args.backend or ("inprocess" if args.quick else "flower")
+    run_experiment(module, quick=args.quick, backend=backend, runs=runs, results=results)
+    return 0
+
+
+def frontier(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (fewer or equal bytes and higher accuracy), by bytes."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    kept, best = [], float("-inf")
+    for index in order:
+        if points[index][1] > best:
+            kept.append(index)
+            best = points[index][1]
+    return kept
+
+
+def figure():
+    """A fresh matplotlib figure on the file-only backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(plt, fig, path: Path) -> None:
+    """Lay out, write as PNG and release a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy_axes(ax, xlabel: str, *, log_x: bool = False, legend: bool = True) -> None:
+    """Label an accuracy plot's axes (optionally a log x axis) and draw its legend."""
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final accuracy")
+    if legend:
+        ax.legend(fontsize=7)

@@ -1,0 +1,183 @@
+"""Running one planned federation and reading back its results: a ``fedelta simulate`` subprocess, or in process.
+
+The Flower backend runs ``python -m simulations.cli simulate`` (the Simulation
+Engine, as a user would); the in-process backend drives the same Coordinator
+and Site code without Flower, in seconds on a tiny model (quick modes). Both
+write ``metrics.jsonl`` and ``summary.json`` through :mod:`common.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import report
+
+# The quick modes' base: a 2-layer BERT built from a config, a slice of the data.
+QUICK: dict[str, Any] = {
+    "model.path": "tiny-bert", "federation.num-sites": 2, "rounds": 1, "local.steps": 2, "local.batch-size": 8,
+    "local.lr": 1e-3, "data.test-size": 32, "data.max-site-examples": 32, "model.max-length": 16,
+}
+BACKENDS = ("flower", "inprocess")
+REVISION_FILE = "commit.txt"  # the commit a run was made with, next to its summary.json
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned federation: a label for tables and the settings it overrides."""
+
+    label: str
+    overrides: dict[str, Any]
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """A finished run (``summary`` and per-round ``rows``), or a refused one with the reason."""
+
+    run: Run
+    summary: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    refused: str = ""
+    revision: str = ""
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.summary["final_accuracy"])
+
+    @property
+    def upload_bytes(self) -> float:
+        return float(self.summary["total_upload_bytes"])
+
+    def trained_rows(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows if row["round"] > 0]
+
+
+def defaults():
+    """The project's default settings (pyproject's ``[tool.flwr.app.config]``)."""
+    from simulations.cli import _defaults
+    from simulations.engine import PROJECT_DIR
+
+    return _defaults(PROJECT_DIR)
+
+
+def refusal(overrides: dict[str, Any]) -> str:
+    """Why these settings cannot run here (a refused combination, an unknown setting or unit), or ``""``."""
+    from common.methods import METHODS
+    from common.pruning import PRUNERS
+
+    try:
+        settings = defaults().with_overrides(overrides)
+    except ValueError as error:
+        return str(error)
+    if settings.prune.name not in PRUNERS:
+        return f"pruner {settings.prune.name!r} is not registered"
+    if settings.method.name not in METHODS:
+        return f"method {settings.method.name!r} is not registered"
+    return ""
+
+
+def execute(run: Run, out: Path, backend: str) -> Outcome:
+    """Run ``run`` into ``out`` (reusing a finished run already there), or record why it was refused."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    reason = refusal(run.overrides)
+    if reason:
+        return Outcome(run, refused=reason)
+    started = time.perf_counter()
+    if not (out / "summary.json").is_file():
+        revision = commit()
+        (run_flower if backend == "flower" else run_inprocess)(run.overrides, out)
+        (out / REVISION_FILE).write_text(revision + "\n")
+    summary = json.loads((out / "summary.json").read_text())
+    revision_file = out / REVISION_FILE
+    revision = revision_file.read_text().strip() if revision_file.is_file() else "unknown"
+    return Outcome(run, summary, report.read_rows(out), time.perf_counter() - started, revision=revision)
+
+
+def commit() -> str:
+    """``git rev-parse HEAD`` of this checkout, marked ``+changes`` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return f"{head}+changes" if git("status", "--porcelain", "--untracked-files=no") else head
+
+
+def run_flower(overrides: dict[str, Any], out: Path) -> None:
+    """One ``fedelta simulate`` subprocess on the Simulation Engine."""
+    command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out)]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={_toml(value)}"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"simulate failed ({out}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def _toml(value: Any) -> str:
+    """A value as ``--set`` reads it (TOML, else bare text)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
+    """The same rounds without Flower: sampled sites sync, train and upload; the coordinator commits and evaluates."""
+    from client.site import Site, simulated_site_data
+    from server.coordinator import Coordinator
+    from server.store import VersionStore
+
+    settings = defaults().with_overrides({**overrides, "output.dir": str(out)})
+    out.mkdir(parents=True, exist_ok=True)
+    store = VersionStore(out / "state")
+    try:
+        coordinator = Coordinator(settings, store, out)
+        count = settings.federation.num_sites
+        sites = {str(i): Site(settings, f"site-{i}", out / "sites" / str(i), simulated_site_data(settings, i, count))
+                 for i in range(count)}
+        sampler = random.Random(settings.seed)
+        sampled = max(settings.federation.min_sites, int(count * settings.federation.fraction_train))
+        coordinator.finish_round(0)
+        for server_round in range(1, settings.rounds + 1):
+            chosen = sorted(sampler.sample(sorted(sites), sampled))
+            for node in chosen:
+                reply = sites[node].train_round(server_round, coordinator.downlink_for(node), coordinator.genesis_sha)
+                coordinator.acknowledge(node, sites[node].name, reply.version, reply.sha)
+                coordinator.receive(node=node, site=sites[node].name, server_round=server_round,
+                                    payload=reply.payload, metrics=reply.metrics)
+            coordinator.commit(server_round)
+            for node in chosen:
+                version, sha, _ = sites[node].evaluate_round(coordinator.downlink_for(node))
+                coordinator.acknowledge(node, sites[node].name, version, sha)
+            coordinator.finish_round(server_round)
+        report.write_summary(out, settings.to_run_config())
+    finally:
+        store.close()
+
+
+def run_all(runs: list[Run], out: Path, backend: str) -> list[Outcome]:
+    """Every run in turn, each in ``out/<label>``, printing one line per run."""
+    outcomes = []
+    for index, run in enumerate(runs, 1):
+        print(f"[{index}/{len(runs)}] {run.label} ...", flush=True)
+        outcome = execute(run, out / slug(run.label), backend)
+        outcomes.append(outcome)
+        if outcome.refused:
+            print(f"  refused: {outcome.refused}", flush=True)
+        else:
+            print(f"  accuracy {outcome.accuracy:.3f}, upload {report.human_bytes(outcome.upload_bytes)}, "
+                  f"{outcome.seconds:.0f} s", flush=True)
+    return outcomes
+
+
+def slug(label: str) -> str:
+    """A folder name for a run label."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label).strip("-") or "run"

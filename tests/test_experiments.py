@@ -1,0 +1,115 @@
+"""The experiments' quick modes run end to end (in process, tiny BERT) and write their tables, plots and sections."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.config import PruneSettings
+from common.pruning import PRUNERS
+from simulations.experiments import darex_extreme, frontier, perp, scale, sparse_base
+from simulations.experiments.__main__ import update_results_md
+from simulations.experiments.harness import frontier as frontier_points
+from simulations.experiments.harness import run_experiment
+from simulations.experiments.runner import QUICK, Run, execute, refusal
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_quick(module, tmp_path: Path):
+    results = tmp_path / "results"
+    outcomes = run_experiment(module, quick=True, backend="inprocess", runs=tmp_path / "runs", results=results)
+    section = (results / "section.md").read_text()
+    assert section.startswith(f"## {module.TITLE} (quick mode)")
+    assert "Code of commit `" in section and "seed 0" in section
+    assert (results / "plot.png").read_bytes()[:8] == PNG
+    recorded = json.loads((results / "outcomes.json").read_text())
+    assert [r["label"] for r in recorded] == [o.run.label for o in outcomes]
+    assert all(len(r["commit"].removesuffix("+changes")) == 40 for r in recorded if not r["refused"])
+    return outcomes, section
+
+
+def test_frontier_keeps_points_no_other_point_beats():
+    points = [(10.0, 0.70), (5.0, 0.60), (20.0, 0.65), (5.0, 0.62), (40.0, 0.80), (1.0, 0.50)]
+    assert frontier_points(points) == [5, 3, 0, 4]
+
+
+def test_refused_settings_are_named_not_run():
+    assert "feedback.enabled" in refusal({"prune.name": "dare", "feedback.enabled": True})
+    assert "not registered" in refusal({"prune.name": "no-such-pruner"})
+    assert "unknown setting" in refusal({"prune.no-such-key": 1})
+    outcome = execute(Run("bad", {"prune.name": "dare", "feedback.enabled": True}), Path("/nonexistent"), "inprocess")
+    assert outcome.refused and not outcome.summary
+
+
+def test_frontier_quick_mode(tmp_path):
+    outcomes, section = _run_quick(frontier, tmp_path)
+    labels = [o.run.label for o in outcomes]
+    assert labels == [r.label for r in frontier.plan(quick=True)]
+    assert {"reference: centralized full", "reference: federated full, uncompressed"} <= set(labels)
+    for outcome in outcomes:
+        assert f"| {outcome.run.label} | {outcome.accuracy:.3f} |" in section
+    assert outcomes[-1].summary["config"]["federation.num-sites"] == 1
+    federated = [o for o in outcomes if "reference" not in o.run.tags]
+    best = frontier_points([(o.upload_bytes, o.accuracy) for o in federated])
+    assert section.count("| yes |") == len(best)
+
+
+@pytest.mark.skipif("darex-q" not in PRUNERS, reason="the darex-q pruner is not registered in this code")
+def test_darex_extreme_quick_mode(tmp_path):
+    outcomes, section = _run_quick(darex_extreme, tmp_path)
+    assert not [o.refused for o in outcomes if o.refused]
+    assert {o.run.tags["pruner"] for o in outcomes} == set(darex_extreme.QUICK_PRUNERS)
+    assert all(f"| {p} | 0.99 |" in section for p in darex_extreme.QUICK_PRUNERS)
+
+
+@pytest.mark.skipif(not hasattr(PruneSettings(), "recover_steps"), reason="prune.recover-steps is not a setting here")
+def test_perp_quick_mode(tmp_path):
+    outcomes, section = _run_quick(perp, tmp_path)
+    assert sorted(o.run.tags["recover"] for o in outcomes) == [0, 2]
+    assert "| magnitude | 0.99 |" in section
+
+
+def test_sparse_base_quick_mode(tmp_path):
+    outcomes, section = _run_quick(sparse_base, tmp_path)
+    assert [o.run.tags["sparsity"] for o in outcomes] == [0.0, 0.5, 0.9]
+    for outcome in outcomes[1:]:
+        base = outcome.run.tags["base"]
+        assert outcome.summary["config"]["model.sparse-base"] == base["request"]["out"]
+        assert base["targeted_sparsity"] == pytest.approx(outcome.run.tags["sparsity"], abs=1e-3)
+        assert f"| {outcome.run.label} | {base['targeted_sparsity']:.4f} |" in section
+        assert outcome.summary["total_rejected"] == 0
+
+
+def test_scale_quick_mode_records_server_memory_and_samples(tmp_path):
+    outcomes, section = _run_quick(scale, tmp_path)
+    assert [o.run.tags["sites"] for o in outcomes] == [4, 8]
+    for outcome in outcomes:
+        rows = outcome.trained_rows()
+        assert rows and all(row["sites"] == 2 for row in rows)
+        assert all(row["server_rss_bytes"] > 0 for row in rows)
+        peaks = [row["server_peak_rss_bytes"] for row in outcome.rows]
+        assert peaks == sorted(peaks) and peaks[0] > 0
+    assert scale.fraction(10, 30) * 30 // 1 == 10 and scale.fraction(10, 100) * 100 // 1 == 10
+    assert scale.fraction(10, 10) == 1.0
+
+
+def test_results_md_sections_are_replaced_in_place_or_appended(tmp_path):
+    results = tmp_path / "results"
+    for name, body in (("frontier", "## new frontier\n"), ("scale", "## scale table\n")):
+        (results / name).mkdir(parents=True)
+        (results / name / "section.md").write_text(body)
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nintro\n\n<!-- experiment:frontier -->\nold\n<!-- /experiment:frontier -->\n\ntail\n")
+    assert update_results_md(md, results) == ["frontier", "scale"]
+    text = md.read_text()
+    assert "old" not in text and text.index("## new frontier") < text.index("tail") < text.index("## scale table")
+    assert update_results_md(md, results) == ["frontier", "scale"] and md.read_text() == text
+
+
+@pytest.mark.slow
+def test_the_flower_backend_runs_fedelta_simulate(tmp_path):
+    outcome = execute(Run("flower", dict(QUICK)), tmp_path / "run", "flower")
+    assert outcome.summary["rounds"] == QUICK["rounds"] and not outcome.refused
+    rows = outcome.trained_rows()
+    assert rows and all(row["server_rss_bytes"] > 0 and row["server_peak_rss_bytes"] > 0 for row in rows)
