@@ -49,8 +49,12 @@ class Relay:
         while True:
             try:
                 client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
                 server = socket.create_connection(self.target)
             except OSError:
+                client.close()
                 continue
             threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
@@ -58,12 +62,12 @@ class Relay:
     def _pipe(self, source: socket.socket, sink: socket.socket, upward: bool) -> None:
         try:
             while chunk := source.recv(1 << 16):
-                sink.sendall(chunk)
                 with self._lock:
                     if upward:
                         self.up += len(chunk)
                     else:
                         self.down += len(chunk)
+                sink.sendall(chunk)
         except OSError:
             pass
         finally:
