@@ -23,20 +23,21 @@ def capture_inputs(
     same tensor (query, key, value) share one copy.
     """
     mask = batch.get("attention_mask")
-    seen: dict[int, torch.Tensor] = {}
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (the input, kept alive; its rows)
     captured: dict[str, torch.Tensor] = {}
 
     def rows(x: torch.Tensor) -> torch.Tensor:
-        if id(x) in seen:
-            return seen[id(x)]
+        hit = seen.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1]
         flat = x
         if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
             flat = x[mask.bool()]
         flat = flat.reshape(-1, x.shape[-1]).to(torch.float32)
         if flat.shape[0] > max_rows:
             flat = flat[torch.linspace(0, flat.shape[0] - 1, max_rows).long()]
-        seen[id(x)] = flat.clone()
-        return seen[id(x)]
+        seen[id(x)] = (x, flat.clone())
+        return seen[id(x)][1]
 
     hooks = []
     for module_name, module in model.named_modules():

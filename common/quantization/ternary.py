@@ -1,4 +1,4 @@
-"""Ternary values: sign(v) times one fp32 scale per tensor, the mean |v|."""
+"""Ternary values: sign(v) times one fp32 scale per tensor, the mean |v| over its nonzero values."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from common.quantization.registry import VALUE_TYPES, Encoded, apply_scale, scal
 
 @dataclass(frozen=True)
 class Ternary:
-    """stored = sign(v) in {-1, 0, 1}, scale alpha = mean |v|.
+    """stored = sign(v) in {-1, 0, 1}, scale alpha = mean |v| over the nonzero v.
 
-    alpha is the least-squares scale for the signs, so the squared error of a
-    tensor is exactly sum(v**2) - n * alpha**2, and each value is off by
-    | |v| - alpha |. Signs travel as int8 bytes, which zstd codes in about one
-    bit each.
+    Zeros decode to exactly zero, and alpha is the least-squares scale for the
+    nonzero signs, so the squared error of a tensor is exactly
+    sum(v**2) - nnz * alpha**2, and each nonzero value is off by | |v| - alpha |.
+    Signs travel as int8 bytes, which zstd codes in about one bit each.
     """
 
     storage: torch.dtype = torch.int8
@@ -26,7 +26,8 @@ class Ternary:
 
     def encode(self, values: torch.Tensor) -> Encoded:
         values = values.detach().to(torch.float32)
-        alpha = float(values.abs().mean()) if values.numel() else 0.0
+        nonzero = int(values.count_nonzero())
+        alpha = float(values.abs().sum()) / nonzero if nonzero else 0.0
         return Encoded(torch.sign(values).to(torch.int8).contiguous(), scale_tensor(alpha))
 
     def decode(self, stored: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,6 +37,6 @@ class Ternary:
 
 
 VALUE_TYPES.register(
-    "ternary", summary="sign(v) x one fp32 scale per tensor (mean |v|); about 1 bit per value after zstd",
+    "ternary", summary="sign(v) x one fp32 scale per tensor (mean |v| over nonzero v); about 1 bit per value after zstd",
     reference="Yadav et al. 2023, ComPEFT: Compression for Communicating Parameter Efficient Updates",
 )(Ternary())
