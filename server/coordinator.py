@@ -126,6 +126,8 @@ class Coordinator:
         target = self.store.version(version_id)
         if target.id == self.head.id:
             raise ValueError(f"version {version_id} is already the head")
+        if target.sha == self.head.sha:
+            raise ValueError(f"the head already holds version {version_id}'s weights")
         previous = encode_snapshot(self.params)
         try:
             replay_to(self.store, target.id, self.params, self.limits)

@@ -47,6 +47,19 @@ def test_a_refused_rollback_changes_nothing(tiny_settings, tmp_path):
         assert coordinator.head == head == store.head() and state_hash(coordinator.params) == head.sha
 
 
+def test_a_repeated_rollback_commits_one_version(tiny_settings, tmp_path):
+    with open_federation(tiny_settings, tmp_path) as (coordinator, sites):
+        run_rounds(coordinator, sites, range(1, 3))
+        store = coordinator.store
+        for _ in range(2):  # a double-clicked form
+            control.request(store, control.ROLLBACK, 1)
+        coordinator.between_rounds(3)
+        outcomes = [c.ok for c in control.requests(store)]
+        assert outcomes == [True, False]
+        assert "already holds version 1's weights" in control.requests(store)[1].outcome
+        assert coordinator.head.id == 3 and store.head().sha == store.version(1).sha
+
+
 def test_pause_waits_between_rounds_and_settles_requests_until_resumed(tiny_settings, tmp_path):
     with open_federation(tiny_settings, tmp_path) as (coordinator, sites):
         run_rounds(coordinator, sites, range(1, 3))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
     """The console over the store in ``state_dir``; actions need ``token`` (none: actions are off)."""
     app = Flask(__name__)
     state_dir = Path(state_dir)
+    exporting = threading.Lock()  # one export at a time: each rebuilds a whole model
 
     @contextmanager
     def reader(writable: bool = False) -> Iterator[VersionStore]:
@@ -143,7 +145,7 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
     @app.post("/actions/<action>")
     def form_act(action: str) -> Any:
         raw = request.form.get("version", "").strip()
-        if raw and not raw.isdigit():
+        if raw and not raw.isdecimal():
             raise Refused(400, f"version must be a whole number, not {raw!r}")
         made = act(action, request.form.get("token"), int(raw) if raw else None)
         return redirect(url_for("actions", requested=made["id"]), code=303)
@@ -162,10 +164,15 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
     def export(version_id: int) -> Response:
         from server.console.export import export_version
 
-        archive = tempfile.TemporaryFile()
-        with reader() as store:
-            _version_or_404(store, version_id)
-            name = export_version(store, version_id, archive)
+        if not exporting.acquire(blocking=False):
+            abort(429, "an export is already being built; try again when it is done")
+        try:
+            archive = tempfile.TemporaryFile()
+            with reader() as store:
+                _version_or_404(store, version_id)
+                name = export_version(store, version_id, archive)
+        finally:
+            exporting.release()
         archive.seek(0)
         return send_file(archive, mimetype="application/zip", as_attachment=True, download_name=f"{name}.zip")
 

@@ -117,7 +117,8 @@ def sites(store: VersionStore) -> list[dict[str, Any]]:
         site["last_round"] = row["round"]
         site["upload_bytes"] += row["upload_bytes"]
         for key, value in json.loads(row["metrics"]).items():
-            sums[row["site"]][key].append(float(value))
+            if isinstance(value, int | float):
+                sums[row["site"]][key].append(float(value))
     aliases = {f"node-{node}": name for name, site in found.items() for node in site["nodes"]}
     for name, _, _ in store.rejections():
         entry(aliases.get(name, name))["rejections"] += 1
