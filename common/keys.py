@@ -147,7 +147,7 @@ def add_site(out: Path, name: str) -> SiteKey:
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                       serialization.NoEncryption()), private=True)
-    _write(private.with_suffix(".pub"), public + f" {name}\n".encode(), private=False)
+    _write(private.with_name(f"{name}.pub"), public + f" {name}\n".encode(), private=False)
     listing = Path(out) / SITES_LIST
     new = not listing.exists()
     with open(listing, "a", newline="", encoding="utf-8") as handle:

@@ -1,9 +1,10 @@
-"""The ``fedelta`` command line: ``simulate``, ``methods``, and ``keys``, ``server``, ``site`` for deployment."""
+"""The ``fedelta`` command line: ``simulate``, ``methods``, ``console``, ``prepare-sparse-base``, and ``keys``, ``server``, ``site`` for deployment."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError, subprocess.SubprocessError) as error:
         print(f"fedelta: error: {error}", file=sys.stderr)
         return 2
 

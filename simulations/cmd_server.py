@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulations.processes import Child, flower_command, flower_env, split_address, stop_on_signals, wait_for_port
+from simulations.processes import Child, flower_command, flower_env, split_address, stop_all, stop_on_signals, wait_for_port
 
 if TYPE_CHECKING:
     from common.keys import SiteKey
@@ -128,8 +128,7 @@ def _server(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         return 1
     finally:
-        for child in reversed(children):
-            child.stop()
+        stop_all(children)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

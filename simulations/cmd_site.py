@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from simulations.processes import Child, flower_command, flower_env, free_port, split_address, stop_on_signals
+from simulations.processes import Child, flower_command, flower_env, free_port, split_address, stop_all, stop_on_signals
 
 RETRY_MAX_SECONDS = 30
 
@@ -112,8 +112,7 @@ def _site(args: argparse.Namespace) -> int:
             print(f"fedelta site {name}: {hint}; starting it again in {delay} s", file=sys.stderr, flush=True)
             time.sleep(delay)
     finally:
-        if node is not None:
-            node.stop()
+        stop_all([node] if node is not None else [])
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

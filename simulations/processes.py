@@ -136,7 +136,7 @@ class Child:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the command and everything it started, by PID."""
-        if self.running() or descendants(self.pid):
+        if self.running():
             kill_tree(self.pid, signal.SIGTERM, grace)
         try:
             self.process.wait(timeout=grace)
@@ -147,6 +147,17 @@ class Child:
         if self._log:
             self._log.close()
             self._log = None
+
+
+def stop_all(children: Sequence[Child]) -> None:
+    """Stop ``children`` in reverse order of starting; a second Ctrl-C cannot cut this short."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for child in reversed(children):
+            child.stop()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def stop_on_signals() -> None:
