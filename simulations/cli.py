@@ -93,14 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=_simulate)
     methods = commands.add_parser("methods", help="list fine-tuning methods, pruners, value types and aggregators")
     methods.set_defaults(handler=_methods)
-    from server.console.cli import add_console_command
-    from simulations import cmd_keys, cmd_server, cmd_site
-    from simulations.cmd_sparse_base import add_command as add_sparse_base_command
+    from server.console import cli as cmd_console
+    from simulations import cmd_keys, cmd_server, cmd_site, cmd_sparse_base
 
-    add_console_command(commands)
-    for command in (cmd_keys, cmd_server, cmd_site):
+    for command in (cmd_console, cmd_keys, cmd_server, cmd_site, cmd_sparse_base):
         command.add_parser(commands)
-    add_sparse_base_command(commands)
     return parser
 
 

@@ -25,7 +25,7 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_command(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "prepare-sparse-base",
         help="prune the base model once while distilling from it (Prune Once for All)",

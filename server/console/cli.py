@@ -35,7 +35,7 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_console_command(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``console`` on the ``fedelta`` command line."""
     console = commands.add_parser(
         "console",
