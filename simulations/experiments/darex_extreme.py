@@ -1,8 +1,8 @@
 """Experiment 2, DAREx at the extreme: DARE, DAREx-q (both q modes), magnitude and importance at p = 0.9,
 0.99, 0.999, with AdamW and AdamR, pruning every round, with and without error feedback.
 
-Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 6 rounds x 24 local
-steps, fp16 values. Combinations the settings refuse (error feedback with a
+Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 3 rounds x 8 local
+steps, fp16 values, 500 test reviews (42 federations). Combinations the settings refuse (error feedback with a
 rescaling pruner) are listed as such.
 """
 
@@ -15,7 +15,7 @@ from simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "darex_extreme"
 TITLE = "DAREx at the extreme: pruners at p = 0.9, 0.99, 0.999"
-FULL = {"rounds": 6, "local.steps": 24}
+FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500}
 PRUNERS: dict[str, dict[str, Any]] = {
     "dare": {"prune.name": "dare"},
     "darex-q unlabelled": {"prune.name": "darex-q", "prune.q-mode": "unlabelled"},

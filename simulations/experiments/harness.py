@@ -39,21 +39,27 @@ def hardware() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.machine()}, {os.cpu_count()} cores{memory}, {gpu}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+            f"torch {torch.__version__} on {torch.get_num_threads()} thread(s)")
 
 
-def provenance(outcomes: list[Outcome]) -> str:
+BACKEND_TEXT = {
+    "flower": "each run a `fedelta simulate` process on Flower's Simulation Engine",
+    "inprocess": "runs in process (the same Coordinator and Site code as `fedelta simulate`, without Ray)",
+}
+
+
+def provenance(outcomes: list[Outcome], backend: str) -> str:
     seeds = sorted({o.summary["config"]["seed"] for o in outcomes if o.summary})
     revisions = ", ".join(f"`{r}`" for r in sorted({o.revision for o in outcomes})) or "-"
-    return (f"Code of commit {revisions}; seed {', '.join(map(str, seeds)) or '-'}; {hardware()}; "
-            f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+    return (f"Code of commit {revisions}; seed {', '.join(map(str, seeds)) or '-'}; {BACKEND_TEXT[backend]}; "
+            f"{hardware()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
 
 
 def overrides_text(overrides: dict[str, Any]) -> str:
     return ", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "-"
 
 
-def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, results: Path) -> Path:
+def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, results: Path, backend: str) -> Path:
     """section.md, plot.png and outcomes.json of one experiment; returns the section's path."""
     results.mkdir(parents=True, exist_ok=True)
     done = [o for o in outcomes if not o.refused]
@@ -63,8 +69,8 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
     lines = [
         f"## {module.TITLE}{' (quick mode)' if quick else ''}",
         "",
-        f"`python -m simulations.experiments run {module.NAME}{' --quick' if quick else ''}`. "
-        f"{provenance(done)}",
+        f"`python -m simulations.experiments run {module.NAME}{' --quick' if quick else ''} --backend {backend}`. "
+        f"{provenance(done, backend)}",
         "",
         module.describe(quick),
         "",
@@ -93,7 +99,7 @@ def run_experiment(module: ModuleType, *, quick: bool, backend: str, runs: Path,
         outcomes = module.outcomes(quick, runs, backend)
     else:
         outcomes = run_all(module.plan(quick), runs, backend)
-    section = write_results(module, outcomes, quick, results)
+    section = write_results(module, outcomes, quick, results, backend)
     print(section.read_text())
     return outcomes
 

@@ -1,8 +1,8 @@
 """Experiment 3, PERP recovery: accuracy of pruned uploads with and without a few recovery steps
 (``prune.recover-steps``) that retrain only norms and biases after pruning.
 
-Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 6 rounds x 24 local
-steps, magnitude and DARE at p = 0.99 and 0.999, recovery 0 or 8 steps.
+Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 3 rounds x 8 local
+steps, 500 test reviews (as experiment 2), magnitude and DARE at p = 0.99 and 0.999, recovery 0 or 8 steps.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "perp"
 TITLE = "PERP recovery after pruning"
-FULL = {"rounds": 6, "local.steps": 24}
+FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500}
 PRUNERS = ("magnitude", "dare")
 DROPS = (0.99, 0.999)
 RECOVER_STEPS = 8
