@@ -11,6 +11,7 @@ from simulations.experiments import darex_extreme, frontier, perp, scale, sparse
 from simulations.experiments.__main__ import update_results_md
 from simulations.experiments.harness import frontier as frontier_points
 from simulations.experiments.harness import run_experiment
+from simulations.experiments import runner
 from simulations.experiments.runner import QUICK, Run, execute, refusal
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -40,6 +41,23 @@ def test_refused_settings_are_named_not_run():
     assert "unknown setting" in refusal({"prune.no-such-key": 1})
     outcome = execute(Run("bad", {"prune.name": "dare", "feedback.enabled": True}), Path("/nonexistent"), "inprocess")
     assert outcome.refused and not outcome.summary
+
+
+def test_a_run_with_the_same_settings_in_another_experiment_is_copied_not_run_again(tmp_path, monkeypatch):
+    shared = tmp_path / "runs"
+    first = execute(Run("a", dict(QUICK)), shared / "one" / "a", "inprocess", shared=shared)
+
+    def no_new_runs(*args):
+        raise AssertionError("a new federation was started")
+
+    monkeypatch.setattr(runner, "run_inprocess", no_new_runs)
+    twin = execute(Run("b", {**QUICK, "prune.name": "dare"}), shared / "two" / "b", "inprocess", shared=shared)
+    assert twin.reused and not first.reused
+    assert (twin.summary, twin.rows, twin.revision) == (first.summary, first.rows, first.revision)
+    assert (shared / "two" / "b" / runner.REUSED_FILE).read_text().strip() == str((shared / "one" / "a").resolve())
+    assert not (shared / "two" / "b" / "state").exists()
+    with pytest.raises(AssertionError, match="new federation"):
+        execute(Run("c", {**QUICK, "seed": 1}), shared / "two" / "c", "inprocess", shared=shared)
 
 
 def test_frontier_quick_mode(tmp_path):

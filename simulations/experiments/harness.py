@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flower (fedelta simulate subprocesses; the full mode's default) or inprocess "
                         "(the quick mode's default)")
     parser.add_argument("--runs", help=f"folder for the runs (default {RUNS_DIR}/NAME[-quick]); finished runs "
-                        "found there are reused")
+                        "found there are reused, and so is a finished run with exactly the same settings in a "
+                        "sibling folder (another experiment's)")
     parser.add_argument("--results", help="folder for section.md, plot.png, outcomes.json (default "
                         "simulations/results/NAME, or runs/experiments/NAME-quick/results with --quick)")
 

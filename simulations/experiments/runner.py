@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ QUICK: dict[str, Any] = {
 }
 BACKENDS = ("flower", "inprocess")
 REVISION_FILE = "commit.txt"  # the commit a run was made with, next to its summary.json
+REUSED_FILE = "reused-from.txt"  # in a run folder copied from another experiment's identical run
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Outcome:
     seconds: float = 0.0
     refused: str = ""
     revision: str = ""
+    reused: bool = False
 
     @property
     def accuracy(self) -> float:
@@ -84,14 +87,23 @@ def refusal(overrides: dict[str, Any]) -> str:
     return ""
 
 
-def execute(run: Run, out: Path, backend: str) -> Outcome:
-    """Run ``run`` into ``out`` (reusing a finished run already there), or record why it was refused."""
+def execute(run: Run, out: Path, backend: str, shared: Path | None = None) -> Outcome:
+    """Run ``run`` into ``out``, or record why it was refused.
+
+    A finished run already in ``out`` is reused; so is one anywhere two levels
+    under ``shared`` (another experiment's run folders) whose settings are
+    exactly ``run``'s: its metrics, summary and commit are copied into ``out``.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     reason = refusal(run.overrides)
     if reason:
         return Outcome(run, refused=reason)
     started = time.perf_counter()
+    if not (out / "summary.json").is_file() and shared is not None:
+        twin = find_twin(run.overrides, shared, out)
+        if twin is not None:
+            copy_finished(twin, out)
     if not (out / "summary.json").is_file():
         revision = commit()
         (run_flower if backend == "flower" else run_inprocess)(run.overrides, out)
@@ -99,7 +111,40 @@ def execute(run: Run, out: Path, backend: str) -> Outcome:
     summary = json.loads((out / "summary.json").read_text())
     revision_file = out / REVISION_FILE
     revision = revision_file.read_text().strip() if revision_file.is_file() else "unknown"
-    return Outcome(run, summary, report.read_rows(out), time.perf_counter() - started, revision=revision)
+    return Outcome(run, summary, report.read_rows(out), time.perf_counter() - started, revision=revision,
+                   reused=(out / REUSED_FILE).is_file())
+
+
+def settings_key(config: dict[str, Any]) -> str:
+    """A run's settings as comparable text, leaving out where its files go."""
+    kept = {k: v for k, v in config.items() if not k.startswith("output.")}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def find_twin(overrides: dict[str, Any], shared: Path, out: Path) -> Path | None:
+    """A finished run folder ``shared/*/*`` (not ``out``) made with exactly the settings ``overrides`` give."""
+    wanted = settings_key(json.loads(json.dumps(defaults().with_overrides(overrides).to_run_config(), default=str)))
+    for summary_file in sorted(shared.glob("*/*/summary.json")):
+        folder = summary_file.parent
+        if folder.resolve() == out.resolve():
+            continue
+        try:
+            config = json.loads(summary_file.read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if settings_key(config) == wanted:
+            return folder
+    return None
+
+
+def copy_finished(source: Path, out: Path) -> None:
+    """Copy a finished run's files (not its store or site caches) into ``out``, noting where they came from."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in sorted(source.iterdir()):
+        if item.is_file() and item.name != "summary.json":
+            shutil.copy2(item, out / item.name)
+    (out / REUSED_FILE).write_text(f"{source.resolve()}\n")
+    shutil.copy2(source / "summary.json", out / "summary.json")  # last: it marks the copy finished
 
 
 def commit() -> str:
@@ -168,13 +213,14 @@ def run_all(runs: list[Run], out: Path, backend: str) -> list[Outcome]:
     outcomes = []
     for index, run in enumerate(runs, 1):
         print(f"[{index}/{len(runs)}] {run.label} ...", flush=True)
-        outcome = execute(run, out / slug(run.label), backend)
+        outcome = execute(run, out / slug(run.label), backend, shared=out.parent)
         outcomes.append(outcome)
         if outcome.refused:
             print(f"  refused: {outcome.refused}", flush=True)
         else:
+            reused = " (reused: the same settings ran in another experiment)" if outcome.reused else ""
             print(f"  accuracy {outcome.accuracy:.3f}, upload {report.human_bytes(outcome.upload_bytes)}, "
-                  f"{outcome.seconds:.0f} s", flush=True)
+                  f"{outcome.seconds:.0f} s{reused}", flush=True)
     return outcomes
 
 
