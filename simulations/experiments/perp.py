@@ -47,8 +47,9 @@ def table(outcomes: list[Outcome]) -> str:
         plain, recovered = by_key.get((pruner, drop, False)), by_key.get((pruner, drop, True))
         if plain is None or recovered is None:
             continue
+        change, upload_ratio = recovered.accuracy - plain.accuracy, recovered.upload_bytes / plain.upload_bytes
         lines.append(f"| {pruner} | {drop:g} | {plain.accuracy:.3f} | {recovered.accuracy:.3f} "
-                     f"| {recovered.accuracy - plain.accuracy:+.3f} | {recovered.upload_bytes / plain.upload_bytes:.2f}x |")
+                     f"| {change:+.3f} | {upload_ratio:.2f}x |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Experiment 4, Prune Once for All: bases pruned once to S = 0.5, 0.8, 0.9 (distilled from the dense base),
 then federated fine-tuning that keeps their zeros, against the dense base.
 
-Full mode: MiniLM; each base from ``fedelta prepare-sparse-base`` with 200
+Full mode: MiniLM; each base from ``fedelta prepare-sparse-base`` with 150
 distillation steps on Rotten Tomatoes text (labels unused, the server's test
 reviews excluded); federations as in experiment 2 (4 sites by movie, 3 rounds
 x 8 local steps, 500 test reviews), full fine-tuning, DARE p = 0.9, so the
@@ -21,7 +21,7 @@ NAME = "sparse_base"
 TITLE = "Prune Once for All: sparse bases against the dense base"
 FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500}
 SPARSITIES = (0.5, 0.8, 0.9)
-PREPARE_STEPS = 200
+PREPARE_STEPS = 150
 
 
 def prepared_base(sparsity: float, folder: Path, quick: bool) -> dict:
