@@ -137,7 +137,7 @@ def decode(data: bytes, limits: Limits) -> Decoded:
     expected = set()
     for n, d in described.items():
         expected |= {f"{n}/{part}" for part in TENSOR_PARTS[d["kind"]]}
-    if quantizer.scaled:
+    if quantizer.scaled and described:  # an empty delta has no value tensors, so no scales
         expected.add(SCALES)
     if set(header) - {"__metadata__"} != expected:
         raise CodecError("tensors in the container do not match the declared entries")
@@ -261,7 +261,7 @@ def _value_keys(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def _scales_by_key(tensors: Mapping[str, torch.Tensor], quantizer: Quantizer) -> dict[str, torch.Tensor]:
-    if not quantizer.scaled:
+    if not quantizer.scaled or SCALES not in tensors:
         return {}
     scales, keys = tensors[SCALES], _value_keys(tensors)
     if scales.dtype != torch.float32 or scales.dim() != 1 or scales.numel() != len(keys):

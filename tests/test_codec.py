@@ -41,6 +41,12 @@ def test_round_trip_every_entry_kind(values):
             assert torch.equal(got.positions(), entry.positions())
 
 
+@pytest.mark.parametrize("values", ["fp32", "fp16", "bf16", "int8", "ternary"])
+def test_empty_delta_round_trips_for_every_value_type(values):
+    decoded = decode(encode(Delta({}), base=BASE, values=values), LIMITS)
+    assert decoded.delta.names() == [] and decoded.base == BASE and decoded.meta["values"] == values
+
+
 def test_round_trip_of_pruned_values_is_exact():
     dense = {"layer.weight": torch.randn(64, 64), "layer.bias": torch.randn(64)}
     for pruner in ("none", "dare", "magnitude"):
