@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "superlink.crt", "superlink.key"
 SITES_DIR, SITES_LIST = "sites", "sites.csv"
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 VALID_DAYS = 825
 

@@ -36,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "keys",
         help="create the CA, SuperLink certificate and site key pairs of a deployment",
         description="Create a certificate authority, a TLS certificate for the SuperLink (valid for the "
-        "--host names plus localhost and 127.0.0.1), one EC P-384 authentication key pair per site "
+        "--host names plus localhost, 127.0.0.1 and ::1), one EC P-384 authentication key pair per site "
         "(OpenSSH format, as Flower reads it) and sites.csv, the list of site public keys the server "
         "registers. Each site needs ca.crt and its own private key, nothing else.",
     )

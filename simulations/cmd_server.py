@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulations.processes import Child, flower_command, flower_env, split_address, stop_all, stop_on_signals, wait_for_port
+from simulations.processes import (
+    Child, flower_command, flower_env, join_address, reachable_host, split_address, stop_all, stop_on_signals,
+    wait_for_port,
+)
 
 if TYPE_CHECKING:
     from common.keys import SiteKey
@@ -89,7 +92,7 @@ def _server(args: argparse.Namespace) -> int:
     overrides = _overrides(args, state)
     home = state / "flwr"
     home.mkdir(parents=True, exist_ok=True)
-    local = f"127.0.0.1:{port}" if host in ("0.0.0.0", "127.0.0.1", "localhost") else f"{host}:{port}"
+    local = join_address(reachable_host(host), port)
     (home / "config.toml").write_text(connection_toml(local, certs / CA_CERT))
     (home / "run-config.toml").write_text(run_config_toml(overrides))
     env = flower_env(home)
@@ -104,7 +107,7 @@ def _server(args: argparse.Namespace) -> int:
         ], env, log=state / "superlink.log", echo=args.verbose)
         children.append(superlink)
         wait_for_port(host, port, timeout=60, alive=superlink.running)
-        print(f"fedelta server: SuperLink on {host}:{port} (TLS, site authentication on); "
+        print(f"fedelta server: SuperLink on {join_address(host, port)} (TLS, site authentication on); "
               f"log {state / 'superlink.log'}",
               flush=True)
         if (certs / CA_KEY).exists():
@@ -144,7 +147,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="version store, SuperLink database, Flower home, logs and results (DIR/results)")
     server.add_argument("--certs", required=True, metavar="DIR", help="folder written by `fedelta keys`")
     server.add_argument("--address", default="0.0.0.0:9092", metavar="HOST:PORT",
-                        help="where the SuperLink listens for sites (default: 0.0.0.0:9092)")
+                        help="where the SuperLink listens for sites (default: 0.0.0.0:9092; IPv6 in brackets, "
+                        "e.g. [::]:9092)")
     server.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of [tool.flwr.app.config], e.g. --set rounds=10")
     server.add_argument("--verbose", action="store_true", help="also echo the SuperLink's own log")

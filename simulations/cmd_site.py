@@ -124,7 +124,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "with the site's key. The ClientApp reads the data from that file and keeps the site's version "
         "cache and error-feedback residual in --cache-dir. Ctrl-C stops the SuperNode and its children.",
     )
-    site.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    site.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                      help="the SuperLink's address (IPv6 in brackets, e.g. [2001:db8::7]:9092)")
     site.add_argument("--certs", required=True, metavar="DIR", help="folder holding ca.crt (from `fedelta keys`)")
     site.add_argument("--key", required=True, metavar="SITE_KEY", help="this site's private key (keys/sites/NAME)")
     site.add_argument("--data", required=True, metavar="FILE", help="CSV or JSONL with text,label columns")

@@ -29,19 +29,29 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def join_address(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets; the inverse of :func:`split_address`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def reachable_host(host: str) -> str:
+    """The host this machine dials to reach a listener bound to ``host`` (a wildcard becomes loopback)."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "localhost": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 def wait_for_port(host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
     """Return once ``host:port`` accepts TCP connections; raise if ``alive()`` turns false or time runs out."""
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    target = reachable_host(host)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
-            raise RuntimeError(f"the process meant to listen on {host}:{port} exited")
+            raise RuntimeError(f"the process meant to listen on {join_address(host, port)} exited")
         try:
             with socket.create_connection((target, port), timeout=1):
                 return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+    raise RuntimeError(f"nothing listens on {join_address(host, port)} after {timeout:.0f} s")
 
 
 def descendants(pid: int) -> list[int]:

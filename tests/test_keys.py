@@ -39,7 +39,7 @@ def test_keys_make_a_ca_a_superlink_certificate_it_signed_and_one_key_pair_per_s
     ca.public_key().verify(server.signature, server.tbs_certificate_bytes, ec.ECDSA(SHA256()))
     names = server.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
     assert names.get_values_for_type(x509.DNSName) == ["fl.example.org", "localhost"]
-    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "127.0.0.1"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "127.0.0.1", "::1"]
     assert ca.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca is True
     assert [site.name for site in sites] == ["site-1", "site-2", "site-3"]
     for private in ("ca.key", "superlink.key", "sites/site-1", "sites/site-3"):
