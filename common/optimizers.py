@@ -24,6 +24,14 @@ class AdamR(torch.optim.Adam):
         self.anchors = {param: param.detach().clone() for group in self.param_groups for param in group["params"]}
 
     @torch.no_grad()
+    def anchor_to(self, targets: dict[torch.nn.Parameter, torch.Tensor]) -> None:
+        """Decay these parameters toward ``targets`` instead of their values when the optimizer was built."""
+        for param, target in targets.items():
+            if param not in self.anchors:
+                raise KeyError("anchor_to got a parameter this optimizer does not train")
+            self.anchors[param] = target.detach().to(param.dtype).clone()
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         pulls = [
             (param, group["lr"] * self.decay, param - self.anchors[param])

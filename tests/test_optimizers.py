@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from common.config import LocalSettings, OptimizerSettings
@@ -22,6 +23,18 @@ def test_adamr_is_adam_plus_decoupled_decay_toward_the_start():
         with torch.no_grad():
             reference.sub_(offset, alpha=0.1 * 0.5)
         torch.testing.assert_close(ours.detach(), reference.detach(), rtol=0, atol=1e-7)
+
+
+def test_adamr_anchored_elsewhere_decays_toward_that_anchor():
+    param = torch.nn.Parameter(torch.ones(4))
+    adamr = AdamR([{"params": [param]}], lr=0.1, decay=0.5)
+    adamr.anchor_to({param: torch.full((4,), 3.0)})
+    param.grad = torch.zeros(4)  # Adam's own step is then exactly zero
+    adamr.step()
+    torch.testing.assert_close(param.detach(), torch.full((4,), 1.0 - 0.1 * 0.5 * (1.0 - 3.0)), rtol=0, atol=1e-7)
+    stranger = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(KeyError, match="does not train"):
+        adamr.anchor_to({stranger: torch.zeros(1)})
 
 
 def test_adamr_keeps_the_delta_smaller_than_adamw():

@@ -11,6 +11,7 @@ from common.codec import decode
 from common.delta import Dense, SeededMask, Sparse
 from common.methods.lnbias import norm_and_bias_names
 from common.model import load_model
+from common.optimizers import make_optimizer
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,26 @@ def test_recovery_sends_norms_and_biases_dense_and_fixes_the_pruned_rest(tiny_se
     assert torch.equal(recovered[weight].values, plain[weight].values)
     changed = [n for n in norms_biases if not torch.equal(recovered[n].to_dense(), plain[n].to_dense())]
     assert changed
+
+
+def test_recovery_under_adamr_decays_toward_the_rounds_base(tiny_settings, tmp_path, monkeypatch):
+    from common.pruning import recover as recover_module
+
+    built = []
+
+    def recording(model, *args, **kwargs):
+        optimizer = make_optimizer(model, *args, **kwargs)
+        built.append((model, optimizer))
+        return optimizer
+
+    monkeypatch.setattr(recover_module, "make_optimizer", recording)
+    settings = tiny_settings.with_overrides({"prune.name": "magnitude", "prune.drop": 0.9, "prune.recover-steps": 2,
+                                             "optimizer.name": "adamr"})
+    with open_federation(settings, tmp_path) as (coordinator, sites):
+        sites[0].train_round(1, coordinator.downlink_for("0"))
+    (model, optimizer), = built
+    version_0 = dict(load_model("tiny-bert", 2, settings.seed).model.named_parameters())
+    anchored = {name: optimizer.anchors[param] for name, param in model.named_parameters() if param in optimizer.anchors}
+    assert anchored and set(anchored) <= set(norm_and_bias_names(model))
+    for name, anchor in anchored.items():
+        assert torch.equal(anchor, version_0[name].detach()), name

@@ -10,7 +10,7 @@ import torch
 from common.config import Settings
 from common.data import Corpus
 from common.delta import Delta, Entry, model_params
-from common.optimizers import make_optimizer
+from common.optimizers import AdamR, make_optimizer
 from common.quantization import VALUE_TYPES, round_trip
 from common.training import train
 
@@ -55,6 +55,8 @@ def recover(
         param.requires_grad_(name in names)
     try:
         optimizer = make_optimizer(model, trainable, head, settings.local, settings.optimizer)
+        if isinstance(optimizer, AdamR):  # decay toward the round's base, as in local training
+            optimizer.anchor_to({param: base[name] for name, param in model.named_parameters() if name in names})
         train(
             model, tokenizer, corpus, optimizer, steps=settings.prune.recover_steps,
             batch_size=settings.local.batch_size, max_length=settings.model.max_length, seed=seed,
