@@ -91,7 +91,8 @@ def test_recovery_under_adamr_decays_toward_the_rounds_base(tiny_settings, tmp_p
         sites[0].train_round(1, coordinator.downlink_for("0"))
     (model, optimizer), = built
     version_0 = dict(load_model("tiny-bert", 2, settings.seed).model.named_parameters())
-    anchored = {name: optimizer.anchors[param] for name, param in model.named_parameters() if param in optimizer.anchors}
+    anchored = {name: optimizer.anchors[param] for name, param in model.named_parameters()
+                if param in optimizer.anchors}
     assert anchored and set(anchored) <= set(norm_and_bias_names(model))
     for name, anchor in anchored.items():
         assert torch.equal(anchor, version_0[name].detach()), name
