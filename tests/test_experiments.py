@@ -43,6 +43,12 @@ def test_refused_settings_are_named_not_run():
     assert outcome.refused and not outcome.summary
 
 
+@pytest.mark.parametrize("module", [frontier, darex_extreme, perp], ids=lambda m: m.NAME)
+def test_full_mode_plans_hold_only_settings_the_code_accepts(module):
+    reasons = {run.label: refusal(run.overrides) for run in module.plan(quick=False)}
+    assert reasons and all(not reason or "feedback.enabled" in reason for reason in reasons.values()), reasons
+
+
 def test_a_run_with_the_same_settings_in_another_experiment_is_copied_not_run_again(tmp_path, monkeypatch):
     shared = tmp_path / "runs"
     first = execute(Run("a", dict(QUICK)), shared / "one" / "a", "inprocess", shared=shared)

@@ -45,7 +45,7 @@ def plan(quick: bool) -> list[Run]:
                                      for method in METHOD_RUNS}
     runs = []
     for method, prunings in grid.items():
-        lr = {} if quick else {k: v for k, v in METHOD_RUNS[method].items() if k == "local.lr"}
+        lr = {} if quick else {k: float(v) for k, v in METHOD_RUNS[method].items() if k == "local.lr"}
         for pruning in prunings:
             runs.append(Run(f"{method}, {pruning}", {**base, "method.name": method, **lr, **PRUNING[pruning]},
                             {"method": method, "pruning": pruning}))
