@@ -12,7 +12,7 @@ from simulations.experiments.__main__ import update_results_md
 from simulations.experiments.harness import frontier as frontier_points
 from simulations.experiments.harness import run_experiment
 from simulations.experiments import runner
-from simulations.experiments.runner import QUICK, Run, execute, refusal
+from simulations.experiments.runner import QUICK, Run, execute, refusal, slug
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -47,6 +47,19 @@ def test_refused_settings_are_named_not_run():
 def test_full_mode_plans_hold_only_settings_the_code_accepts(module):
     reasons = {run.label: refusal(run.overrides) for run in module.plan(quick=False)}
     assert reasons and all(not reason or "feedback.enabled" in reason for reason in reasons.values()), reasons
+
+
+def test_shards_split_the_accepted_runs_and_write_no_results(tmp_path):
+    from simulations.experiments.__main__ import main
+
+    runs = tmp_path / "runs"
+    command = ["run", "perp", "--quick", "--shard", "1/2", "--runs", str(runs), "--results", str(tmp_path / "r")]
+    assert main(command) == 0
+    finished = sorted(p.parent.name for p in runs.glob("*/summary.json"))
+    assert finished == sorted(slug(r.label) for r in perp.plan(quick=True)[1::2]) and finished
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit, match="K/N"):
+        main(["run", "perp", "--quick", "--shard", "2/2", "--runs", str(runs)])
 
 
 def test_a_run_with_the_same_settings_in_another_experiment_is_copied_not_run_again(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from simulations.engine import PROJECT_DIR
-from simulations.experiments.runner import BACKENDS, Outcome, run_all
+from simulations.experiments.runner import BACKENDS, Outcome, refusal, run_all
 
 RESULTS_DIR = PROJECT_DIR / "simulations" / "results"
 RUNS_DIR = Path("runs") / "experiments"
@@ -112,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", help=f"folder for the runs (default {RUNS_DIR}/NAME[-quick]); finished runs "
                         "found there are reused, and so is a finished run with exactly the same settings in a "
                         "sibling folder (another experiment's)")
+    parser.add_argument("--shard", metavar="K/N", help="run only planned runs K, K+N, K+2N, ... (0 <= K < N) and "
+                        "write no results, so N processes can share an experiment; a later run without --shard "
+                        "reuses their runs and writes the results")
     parser.add_argument("--results", help="folder for section.md, plot.png, outcomes.json (default "
                         "simulations/results/NAME, or runs/experiments/NAME-quick/results with --quick)")
 
@@ -122,8 +125,26 @@ def main_for(module: ModuleType, args: argparse.Namespace) -> int:
     default_results = runs / "results" if args.quick else RESULTS_DIR / module.NAME
     results = Path(args.results) if args.results else default_results
     backend = args.backend or ("inprocess" if args.quick else "flower")
+    if args.shard:
+        index, count = parse_shard(args.shard)
+        if not hasattr(module, "plan"):
+            raise SystemExit(f"{module.NAME} prepares inputs between its runs and cannot be split with --shard")
+        accepted = [run for run in module.plan(args.quick) if not refusal(run.overrides)]
+        run_all(accepted[index::count], runs, backend)
+        return 0
     run_experiment(module, quick=args.quick, backend=backend, runs=runs, results=results)
     return 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` as (K, N), with 0 <= K < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard must be K/N, e.g. 0/2, got {text!r}") from None
+    if not 0 <= index < count:
+        raise SystemExit(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return index, count
 
 
 def frontier(points: list[tuple[float, float]]) -> list[int]:

@@ -2,7 +2,8 @@
 (``prune.recover-steps``) that retrain only norms and biases after pruning.
 
 Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 3 rounds x 8 local
-steps, 500 test reviews (as experiment 2), magnitude and DARE at p = 0.99 and 0.999, recovery 0 or 8 steps.
+steps at learning rate 3e-4, 500 test reviews (as experiment 2, whose runs
+without recovery are reused), magnitude and DARE at p = 0.99 and 0.999, recovery 0 or 8 steps.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "perp"
 TITLE = "PERP recovery after pruning"
-FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500}
+FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500, "local.lr": 3e-4}
 PRUNERS = ("magnitude", "dare")
 DROPS = (0.99, 0.999)
 RECOVER_STEPS = 8

@@ -4,7 +4,7 @@ then federated fine-tuning that keeps their zeros, against the dense base.
 Full mode: MiniLM; each base from ``fedelta prepare-sparse-base`` with 150
 distillation steps on Rotten Tomatoes text (labels unused, the server's test
 reviews excluded); federations as in experiment 2 (4 sites by movie, 3 rounds
-x 8 local steps, 500 test reviews), full fine-tuning, DARE p = 0.9, so the
+x 8 local steps at learning rate 3e-4, 500 test reviews), full fine-tuning, DARE p = 0.9, so the
 dense-base run is experiment 2's DARE p = 0.9 AdamW run and is reused from it.
 """
 
@@ -19,7 +19,7 @@ from simulations.experiments.runner import QUICK, Outcome, Run, run_all
 
 NAME = "sparse_base"
 TITLE = "Prune Once for All: sparse bases against the dense base"
-FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500}
+FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500, "local.lr": 3e-4}
 SPARSITIES = (0.5, 0.8, 0.9)
 PREPARE_STEPS = 150
 
