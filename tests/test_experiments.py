@@ -116,6 +116,9 @@ def test_sparse_base_quick_mode(tmp_path):
         assert base["targeted_sparsity"] == pytest.approx(outcome.run.tags["sparsity"], abs=1e-3)
         assert f"| {outcome.run.label} | {base['targeted_sparsity']:.4f} |" in section
         assert outcome.summary["total_rejected"] == 0
+        zeros = outcome.run.tags["zeros"]
+        assert zeros["kept"] == zeros["pruned"] > 0
+        assert f"| {zeros['kept']:,} of {zeros['pruned']:,} |" in section
 
 
 def test_scale_quick_mode_records_server_memory_and_samples(tmp_path):

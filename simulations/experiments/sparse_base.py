@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.report import human_bytes
 from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
-from simulations.experiments.runner import QUICK, Outcome, Run, run_all
+from simulations.experiments.runner import QUICK, Outcome, Run, defaults, run_all, slug
 
 NAME = "sparse_base"
 TITLE = "Prune Once for All: sparse bases against the dense base"
@@ -46,7 +46,39 @@ def outcomes(quick: bool, out: Path, backend: str) -> list[Outcome]:
         report = prepared_base(sparsity, folder, quick)
         runs.append(Run(f"sparse base S={sparsity:g}", {**base, "model.sparse-base": str(folder)},
                         {"sparsity": sparsity, "base": report}))
-    return run_all(runs, out, backend)
+    finished = run_all(runs, out, backend)
+    for outcome in finished:
+        state = out / slug(outcome.run.label) / "state"
+        if "base" in outcome.run.tags and not outcome.refused and state.is_dir():
+            outcome.run.tags["zeros"] = zeros_kept(state, outcome.summary["config"])
+    return finished
+
+
+def zeros_kept(state: Path, config: dict) -> dict[str, int]:
+    """How many body weights version 0 holds at zero, and how many of them the last version still does.
+
+    The last version is rebuilt from the run's store the way a restarting
+    server does (its newest snapshot plus the merged deltas after it, each
+    checked by hash).
+    """
+    from common.codec import Limits
+    from common.delta import model_params
+    from common.model import load_model
+    from common.sparsity import pattern_of
+    from server.resume import replay_to
+    from server.store import VersionStore
+
+    settings = defaults().with_overrides(config)
+    store = VersionStore.attach(state)
+    try:
+        bundle = load_model(settings.model.source, len(store.read_meta("labels")), settings.seed)
+        params = model_params(bundle.model)
+        pattern = pattern_of(params, bundle.head)
+        replay_to(store, store.head().id, params, Limits.for_model(bundle.num_params()))
+    finally:
+        store.close()
+    kept = sum(int((params[name][pruned] == 0).sum()) for name, pruned in pattern.items())
+    return {"pruned": sum(int(pruned.sum()) for pruned in pattern.values()), "kept": kept}
 
 
 def describe(quick: bool) -> str:
@@ -56,23 +88,27 @@ def describe(quick: bool) -> str:
             f"p = 0.9). Each sparse base: `fedelta prepare-sparse-base --sparsity S` with {steps} distillation "
             "steps; its body's weight matrices keep exactly round(S x size) zeros, which every delta and version "
             "keeps. Download: the body's weights as zstd-compressed fp32 in the wire format (zeros sent as index "
-            "gaps when that is smaller), against the dense base's.")
+            "gaps when that is smaller), against the dense base's. Zeros kept: of the body weights version 0 holds "
+            "at zero, how many the last version (rebuilt from the run's store, hash-checked) still holds at zero.")
 
 
 def table(outcomes: list[Outcome]) -> str:
     dense = next((o for o in outcomes if o.run.tags["sparsity"] == 0.0), None)
-    lines = ["| base | matrix sparsity | model sparsity | download (zstd) | vs dense | final acc | vs dense base |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| base | matrix sparsity | model sparsity | download (zstd) | vs dense | zeros kept in last version "
+             "| final acc | vs dense base |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for o in outcomes:
         report = o.run.tags.get("base")
         change = f"{o.accuracy - dense.accuracy:+.3f}" if dense else "-"
         if report is None:
-            lines.append(f"| {o.run.label} | 0 | 0 | - | 1.00x | {o.accuracy:.3f} | - |")
+            lines.append(f"| {o.run.label} | 0 | 0 | - | 1.00x | - | {o.accuracy:.3f} | - |")
             continue
         sizes = report["bytes"]
+        zeros = o.run.tags.get("zeros")
+        kept = f"{zeros['kept']:,} of {zeros['pruned']:,}" if zeros else "-"
         lines.append(f"| {o.run.label} | {report['targeted_sparsity']:.4f} | {report['model_sparsity']:.4f} "
                      f"| {human_bytes(sizes['sparse_body_zstd'])} "
-                     f"| {sizes['dense_body_zstd'] / sizes['sparse_body_zstd']:.2f}x smaller "
+                     f"| {sizes['dense_body_zstd'] / sizes['sparse_body_zstd']:.2f}x smaller | {kept} "
                      f"| {o.accuracy:.3f} | {change} |")
     return "\n".join(lines)
 
