@@ -7,6 +7,7 @@ import pytest
 
 from common.config import PruneSettings
 from common.pruning import PRUNERS
+from common.report import human_bytes
 from simulations.experiments import darex_extreme, frontier, perp, scale, sparse_base
 from simulations.experiments.__main__ import update_results_md
 from simulations.experiments.harness import frontier as frontier_points
@@ -96,8 +97,11 @@ def test_frontier_quick_mode(tmp_path):
 def test_darex_extreme_quick_mode(tmp_path):
     outcomes, section = _run_quick(darex_extreme, tmp_path)
     assert not [o.refused for o in outcomes if o.refused]
-    assert {o.run.tags["pruner"] for o in outcomes} == set(darex_extreme.QUICK_PRUNERS)
+    assert {o.run.tags["pruner"] for o in outcomes} == {"none", *darex_extreme.QUICK_PRUNERS}
     assert all(f"| {p} | 0.99 |" in section for p in darex_extreme.QUICK_PRUNERS)
+    assert "| none | 0 |" in section and "| none |" not in section.split("Upload of a whole run")[1]
+    dare = next(o for o in outcomes if o.run.tags["pruner"] == "dare")
+    assert f"| dare | {human_bytes(dare.upload_bytes)} |" in section
 
 
 @pytest.mark.skipif(not hasattr(PruneSettings(), "recover_steps"), reason="prune.recover-steps is not a setting here")

@@ -5,7 +5,7 @@ Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 3 rounds x 8 local
 steps at learning rate 3e-4 (3x the default, so 24 steps per site move the
 model off the majority class), fp16 values, 500 test reviews; error feedback
 runs with AdamW only
-(36 federations). Combinations the settings refuse (error feedback with a
+(36 federations, and the same federation unpruned with each optimizer as the reference). Combinations the settings refuse (error feedback with a
 rescaling pruner) are listed as such.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.report import human_bytes
 from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
 from simulations.experiments.runner import QUICK, Outcome, Run
 
@@ -37,7 +38,9 @@ def plan(quick: bool) -> list[Run]:
     pruners = QUICK_PRUNERS if quick else tuple(PRUNERS)
     drops = (0.99,) if quick else DROPS
     optimizers = ("adamr",) if quick else OPTIMIZERS
-    runs = []
+    runs = [Run(f"no pruning, {optimizer}", {**base, "prune.name": "none", "optimizer.name": optimizer},
+                {"pruner": "none", "drop": 0.0, "optimizer": optimizer, "feedback": False})
+            for optimizer in optimizers]
     for pruner in pruners:
         for drop in drops:
             for optimizer in optimizers:
@@ -66,24 +69,41 @@ def table(outcomes: list[Outcome]) -> str:
         (o.run.tags["pruner"], o.run.tags["drop"], o.run.tags["optimizer"], o.run.tags["feedback"]): o
         for o in outcomes
     }
-    for pruner in dict.fromkeys(o.run.tags["pruner"] for o in outcomes):
-        for drop in sorted({o.run.tags["drop"] for o in outcomes}):
+    pruners = list(dict.fromkeys(o.run.tags["pruner"] for o in outcomes))
+    for pruner in pruners:
+        for drop in sorted({o.run.tags["drop"] for o in outcomes if o.run.tags["pruner"] == pruner}):
             row = [f"{cells[(pruner, drop, *c)].accuracy:.3f}" if (pruner, drop, *c) in cells else "-"
                    for c in columns]
             lines.append(f"| {pruner} | {drop:g} | {' | '.join(row)} |")
-    return "Final accuracy:\n\n" + "\n".join(lines)
+    drops = sorted({o.run.tags["drop"] for o in outcomes if o.run.tags["pruner"] != "none"})
+    uploads = [f"| pruner | {' | '.join(f'p = {d:g}' for d in drops)} |", "|---|" + "---:|" * len(drops)]
+    for pruner in pruners:
+        row = [human_bytes(cells[(pruner, d, columns[0][0], False)].upload_bytes)
+               if (pruner, d, columns[0][0], False) in cells else "-" for d in drops]
+        if pruner != "none":
+            uploads.append(f"| {pruner} | {' | '.join(row)} |")
+    return ("Final accuracy (`none`: the same federation with nothing pruned):\n\n" + "\n".join(lines)
+            + f"\n\nUpload of a whole run (all sites and rounds), {columns[0][0]} without feedback:\n\n"
+            + "\n".join(uploads))
 
 
 def plot(outcomes: list[Outcome], path) -> None:
     plt = figure()
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[str, list[Outcome]] = {}
+    references = [o for o in outcomes if o.run.tags["pruner"] == "none"]
     for o in outcomes:
+        if o in references:
+            continue
         key = f"{o.run.tags['pruner']}, {o.run.tags['optimizer']}{' + fb' if o.run.tags['feedback'] else ''}"
         series.setdefault(key, []).append(o)
     for key, points in series.items():
         points.sort(key=lambda o: o.run.tags["drop"])
         ax.plot([1 - o.run.tags["drop"] for o in points], [o.accuracy for o in points], marker="o", label=key)
+    for o in references:
+        ax.axhline(o.accuracy, linestyle="--", color="grey", linewidth=0.8)
+        ax.annotate(f"no pruning, {o.run.tags['optimizer']}", (1.0, o.accuracy), fontsize=7, color="grey",
+                    xytext=(-2, 2), textcoords="offset points", ha="right")
     accuracy_axes(ax, "fraction kept, 1 - p (log)", log_x=True)
     ax.invert_xaxis()
     save(plt, fig, path)
