@@ -3,7 +3,7 @@
 
 Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 3 rounds x 8 local
 steps at learning rate 3e-4, 500 test reviews (as experiment 2, whose runs
-without recovery are reused), magnitude and DARE at p = 0.99 and 0.999, recovery 0 or 8 steps.
+without recovery are reused), magnitude and DARE at p = 0.9, 0.99 and 0.999, recovery 0 or 8 steps.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ NAME = "perp"
 TITLE = "PERP recovery after pruning"
 FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500, "local.lr": 3e-4}
 PRUNERS = ("magnitude", "dare")
-DROPS = (0.99, 0.999)
+DROPS = (0.9, 0.99, 0.999)
 RECOVER_STEPS = 8
 
 
