@@ -102,6 +102,7 @@ def test_darex_extreme_quick_mode(tmp_path):
     assert "| none | 0 |" in section and "| none |" not in section.split("Upload of a whole run")[1]
     dare = next(o for o in outcomes if o.run.tags["pruner"] == "dare")
     assert f"| dare | {human_bytes(dare.upload_bytes)} |" in section
+    assert f"| dare | 0.99 | {dare.accuracy:.3f} ({dare.summary['best_accuracy']:.3f}) |" in section
 
 
 @pytest.mark.skipif(not hasattr(PruneSettings(), "recover_steps"), reason="prune.recover-steps is not a setting here")

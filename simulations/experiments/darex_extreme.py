@@ -58,7 +58,9 @@ def describe(quick: bool) -> str:
     return (f"Full fine-tuning with {overrides_text(base)}; every round each site prunes its delta with the "
             "row's pruner and drop rate p (the fraction of entries dropped). AdamR decays toward the round's base "
             "weights (optimizer.lambda = 0.1). Error feedback (where the pruner allows it) was run with AdamW "
-            "only, to fit the grid into one session on this machine.")
+            "only, to fit the grid into one session on this machine. Three rounds is early in training (accuracy still "
+            "moves by several points from one round to the next), so the best round's accuracy is shown beside the "
+            "final one as a measure of that swing, not as a chosen model.")
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -72,8 +74,7 @@ def table(outcomes: list[Outcome]) -> str:
     pruners = list(dict.fromkeys(o.run.tags["pruner"] for o in outcomes))
     for pruner in pruners:
         for drop in sorted({o.run.tags["drop"] for o in outcomes if o.run.tags["pruner"] == pruner}):
-            row = [f"{cells[(pruner, drop, *c)].accuracy:.3f}" if (pruner, drop, *c) in cells else "-"
-                   for c in columns]
+            row = [with_best(cells[(pruner, drop, *c)]) if (pruner, drop, *c) in cells else "-" for c in columns]
             lines.append(f"| {pruner} | {drop:g} | {' | '.join(row)} |")
     drops = sorted({o.run.tags["drop"] for o in outcomes if o.run.tags["pruner"] != "none"})
     uploads = [f"| pruner | {' | '.join(f'p = {d:g}' for d in drops)} |", "|---|" + "---:|" * len(drops)]
@@ -82,9 +83,14 @@ def table(outcomes: list[Outcome]) -> str:
                if (pruner, d, columns[0][0], False) in cells else "-" for d in drops]
         if pruner != "none":
             uploads.append(f"| {pruner} | {' | '.join(row)} |")
-    return ("Final accuracy (`none`: the same federation with nothing pruned):\n\n" + "\n".join(lines)
+    return ("Final accuracy, in brackets the best round's (`none`: the same federation with nothing pruned):\n\n" + "\n".join(lines)
             + f"\n\nUpload of a whole run (all sites and rounds), {columns[0][0]} without feedback:\n\n"
             + "\n".join(uploads))
+
+
+def with_best(outcome: Outcome) -> str:
+    """Final accuracy and, in brackets, the best round's: how far the last round swung."""
+    return f"{outcome.accuracy:.3f} ({outcome.summary['best_accuracy']:.3f})"
 
 
 def plot(outcomes: list[Outcome], path) -> None:

@@ -8,6 +8,7 @@ without recovery are reused), magnitude and DARE at p = 0.9, 0.99 and 0.999, rec
 
 from __future__ import annotations
 
+from simulations.experiments.darex_extreme import with_best
 from simulations.experiments.harness import figure, overrides_text, save
 from simulations.experiments.runner import QUICK, Outcome, Run
 
@@ -37,7 +38,8 @@ def plan(quick: bool) -> list[Run]:
 def describe(quick: bool) -> str:
     base = QUICK if quick else {"model.path": "MiniLM", "data.name": "rotten-tomatoes", **FULL}
     return (f"Full fine-tuning with {overrides_text(base)}; after pruning, each site runs `prune.recover-steps` "
-            "local steps training only LayerNorm and bias tensors (sent dense) before it uploads.")
+            "local steps training only LayerNorm and bias tensors (sent dense) before it uploads. Accuracies are the "
+            "final round's, in brackets the best round's; change compares the final ones.")
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -49,7 +51,7 @@ def table(outcomes: list[Outcome]) -> str:
         if plain is None or recovered is None:
             continue
         change, upload_ratio = recovered.accuracy - plain.accuracy, recovered.upload_bytes / plain.upload_bytes
-        lines.append(f"| {pruner} | {drop:g} | {plain.accuracy:.3f} | {recovered.accuracy:.3f} "
+        lines.append(f"| {pruner} | {drop:g} | {with_best(plain)} | {with_best(recovered)} "
                      f"| {change:+.3f} | {upload_ratio:.2f}x |")
     return "\n".join(lines)
 
