@@ -5,8 +5,9 @@ Full mode: MiniLM on Rotten Tomatoes, 4 sites by movie, 3 rounds x 8 local
 steps at learning rate 3e-4 (3x the default, so 24 steps per site move the
 model off the majority class), fp16 values, 500 test reviews; error feedback
 runs with AdamW only
-(36 federations, and the same federation unpruned with each optimizer as the reference). Combinations the settings refuse (error feedback with a
-rescaling pruner) are listed as such.
+(36 federations, and the same federation unpruned with each optimizer as the
+reference). Combinations the settings refuse (error feedback with a rescaling
+pruner) are listed as such.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def table(outcomes: list[Outcome]) -> str:
                if (pruner, d, columns[0][0], False) in cells else "-" for d in drops]
         if pruner != "none":
             uploads.append(f"| {pruner} | {' | '.join(row)} |")
-    return ("Final accuracy, in brackets the best round's (`none`: the same federation with nothing pruned):\n\n" + "\n".join(lines)
+    return ("Final accuracy, in brackets the best round's (`none`: the same federation with nothing pruned):"
+            "\n\n" + "\n".join(lines)
             + f"\n\nUpload of a whole run (all sites and rounds), {columns[0][0]} without feedback:\n\n"
             + "\n".join(uploads))
 

@@ -3,9 +3,9 @@ then federated fine-tuning that keeps their zeros, against the dense base.
 
 Full mode: MiniLM; each base from ``fedelta prepare-sparse-base`` with 150
 distillation steps on Rotten Tomatoes text (labels unused, the server's test
-reviews excluded); federations as in experiment 2 (4 sites by movie, 3 rounds
-x 8 local steps at learning rate 3e-4, 500 test reviews), full fine-tuning, DARE p = 0.9, so the
-dense-base run is experiment 2's DARE p = 0.9 AdamW run and is reused from it.
+reviews excluded); federations as experiment 1's full fine-tuning with DARE
+p = 0.9 (8 sites by movie, 4 sampled per round, 6 rounds x 12 local steps),
+so the dense-base run is experiment 1's and is reused from it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import json
 from pathlib import Path
 
 from common.report import human_bytes
+from simulations.experiments import frontier
 from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
 from simulations.experiments.runner import QUICK, Outcome, Run, defaults, run_all, slug
 
 NAME = "sparse_base"
 TITLE = "Prune Once for All: sparse bases against the dense base"
-FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500, "local.lr": 3e-4}
+FULL = {**frontier.FULL, "method.name": "full", **frontier.PRUNING["dare p=0.9"]}
 SPARSITIES = (0.5, 0.8, 0.9)
 PREPARE_STEPS = 150
 
@@ -84,11 +85,12 @@ def zeros_kept(state: Path, config: dict) -> dict[str, int]:
 def describe(quick: bool) -> str:
     base = QUICK if quick else {"model.path": "MiniLM", "data.name": "rotten-tomatoes", **FULL}
     steps = 6 if quick else PREPARE_STEPS
-    return (f"Federations with {overrides_text(base)} and default settings otherwise (full fine-tuning, DARE "
-            f"p = 0.9). Each sparse base: `fedelta prepare-sparse-base --sparsity S` with {steps} distillation "
-            "steps; its body's weight matrices keep exactly round(S x size) zeros, which every delta and version "
-            "keeps. Download: the body's weights as zstd-compressed fp32 in the wire format (zeros sent as index "
-            "gaps when that is smaller), against the dense base's. Zeros kept: of the body weights version 0 holds "
+    return (f"Federations with {overrides_text(base)} and default settings otherwise (on the dense base this is "
+            f"experiment 1's full fine-tuning with DARE p = 0.9). Each sparse base: `fedelta prepare-sparse-base "
+            f"--sparsity S` with {steps} distillation steps; its body's weight matrices keep exactly "
+            "round(S x size) zeros, which every delta and version keeps. Download: the body's weights as "
+            "zstd-compressed fp32 in the wire format (zeros sent as index gaps when that is smaller), against the "
+            "dense base's. Zeros kept: of the body weights version 0 holds "
             "at zero, how many the last version (rebuilt from the run's store, hash-checked) still holds at zero.")
 
 
