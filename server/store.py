@@ -107,7 +107,7 @@ class VersionStore:
             raise StoreError(f"{root} holds no version store (no store.sqlite); give the server's state folder")
         store = cls.__new__(cls)
         store.root, store._lock = Path(root), None
-        store._db = sqlite3.connect(f"{path.as_uri()}?mode={'rw' if writable else 'ro'}", uri=True,
+        store._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode={'rw' if writable else 'ro'}", uri=True,
                                     isolation_level=None, timeout=10.0, check_same_thread=False)
         schema = store._db.execute("PRAGMA user_version").fetchone()[0]
         if schema != SCHEMA_VERSION:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from server.store import StoreError, VersionStore
@@ -39,3 +41,15 @@ def test_site_versions_and_rejections(tmp_path):
     assert store.site_version("n1") == 4
     store.record_rejection(site="site-a", round=2, reason="nan")
     assert store.rejections() == [("site-a", 2, "nan")]
+
+
+def test_a_store_attaches_by_a_relative_path(tmp_path, monkeypatch):
+    owner = VersionStore(tmp_path / "state")
+    head = owner.commit_version(parent=None, round=0, sha="s0", kind="snapshot", blob=b"zero")
+    monkeypatch.chdir(tmp_path)
+    reader = VersionStore.attach(Path("state"))
+    try:
+        assert reader.head() == head and reader.read_blob(head) == b"zero"
+    finally:
+        reader.close()
+        owner.close()
