@@ -50,6 +50,20 @@ def test_full_mode_plans_hold_only_settings_the_code_accepts(module):
     assert reasons and all(not reason or "feedback.enabled" in reason for reason in reasons.values()), reasons
 
 
+def test_refusals_sharing_a_reason_are_listed_once(tmp_path):
+    from types import SimpleNamespace
+
+    from simulations.experiments.harness import write_results
+    from simulations.experiments.runner import Outcome
+
+    module = SimpleNamespace(NAME="demo", TITLE="Demo", describe=lambda quick: "", table=lambda done: "",
+                             plot=lambda done, path: None)
+    outcomes = [Outcome(Run("a", {}), refused="reason one"), Outcome(Run("b", {}), refused="reason one"),
+                Outcome(Run("c", {}), refused="reason two")]
+    section = write_results(module, outcomes, quick=True, results=tmp_path, backend="inprocess").read_text()
+    assert section.count("reason one") == 1 and "- a; b: reason one\n- c: reason two\n" in section
+
+
 def test_shards_split_the_accepted_runs_and_write_no_results(tmp_path):
     from simulations.experiments.__main__ import main
 
@@ -88,6 +102,9 @@ def test_frontier_quick_mode(tmp_path):
     for outcome in outcomes:
         assert f"| {outcome.run.label} | {outcome.accuracy:.3f} |" in section
     assert outcomes[-1].summary["config"]["federation.num-sites"] == 1
+    centralized = outcomes[-1]
+    assert f"| {centralized.run.label} | {centralized.accuracy:.3f} | {centralized.summary['best_accuracy']:.3f} " \
+           f"| {frontier.last_change(centralized)} | - | - |" in section
     federated = [o for o in outcomes if "reference" not in o.run.tags]
     best = frontier_points([(o.upload_bytes, o.accuracy) for o in federated])
     assert section.count("| yes |") == len(best)

@@ -66,9 +66,9 @@ def describe(quick: bool) -> str:
     return (f"MiniLM on Rotten Tomatoes, sites non-IID by movie, {overrides_text(FULL)}, default settings "
             "otherwise; each method's learning rate as in the methods comparison. Upload bytes are the total "
             "over all rounds and sites. The centralized reference is one site holding all the training data, taking "
-            "as many optimizer steps per round as the sampled sites take together; it is not on the plot. Frontier "
-            "points: no other run sends fewer or equal bytes with higher accuracy. 'last round' is the accuracy "
-            "change over the final round: near zero where a run has plateaued.")
+            "as many optimizer steps per round as the sampled sites take together; it sends nothing and is not on "
+            "the plot. Frontier points: no other run sends fewer or equal bytes with higher accuracy. 'last round' "
+            "is the accuracy change over the final round: near zero where a run has plateaued.")
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -78,9 +78,10 @@ def table(outcomes: list[Outcome]) -> str:
     lines = ["| run | final acc | best acc | last round | total upload | vs dense fp32 | frontier |",
              "|---|---:|---:|---:|---:|---:|:---:|"]
     for o in sorted(outcomes, key=lambda o: -o.accuracy):
+        sent = ("- | -" if o.run.tags.get("reference") == "centralized"
+                else f"{human_bytes(o.upload_bytes)} | {o.summary['upload_reduction']:.0f}x")
         lines.append(f"| {o.run.label} | {o.accuracy:.3f} | {o.summary['best_accuracy']:.3f} | {last_change(o)} "
-                     f"| {human_bytes(o.upload_bytes)} | {o.summary['upload_reduction']:.0f}x "
-                     f"| {'yes' if id(o) in marks else ''} |")
+                     f"| {sent} | {'yes' if id(o) in marks else ''} |")
     return "\n".join(lines)
 
 

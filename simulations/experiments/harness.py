@@ -65,7 +65,11 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
     done = [o for o in outcomes if not o.refused]
     if done:
         module.plot(done, results / "plot.png")
-    refused = [f"- {o.run.label}: refused ({o.refused})" for o in outcomes if o.refused]
+    labels_by_reason: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        if outcome.refused:
+            labels_by_reason.setdefault(outcome.refused, []).append(outcome.run.label)
+    refused = [f"- {'; '.join(labels)}: {reason}" for reason, labels in labels_by_reason.items()]
     lines = [
         f"## {module.TITLE}{' (quick mode)' if quick else ''}",
         "",
