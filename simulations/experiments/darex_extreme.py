@@ -98,20 +98,21 @@ def with_best(outcome: Outcome) -> str:
 def plot(outcomes: list[Outcome], path) -> None:
     plt = figure()
     fig, ax = plt.subplots(figsize=(8, 5))
-    series: dict[str, list[Outcome]] = {}
+    series: dict[tuple[str, str, bool], list[Outcome]] = {}
     references = [o for o in outcomes if o.run.tags["pruner"] == "none"]
     for o in outcomes:
-        if o in references:
-            continue
-        key = f"{o.run.tags['pruner']}, {o.run.tags['optimizer']}{' + fb' if o.run.tags['feedback'] else ''}"
-        series.setdefault(key, []).append(o)
-    for key, points in series.items():
+        if o not in references:
+            series.setdefault((o.run.tags["pruner"], o.run.tags["optimizer"], o.run.tags["feedback"]), []).append(o)
+    colors = {pruner: f"C{i}" for i, pruner in enumerate(dict.fromkeys(key[0] for key in series))}
+    for (pruner, optimizer, feedback), points in series.items():
         points.sort(key=lambda o: o.run.tags["drop"])
-        ax.plot([1 - o.run.tags["drop"] for o in points], [o.accuracy for o in points], marker="o", label=key)
+        style = ":" if feedback else "--" if optimizer == "adamr" else "-"
+        ax.plot([1 - o.run.tags["drop"] for o in points], [o.accuracy for o in points], marker="o",
+                color=colors[pruner], linestyle=style, label=f"{pruner}, {optimizer}{' + feedback' if feedback else ''}")
     for o in references:
-        ax.axhline(o.accuracy, linestyle="--", color="grey", linewidth=0.8)
-        ax.annotate(f"no pruning, {o.run.tags['optimizer']}", (1.0, o.accuracy), fontsize=7, color="grey",
-                    xytext=(-2, 2), textcoords="offset points", ha="right")
+        ax.axhline(o.accuracy, linestyle="-.", color="grey", linewidth=0.8)
+        ax.text(0.01, o.accuracy, f"no pruning, {o.run.tags['optimizer']}", transform=ax.get_yaxis_transform(),
+                fontsize=7, color="grey", va="bottom")
     accuracy_axes(ax, "fraction kept, 1 - p (log)", log_x=True)
     ax.invert_xaxis()
     save(plt, fig, path)
