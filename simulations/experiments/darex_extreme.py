@@ -107,8 +107,9 @@ def plot(outcomes: list[Outcome], path) -> None:
     for (pruner, optimizer, feedback), points in series.items():
         points.sort(key=lambda o: o.run.tags["drop"])
         style = ":" if feedback else "--" if optimizer == "adamr" else "-"
+        label = f"{pruner}, {optimizer}{' + feedback' if feedback else ''}"
         ax.plot([1 - o.run.tags["drop"] for o in points], [o.accuracy for o in points], marker="o",
-                color=colors[pruner], linestyle=style, label=f"{pruner}, {optimizer}{' + feedback' if feedback else ''}")
+                color=colors[pruner], linestyle=style, label=label)
     for o in references:
         ax.axhline(o.accuracy, linestyle="-.", color="grey", linewidth=0.8)
         ax.text(0.01, o.accuracy, f"no pruning, {o.run.tags['optimizer']}", transform=ax.get_yaxis_transform(),
