@@ -132,6 +132,8 @@ def test_perp_quick_mode(tmp_path):
 def test_sparse_base_quick_mode(tmp_path):
     outcomes, section = _run_quick(sparse_base, tmp_path)
     assert [o.run.tags["sparsity"] for o in outcomes] == [0.0, 0.5, 0.9]
+    dense_download = human_bytes(outcomes[1].run.tags["base"]["bytes"]["dense_body_zstd"])
+    assert f"| dense base | 0 | 0 | {dense_download} | 1.00x | - |" in section
     for outcome in outcomes[1:]:
         base = outcome.run.tags["base"]
         assert outcome.summary["config"]["model.sparse-base"] == base["request"]["out"]

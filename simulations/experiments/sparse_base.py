@@ -103,7 +103,10 @@ def table(outcomes: list[Outcome]) -> str:
         report = o.run.tags.get("base")
         change = f"{o.accuracy - dense.accuracy:+.3f}" if dense else "-"
         if report is None:
-            lines.append(f"| {o.run.label} | 0 | 0 | - | 1.00x | - | {o.accuracy:.3f} | - |")
+            dense_bytes = next((other.run.tags["base"]["bytes"]["dense_body_zstd"] for other in outcomes
+                                if "base" in other.run.tags), None)
+            download = human_bytes(dense_bytes) if dense_bytes else "-"
+            lines.append(f"| {o.run.label} | 0 | 0 | {download} | 1.00x | - | {o.accuracy:.3f} | - |")
             continue
         sizes = report["bytes"]
         zeros = o.run.tags.get("zeros")
