@@ -273,6 +273,7 @@ class Coordinator:
             return self.rounds.finished[server_round]
         result = evaluate(self.bundle.model, self.bundle.tokenizer, self.test, max_length=self.settings.model.max_length)
         counters = self.rounds.pending.pop(server_round, tally.counters())
+        rss = rss_bytes()
         row = {
             "round": server_round,
             "version": self.head.id,
@@ -284,8 +285,8 @@ class Coordinator:
             "dense_update_bytes": 4 * self.num_params * counters["sites"],
             "downlink_bytes": counters["downlink_bytes"],
             "rejected": counters["rejected"],
-            "server_rss_bytes": rss_bytes(),
-            "server_peak_rss_bytes": peak_rss_bytes(),
+            "server_rss_bytes": rss,
+            "server_peak_rss_bytes": max(peak_rss_bytes(), rss),  # the kernel raises its mark lazily
             "seconds": time.perf_counter() - tally.started,
             **{key.replace("-", "_"): value for key, value in {**tally.train_means(), **tally.site_metrics}.items()},
         }

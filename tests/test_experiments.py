@@ -152,6 +152,7 @@ def test_scale_quick_mode_records_server_memory_and_samples(tmp_path):
         rows = outcome.trained_rows()
         assert rows and all(row["sites"] == 2 for row in rows)
         assert all(row["server_rss_bytes"] > 0 for row in rows)
+        assert all(row["server_peak_rss_bytes"] >= row["server_rss_bytes"] for row in outcome.rows)
         peaks = [row["server_peak_rss_bytes"] for row in outcome.rows]
         assert peaks == sorted(peaks) and peaks[0] > 0
     assert scale.fraction(10, 30) * 30 // 1 == 10 and scale.fraction(10, 100) * 100 // 1 == 10
