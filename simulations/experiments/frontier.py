@@ -2,8 +2,9 @@
 
 Full mode: MiniLM on Rotten Tomatoes, 8 sites non-IID by movie, half of them
 sampled per round, 6 rounds x 12 local steps; full fine-tuning with three
-pruning settings, every parameter-efficient method unpruned and with DARE
-p = 0.9 (svfit unpruned only: its values are under ``prune.min-size``);
+pruning settings, lnbias and hiwi unpruned and with DARE p = 0.9, pafi, lora
+and svfit unpruned (they send values on a mask, factors and singular values
+whole, which no pruner touches);
 references: centralized full fine-tuning (one site holding all the training
 data, as many optimizer steps as the federation takes in all) and uncompressed
 federated full fine-tuning (fp32, no pruning).
@@ -26,8 +27,9 @@ PRUNING: dict[str, dict[str, Any]] = {
     "dare p=0.9": {"prune.name": "dare", "prune.drop": 0.9},
     "magnitude 1% + feedback": {"prune.name": "magnitude", "prune.density": 0.01, "feedback.enabled": True},
 }
-# svfit sends r = 64 values per matrix, under prune.min-size, so a pruner would leave them as they are.
-FULL_PRUNING_BY_METHOD = {"full": tuple(PRUNING), "svfit": ("none",)}  # any other: FULL_PRUNING_OTHERS
+# pafi, lora and svfit send formed entries whole (values on the base's mask, factors, singular-value
+# offsets): the pruners never touch them, so only their unpruned runs are planned.
+FULL_PRUNING_BY_METHOD = {"full": tuple(PRUNING), "pafi": ("none",), "lora": ("none",), "svfit": ("none",)}
 FULL_PRUNING_OTHERS = ("none", "dare p=0.9")
 QUICK_GRID = {"full": ("dare p=0.9",), "lnbias": ("none",)}
 
