@@ -80,6 +80,11 @@ class FederationSettings:
             f"must be in [1, federation.num-sites={self.num_sites}]",
         )
 
+    @property
+    def sites_per_round(self) -> int:
+        """Sites a round trains: Flower samples int(num_sites x fraction_train) of them, and at least min_sites."""
+        return max(self.min_sites, int(self.num_sites * self.fraction_train))
+
 
 @dataclass(frozen=True)
 class LocalSettings:

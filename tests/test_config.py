@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Settings, parse_assignment
+from common.config import FederationSettings, Settings, parse_assignment
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
@@ -57,3 +57,10 @@ def test_parse_assignment_reads_toml_values():
     assert parse_assignment("local.lr=5e-5") == ("local.lr", 5e-5)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_assignment("prune.drop")
+
+
+def test_sites_per_round_follow_flowers_sampling_and_the_minimum():
+    assert FederationSettings(num_sites=8, fraction_train=0.5, min_sites=2).sites_per_round == 4
+    assert FederationSettings(num_sites=100, fraction_train=0.105, min_sites=2).sites_per_round == 10
+    assert FederationSettings(num_sites=10, fraction_train=0.1, min_sites=3).sites_per_round == 3
+    assert FederationSettings(num_sites=4).sites_per_round == 4

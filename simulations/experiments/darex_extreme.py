@@ -77,16 +77,16 @@ def table(outcomes: list[Outcome]) -> str:
         for drop in sorted({o.run.tags["drop"] for o in outcomes if o.run.tags["pruner"] == pruner}):
             row = [with_best(cells[(pruner, drop, *c)]) if (pruner, drop, *c) in cells else "-" for c in columns]
             lines.append(f"| {pruner} | {drop:g} | {' | '.join(row)} |")
+    optimizer = columns[0][0]
     drops = sorted({o.run.tags["drop"] for o in outcomes if o.run.tags["pruner"] != "none"})
     uploads = [f"| pruner | {' | '.join(f'p = {d:g}' for d in drops)} |", "|---|" + "---:|" * len(drops)]
-    for pruner in pruners:
-        row = [human_bytes(cells[(pruner, d, columns[0][0], False)].upload_bytes)
-               if (pruner, d, columns[0][0], False) in cells else "-" for d in drops]
-        if pruner != "none":
-            uploads.append(f"| {pruner} | {' | '.join(row)} |")
+    for pruner in (p for p in pruners if p != "none"):
+        row = [human_bytes(cells[(pruner, d, optimizer, False)].upload_bytes)
+               if (pruner, d, optimizer, False) in cells else "-" for d in drops]
+        uploads.append(f"| {pruner} | {' | '.join(row)} |")
     return ("Final accuracy, in brackets the best round's (`none`: the same federation with nothing pruned):"
             "\n\n" + "\n".join(lines)
-            + f"\n\nUpload of a whole run (all sites and rounds), {columns[0][0]} without feedback:\n\n"
+            + f"\n\nUpload of a whole run (all sites and rounds), {optimizer} without feedback:\n\n"
             + "\n".join(uploads))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from common.report import human_bytes
 from simulations.compare_methods import RUNS as METHOD_RUNS
 from simulations.experiments.harness import accuracy_axes, figure, frontier, overrides_text, save
-from simulations.experiments.runner import QUICK, Outcome, Run
+from simulations.experiments.runner import QUICK, Outcome, Run, defaults
 
 NAME = "frontier"
 TITLE = "Methods frontier: accuracy against upload bytes"
@@ -34,13 +34,6 @@ FULL_PRUNING_OTHERS = ("none", "dare p=0.9")
 QUICK_GRID = {"full": ("dare p=0.9",), "lnbias": ("none",)}
 
 
-def sampled_sites(overrides: dict[str, Any]) -> int:
-    """Sites trained per round under ``overrides`` (as the federation samples them)."""
-    count = int(overrides["federation.num-sites"])
-    fraction = float(overrides.get("federation.fraction-train", 1.0))
-    return max(int(overrides.get("federation.min-sites", 2)), int(count * fraction))
-
-
 def plan(quick: bool) -> list[Run]:
     base = dict(QUICK) if quick else dict(FULL)
     grid = QUICK_GRID if quick else {method: FULL_PRUNING_BY_METHOD.get(method, FULL_PRUNING_OTHERS)
@@ -54,7 +47,7 @@ def plan(quick: bool) -> list[Run]:
     runs.append(Run("reference: federated full, uncompressed",
                     {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32"},
                     {"reference": "federated"}))
-    centralized_steps = int(base["local.steps"]) * min(sampled_sites(base), int(base["federation.num-sites"]))
+    centralized_steps = int(base["local.steps"]) * defaults().with_overrides(base).federation.sites_per_round
     runs.append(Run("reference: centralized full",
                     {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32",
                      "federation.num-sites": 1, "federation.min-sites": 1, "federation.fraction-train": 1.0,

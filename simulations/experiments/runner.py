@@ -189,7 +189,7 @@ def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
         sites = {str(i): Site(settings, f"site-{i}", out / "sites" / str(i), simulated_site_data(settings, i, count))
                  for i in range(count)}
         sampler = random.Random(settings.seed)
-        sampled = max(settings.federation.min_sites, int(count * settings.federation.fraction_train))
+        sampled = settings.federation.sites_per_round
         coordinator.finish_round(0)
         for server_round in range(1, settings.rounds + 1):
             chosen = sorted(sampler.sample(sorted(sites), sampled))

@@ -96,6 +96,8 @@ def describe(quick: bool) -> str:
 
 def table(outcomes: list[Outcome]) -> str:
     dense = next((o for o in outcomes if o.run.tags["sparsity"] == 0.0), None)
+    dense_bytes = next((o.run.tags["base"]["bytes"]["dense_body_zstd"] for o in outcomes if "base" in o.run.tags),
+                       None)
     lines = ["| base | matrix sparsity | model sparsity | download (zstd) | vs dense | zeros kept in last version "
              "| final acc | vs dense base |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -103,8 +105,6 @@ def table(outcomes: list[Outcome]) -> str:
         report = o.run.tags.get("base")
         change = f"{o.accuracy - dense.accuracy:+.3f}" if dense else "-"
         if report is None:
-            dense_bytes = next((other.run.tags["base"]["bytes"]["dense_body_zstd"] for other in outcomes
-                                if "base" in other.run.tags), None)
             download = human_bytes(dense_bytes) if dense_bytes else "-"
             lines.append(f"| {o.run.label} | 0 | 0 | {download} | 1.00x | - | {o.accuracy:.3f} | - |")
             continue
