@@ -7,10 +7,10 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import Site, SiteData, simulated_site_data
-from common.config import Settings
-from common.data import label_names, load_file, split_site
-from common.versions import Downlink
+from fedelta.client.site import Site, SiteData, simulated_site_data
+from fedelta.common.config import Settings
+from fedelta.common.data import label_names, load_file, split_site
+from fedelta.common.versions import Downlink
 
 app = ClientApp()
 

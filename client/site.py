@@ -9,22 +9,22 @@ from pathlib import Path
 
 import torch
 
-from client.state import SiteState
-from common.codec import Limits
-from common.config import Settings
-from common.data import Corpus, hold_out, load_corpus, partition, split_site
-from common.delta import Delta, extract_delta, model_params
-from common.methods import METHODS, MethodContext
-from common.methods.lnbias import norm_and_bias_names
-from common.model import ModelBundle, load_model
-from common.sparsity import base_pattern, formed_off_pattern, lock_pattern, zero_pattern
-from common.optimizers import make_optimizer
-from common.pruning import Calibration, PruneRequest, uses_inputs
-from common.pruning.calibration import calibrate, choose_global_q, with_delta_applied
-from common.pruning.recover import recover
-from common.training import evaluate, train
-from common.upload import finish_upload, prune_target, upload_seed
-from common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
+from fedelta.client.state import SiteState
+from fedelta.common.codec import Limits
+from fedelta.common.config import Settings
+from fedelta.common.data import Corpus, hold_out, load_corpus, partition, split_site
+from fedelta.common.delta import Delta, extract_delta, model_params
+from fedelta.common.methods import METHODS, MethodContext
+from fedelta.common.methods.lnbias import norm_and_bias_names
+from fedelta.common.model import ModelBundle, load_model
+from fedelta.common.sparsity import base_pattern, formed_off_pattern, lock_pattern, zero_pattern
+from fedelta.common.optimizers import make_optimizer
+from fedelta.common.pruning import Calibration, PruneRequest, uses_inputs
+from fedelta.common.pruning.calibration import calibrate, choose_global_q, with_delta_applied
+from fedelta.common.pruning.recover import recover
+from fedelta.common.training import evaluate, train
+from fedelta.common.upload import finish_upload, prune_target, upload_seed
+from fedelta.common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
 
 
 @dataclass(frozen=True)

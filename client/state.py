@@ -14,8 +14,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from common.atomic import write_bytes_atomic
-from common.delta import state_hash
+from fedelta.common.atomic import write_bytes_atomic
+from fedelta.common.delta import state_hash
 
 WEIGHTS_FILE = "weights.safetensors"
 RESIDUAL_FILE = "residual.safetensors"

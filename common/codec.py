@@ -6,7 +6,7 @@ Layout of the container, before compression:
   with a scaled value type (int8, ternary), tensor ``scales`` holds one fp32
   scale per value tensor, in the order of their names;
 - tensor ``<name>/indices`` (explicit-index entries only): the gaps between
-  successive flat indices, minus one, Golomb-Rice coded (uint8; :mod:`common.rice`);
+  successive flat indices, minus one, Golomb-Rice coded (uint8; :mod:`fedelta.common.rice`);
 - metadata (``dict[str, str]``): ``format``, ``base`` (sha256 of the weights
   the delta applies to), ``values`` (value type), ``entries`` (JSON: per name
   its kind, shape and its kind's parameters: seed and keep, mask spec, rank),
@@ -31,9 +31,9 @@ import safetensors.torch
 import torch
 import zstandard
 
-from common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
-from common.quantization import VALUE_TYPES, Encoded, Quantizer
-from common.rice import IndexCodingError, decode_indices, encode_indices
+from fedelta.common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
+from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
+from fedelta.common.rice import IndexCodingError, decode_indices, encode_indices
 
 FORMAT = "fedelta-delta/2"
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
@@ -324,7 +324,7 @@ def _build(name: str, d: dict[str, Any], values_of: _Values) -> Entry:
 
 
 def encode_index_gaps(indices: np.ndarray) -> np.ndarray:
-    """Strictly increasing int64 indices as Golomb-Rice coded gaps (see :mod:`common.rice`)."""
+    """Strictly increasing int64 indices as Golomb-Rice coded gaps (see :mod:`fedelta.common.rice`)."""
     return encode_indices(indices)
 
 

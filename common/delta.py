@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.entries import (  # noqa: F401  (the entry kinds are part of this module's interface)
+from fedelta.common.entries import (  # noqa: F401  (the entry kinds are part of this module's interface)
     BaseMask,
     Dense,
     Entry,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from common.config import LocalSettings, OptimizerSettings
+from fedelta.common.config import LocalSettings, OptimizerSettings
 
 
 class AdamR(torch.optim.Adam):

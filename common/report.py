@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.atomic import write_bytes_atomic
+from fedelta.common.atomic import write_bytes_atomic
 
 ROUND_FIELDS = (
     "round", "version", "version_sha256", "accuracy", "loss", "sites", "upload_bytes",

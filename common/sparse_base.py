@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common.codec import encode
-from common.config import DataSettings
-from common.data import hold_out, load_corpus
-from common.delta import Delta, Dense, compact, model_params
-from common.methods.registry import weight_matrices
-from common.model import load_model
-from common.sparsity import lock_pattern, sparsity_report
+from fedelta.common.codec import encode
+from fedelta.common.config import DataSettings
+from fedelta.common.data import hold_out, load_corpus
+from fedelta.common.delta import Delta, Dense, compact, model_params
+from fedelta.common.methods.registry import weight_matrices
+from fedelta.common.model import load_model
+from fedelta.common.sparsity import lock_pattern, sparsity_report
 
 REPORT_FILE = "sparsity.json"
 RAMP = 0.75  # share of the steps over which sparsity rises to its target

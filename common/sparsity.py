@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Mapping
 
 import torch
 
-from common.delta import Delta, Entry, LowRank, SingularOffsets
-from common.methods.registry import MethodContext, weight_matrices
+from fedelta.common.delta import Delta, Entry, LowRank, SingularOffsets
+from fedelta.common.methods.registry import MethodContext, weight_matrices
 
 Pattern = Mapping[str, torch.Tensor]  # name -> bool tensor of the parameter's shape, True where pruned
 DENSE_FORMING = (LowRank, SingularOffsets)  # entries whose resolved update is dense over the matrix

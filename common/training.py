@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from common.data import Corpus
+from fedelta.common.data import Corpus
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.codec import Limits, decode, encode
-from common.config import Settings
-from common.delta import Delta, Dense, Entry
-from common.methods.registry import Resolver
-from common.pruning import Calibration, PruneRequest, prune_delta
+from fedelta.common.codec import Limits, decode, encode
+from fedelta.common.config import Settings
+from fedelta.common.delta import Delta, Dense, Entry
+from fedelta.common.methods.registry import Resolver
+from fedelta.common.pruning import Calibration, PruneRequest, prune_delta
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.codec import Limits, decode, encode
-from common.delta import Delta, Dense, apply_delta, state_hash
+from fedelta.common.codec import Limits, decode, encode
+from fedelta.common.delta import Delta, Dense, apply_delta, state_hash
 
 SNAPSHOT = "snapshot"
 MERGED = "merged"

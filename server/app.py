@@ -8,12 +8,12 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from common import report
-from common.config import Settings
-from server import control
-from server.coordinator import Coordinator
-from server.store import VersionStore
-from server.strategy import DeltaFedAvg
+from fedelta.common import report
+from fedelta.common.config import Settings
+from fedelta.server import control
+from fedelta.server.coordinator import Coordinator
+from fedelta.server.store import VersionStore
+from fedelta.server.strategy import DeltaFedAvg
 
 app = ServerApp()
 log = logging.getLogger("fedelta.server")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.store import StoreError, Version, VersionStore
+from fedelta.server.store import StoreError, Version, VersionStore
 
 PAUSE, RESUME, ROLLBACK = "pause", "resume", "rollback"
 ACTIONS = (PAUSE, RESUME, ROLLBACK)

@@ -13,23 +13,23 @@ from typing import Any
 
 import torch
 
-from common import report
-from common.codec import CodecError, Decoded, Limits, decode
-from common.config import Settings
-from common.data import hold_out, load_corpus
-from common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
-from common.methods import METHODS, MethodContext
-from common.model import load_model
-from common.sparsity import base_pattern
-from common.training import evaluate
-from common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
-from server import control
-from server.aggregation import Aggregator, make_aggregator
-from server.downlink import MergedEncoder, shortest_downlink
-from server.memory import peak_rss_bytes, rss_bytes
-from server.resume import reopen_rounds, replay_to, restore
-from server.store import Version, VersionStore
-from server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
+from fedelta.common import report
+from fedelta.common.codec import CodecError, Decoded, Limits, decode
+from fedelta.common.config import Settings
+from fedelta.common.data import hold_out, load_corpus
+from fedelta.common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
+from fedelta.common.methods import METHODS, MethodContext
+from fedelta.common.model import load_model
+from fedelta.common.sparsity import base_pattern
+from fedelta.common.training import evaluate
+from fedelta.common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
+from fedelta.server import control
+from fedelta.server.aggregation import Aggregator, make_aggregator
+from fedelta.server.downlink import MergedEncoder, shortest_downlink
+from fedelta.server.memory import peak_rss_bytes, rss_bytes
+from fedelta.server.resume import reopen_rounds, replay_to, restore
+from fedelta.server.store import Version, VersionStore
+from fedelta.server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
 
 log = logging.getLogger("fedelta.server")
 # Sites' training metrics whose mean over the round's sites goes into metrics.jsonl as ``site_<key>``.

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from common.codec import Limits, decode, encode
-from common.config import DownlinkSettings
-from common.delta import Delta, Dense, Entry, compact
-from common.pruning import PruneRequest, prune_delta
-from common.versions import FROM_SNAPSHOT, Downlink, encode_merged
-from server.store import Version, VersionStore
+from fedelta.common.codec import Limits, decode, encode
+from fedelta.common.config import DownlinkSettings
+from fedelta.common.delta import Delta, Dense, Entry, compact
+from fedelta.common.pruning import PruneRequest, prune_delta
+from fedelta.common.versions import FROM_SNAPSHOT, Downlink, encode_merged
+from fedelta.server.store import Version, VersionStore
 
 RESIDUAL = "residual"
 Residual = dict[str, torch.Tensor]

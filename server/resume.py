@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from common import report
-from common.codec import Limits
-from common.delta import state_hash
-from common.versions import FROM_SNAPSHOT, SNAPSHOT, Downlink, apply_downlink, encode_snapshot
-from server.downlink import Residual, check_residual_names, load_residual
-from server.store import Version, VersionStore
+from fedelta.common import report
+from fedelta.common.codec import Limits
+from fedelta.common.delta import state_hash
+from fedelta.common.versions import FROM_SNAPSHOT, SNAPSHOT, Downlink, apply_downlink, encode_snapshot
+from fedelta.server.downlink import Residual, check_residual_names, load_residual
+from fedelta.server.store import Version, VersionStore
 
 log = logging.getLogger("fedelta.server")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from common.atomic import write_bytes_atomic
+from fedelta.common.atomic import write_bytes_atomic
 
 SCHEMA_VERSION = 2
 SCHEMA = """

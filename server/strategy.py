@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from server.coordinator import Coordinator
+from fedelta.server.coordinator import Coordinator
 
 
 def _held_version(record: ConfigRecord) -> tuple[str, int, str]:

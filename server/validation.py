@@ -8,9 +8,9 @@ from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
-from common.codec import Decoded
-from common.delta import Delta, check_delta_fits
-from common.sparsity import Pattern, violations
+from fedelta.common.codec import Decoded
+from fedelta.common.delta import Delta, check_delta_fits
+from fedelta.common.sparsity import Pattern, violations
 
 
 class Rejected(ValueError):

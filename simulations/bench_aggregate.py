@@ -1,6 +1,6 @@
 """Memory and time of the server's streaming aggregation on MiniLM's tensor shapes.
 
-``python -m simulations.bench_aggregate --json`` writes S synthetic sparse
+``python -m fedelta.simulations.bench_aggregate --json`` writes S synthetic sparse
 deltas (explicit indices, density 0.01, fp16 values, encoded as sites send
 them) to a temporary folder, then for each S in a fresh subprocess: builds
 the base weights, reads the deltas one at a time from disk, decodes, checks
@@ -55,9 +55,9 @@ def write_payloads(folder: Path, count: int, density: float, seed: int) -> None:
     import numpy as np
     import torch
 
-    from common.codec import encode
-    from common.delta import Delta, Sparse
-    from common.pruning.magnitude import kept_count
+    from fedelta.common.codec import encode
+    from fedelta.common.delta import Delta, Sparse
+    from fedelta.common.pruning.magnitude import kept_count
 
     rng = np.random.default_rng(seed)
     for k in range(count):
@@ -88,12 +88,12 @@ def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[s
 
     import torch
 
-    from common.codec import Limits, decode
-    from common.config import AggregateSettings
-    from common.delta import apply_delta, check_delta_fits
-    from common.versions import encode_merged
-    from server.aggregation import make_aggregator
-    from server.downlink import wire_form
+    from fedelta.common.codec import Limits, decode
+    from fedelta.common.config import AggregateSettings
+    from fedelta.common.delta import apply_delta, check_delta_fits
+    from fedelta.common.versions import encode_merged
+    from fedelta.server.aggregation import make_aggregator
+    from fedelta.server.downlink import wire_form
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
@@ -150,7 +150,7 @@ def run(site_counts: list[int], density: float, aggregator: str) -> dict[str, An
         folder = Path(tmp)
         write_payloads(folder, max(site_counts), density, seed=0)
         for sites in site_counts:
-            command = [sys.executable, "-m", "simulations.bench_aggregate", "--child", str(sites),
+            command = [sys.executable, "-m", "fedelta.simulations.bench_aggregate", "--child", str(sites),
                        "--payloads", str(folder), "--density", str(density), "--aggregator", aggregator]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:

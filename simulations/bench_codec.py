@@ -1,6 +1,6 @@
 """Upload size against the information bound, and codec speed against plain zstd, on MiniLM's shapes.
 
-``python -m simulations.bench_codec --json`` builds a delta with every float
+``python -m fedelta.simulations.bench_codec --json`` builds a delta with every float
 tensor shape of the bundled all-MiniLM-L6-v2 (read from its safetensors
 header) plus a 2-label head, with Gaussian values of standard deviation
 ``--scale`` (default 1e-3, the size of a few hundred fine-tuning steps'
@@ -81,11 +81,11 @@ def run(scale: float, repeats: int, seed: int, model_dir: Path | None = None) ->
     import zstandard
     from tqdm.auto import tqdm
 
-    from common.codec import Limits, decode, encode, encode_index_gaps
-    from common.delta import Sparse
-    from common.model import bundled_model_path
-    from common.pruning import PruneRequest, prune_delta
-    from common.quantization import VALUE_TYPES
+    from fedelta.common.codec import Limits, decode, encode, encode_index_gaps
+    from fedelta.common.delta import Sparse
+    from fedelta.common.model import bundled_model_path
+    from fedelta.common.pruning import PruneRequest, prune_delta
+    from fedelta.common.quantization import VALUE_TYPES
 
     torch.set_num_threads(1)  # zstd compresses on one thread too
     folder = model_dir or bundled_model_path()

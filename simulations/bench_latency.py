@@ -1,6 +1,6 @@
 """Inference latency of merged models against the base model, measured side by side.
 
-    python -m simulations.bench_latency [--model PATH|tiny-bert] [--repeats N] [--json]
+    python -m fedelta.simulations.bench_latency [--model PATH|tiny-bert] [--repeats N] [--json]
 
 For every fine-tuning method: attach it, take one training step so adapters are
 non-zero, then time the forward pass of (a) the merged model and (b) the model
@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from common.config import DataSettings, MethodSettings
-from common.data import load_corpus
-from common.methods import METHODS, MethodContext
-from common.model import load_model
+from fedelta.common.config import DataSettings, MethodSettings
+from fedelta.common.data import load_corpus
+from fedelta.common.methods import METHODS, MethodContext
+from fedelta.common.model import load_model
 
 
 def _time_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:

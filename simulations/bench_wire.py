@@ -1,6 +1,6 @@
 """Bytes on the wire per site and round of a real deployment, next to the payload sizes metrics.jsonl claims.
 
-``python -m simulations.bench_wire --sites 2 --rounds 2 --out runs/wire`` runs
+``python -m fedelta.simulations.bench_wire --sites 2 --rounds 2 --out runs/wire`` runs
 `fedelta keys`, `fedelta server` and one `fedelta site` per site on loopback,
 with the default settings (MiniLM, DARE p = 0.9, fp16 uploads) unless ``--set``
 says otherwise. Each site reaches the SuperLink through its own TCP relay in
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.processes import free_port, kill_tree, wait_for_port
+from fedelta.common.processes import free_port, kill_tree, wait_for_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ class Relay:
 
 def write_site_files(out: Path, sites: int, seed: int) -> list[Path]:
     """Each site's share of Rotten Tomatoes as a text,label CSV (label names as the model knows them)."""
-    from common.data import hold_out, load_rotten_tomatoes, partition
+    from fedelta.common.data import hold_out, load_rotten_tomatoes, partition
 
     corpus = load_rotten_tomatoes()
     pool, _ = hold_out(corpus, 1000, seed)
@@ -96,14 +96,14 @@ def write_site_files(out: Path, sites: int, seed: int) -> list[Path]:
 
 
 def run(out: Path, sites: int, rounds: int, overrides: list[str]) -> dict[str, Any]:
-    from common.keys import make_keys
+    from fedelta.common.keys import make_keys
 
     out.mkdir(parents=True, exist_ok=True)
     names = [f"site-{i}" for i in range(1, sites + 1)]
     make_keys(out / "keys", names, [])
     data = write_site_files(out, sites, 0)
     port = free_port()
-    fedelta = [sys.executable, "-m", "simulations.cli"]
+    fedelta = [sys.executable, "-m", "fedelta"]
     settings = [f"rounds={rounds}", f"federation.min-sites={sites}", *overrides]
     relays = [Relay(("127.0.0.1", port)) for _ in names]
     started: list[subprocess.Popen] = []

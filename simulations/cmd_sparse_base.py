@@ -6,8 +6,8 @@ import argparse
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from common.report import human_bytes
-    from common.sparse_base import SparseBaseRequest, prepare_sparse_base
+    from fedelta.common.report import human_bytes
+    from fedelta.common.sparse_base import SparseBaseRequest, prepare_sparse_base
 
     request = SparseBaseRequest(
         sparsity=args.sparsity, out=args.out, model=args.model, steps=args.steps, batch_size=args.batch_size,

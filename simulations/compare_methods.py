@@ -1,6 +1,6 @@
 """Run one short simulation per fine-tuning method and tabulate accuracy against bytes sent.
 
-    python -m simulations.compare_methods [--quick] [--methods full,lnbias,...] [--out DIR]
+    python -m fedelta.simulations.compare_methods [--quick] [--methods full,lnbias,...] [--out DIR]
 
 Each method runs in its own ``fedelta simulate`` process with the default
 setting (MiniLM, Rotten Tomatoes, 4 sites by movie) under the same training
@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from common.report import human_bytes
-from simulations.experiments.runner import run_flower
-from simulations.presets import preset
+from fedelta.common.report import human_bytes
+from fedelta.simulations.experiments.runner import run_flower
+from fedelta.simulations.presets import preset
 
 # Every run gets the same budget (BUDGET); parameter-efficient methods move few
 # values, so they get larger learning rates (picked by a short centralized probe,

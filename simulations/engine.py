@@ -1,20 +1,60 @@
-"""Run the fedelta Flower app on Flower's Simulation Engine, in this process.
+"""The fedelta app on Flower's Simulation Engine, in this process: the one module that uses Flower's private API.
 
-This does what ``flwr run .`` does against a local simulation SuperLink (fuse
-pyproject defaults with overrides, start the Simulation Engine with one
-virtual SuperNode per site) without a SuperLink process left to stop.
+``flwr run`` against a local simulation SuperLink leaves that SuperLink running,
+and Flower's public ``run_simulation`` is deprecated and takes no run config.
+Both are built on ``flwr.simulation.run_simulation._run_simulation``, which this
+module calls with the app folder of :mod:`fedelta.common.app_folder`: every
+virtual site and the ServerApp get the same fused settings, read from that
+folder and the overrides, as ``flwr run`` would give them. :data:`PRIVATE_API`
+names every private name used here; :func:`missing_private_api` reports the
+ones a Flower upgrade moved (``tests/test_flower_private.py`` runs it).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+# (module, attribute, parameters the call here passes): Flower's private API that fedelta relies on.
+PRIVATE_API: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("flwr.simulation.run_simulation", "_run_simulation",
+     ("num_supernodes", "exit_event", "client_app_attr", "server_app_attr", "server_app_context", "app_dir",
+      "run", "is_app", "backend_config", "verbose_logging")),
+    ("flwr.common.config", "get_fused_config_from_dir", ("project_dir", "override_config")),
+    ("flwr.common.constant", "SUPERLINK_NODE_ID", ()),
+    ("flwr.supercore.constant", "NOOP_FEDERATION_ID", ()),
+    ("flwr.supercore.run", "Run", ()),
+    ("flwr.supercore.task_identity", "TaskIdentity", ()),
+    ("flwr.supercore.telemetry", "EventType", ()),
+)
 
 
-def run_flower_simulation(overrides: dict[str, Any], num_sites: int, verbose: bool = False) -> None:
+def missing_private_api() -> list[str]:
+    """Each private name of :data:`PRIVATE_API` that this Flower lacks, or whose call no longer fits."""
+    problems = []
+    for module_name, attribute, parameters in PRIVATE_API:
+        try:
+            found = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError):
+            problems.append(f"{module_name}.{attribute} is gone")
+            continue
+        if parameters:
+            accepted = set(inspect.signature(found).parameters)
+            lacking = [name for name in parameters if name not in accepted]
+            if lacking:
+                problems.append(f"{module_name}.{attribute} no longer takes {', '.join(lacking)}")
+    return problems
+
+
+def run_flower_simulation(
+    overrides: dict[str, Any], num_sites: int, *, cpus_per_site: float = 2.0, gpus_per_site: float = 0.0,
+    verbose: bool = False,
+) -> None:
+    """Run the fedelta ServerApp and ``num_sites`` virtual sites (Ray actors) with these settings."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -28,23 +68,27 @@ def run_flower_simulation(overrides: dict[str, Any], num_sites: int, verbose: bo
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
+    from fedelta.common.app_folder import CLIENT_APP, SERVER_APP, write_app_folder
+
     run = Run.create_empty(run_id=int.from_bytes(os.urandom(7), "little"))
     run.override_config = dict(overrides)
     run.primary_task_id = int.from_bytes(os.urandom(7), "little")
     run.federation_id = NOOP_FEDERATION_ID
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
-    fused = get_fused_config_from_dir(PROJECT_DIR, run.override_config)
-    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
-    _run_simulation(
-        num_supernodes=num_sites,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app_attr="client.app:app",
-        server_app_attr="server.app:app",
-        server_app_context=context,
-        app_dir=str(PROJECT_DIR),
-        run=run,
-        is_app=True,
-        backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": 2, "include_dashboard": False}},
-        verbose_logging=verbose,
-    )
+    with tempfile.TemporaryDirectory(prefix="fedelta-app-") as folder:
+        app_dir = write_app_folder(Path(folder))
+        fused = get_fused_config_from_dir(app_dir, run.override_config)
+        context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
+        _run_simulation(
+            num_supernodes=num_sites,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app_attr=CLIENT_APP,
+            server_app_attr=SERVER_APP,
+            server_app_context=context,
+            app_dir=str(app_dir),
+            run=run,
+            is_app=True,
+            backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
+                            "init_args": {"include_dashboard": False}},
+            verbose_logging=verbose,
+        )

@@ -1,6 +1,6 @@
 """Test accuracy after pruning a real fine-tuning delta, per drop rate and pruner (no retraining).
 
-    python -m simulations.sweep_pruning [--quick] [--out DIR]
+    python -m fedelta.simulations.sweep_pruning [--quick] [--out DIR]
 
 Fine-tunes the model centrally on Rotten Tomatoes (all parameters, the site's
 loop and learning rates) once per optimizer (``adamw``, and ``adamr``, which
@@ -40,13 +40,13 @@ def run_optimizer(optimizer: str, args: argparse.Namespace, corpus: Any, train_i
 
     import torch
 
-    from common.config import LocalSettings, OptimizerSettings
-    from common.delta import extract_delta, model_params
-    from common.model import load_model
-    from common.optimizers import make_optimizer
-    from common.pruning import PruneRequest, prune_delta
-    from common.pruning.calibration import calibrate, with_delta_applied
-    from common.training import evaluate, train
+    from fedelta.common.config import LocalSettings, OptimizerSettings
+    from fedelta.common.delta import extract_delta, model_params
+    from fedelta.common.model import load_model
+    from fedelta.common.optimizers import make_optimizer
+    from fedelta.common.pruning import PruneRequest, prune_delta
+    from fedelta.common.pruning.calibration import calibrate, with_delta_applied
+    from fedelta.common.training import evaluate, train
 
     torch.manual_seed(args.seed)
     bundle = load_model(args.model, len(corpus.label_names), args.seed)
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.eval_size, args.max_length, args.calibration_size = 3, 24, 16, 8
     import torch
 
-    from common.config import DataSettings
-    from common.data import hold_out, load_corpus
+    from fedelta.common.config import DataSettings
+    from fedelta.common.data import hold_out, load_corpus
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     corpus = load_corpus(DataSettings())

@@ -11,7 +11,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-from common.config import Settings  # noqa: E402
+from fedelta.common.config import Settings  # noqa: E402
 
 TINY = {
     "model.path": "tiny-bert",

@@ -116,7 +116,7 @@ def stop(process: subprocess.Popen) -> None:
 def start(command: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "FLWR_TELEMETRY_ENABLED": "0"}
     with log.open("wb") as handle:
-        return subprocess.Popen([sys.executable, "-m", "simulations.cli", *command], cwd=PROJECT, env=env,
+        return subprocess.Popen([sys.executable, "-m", "fedelta", *command], cwd=PROJECT, env=env,
                                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 

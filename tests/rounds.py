@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from client.site import Site, simulated_site_data
-from common.config import Settings
-from server.coordinator import Coordinator
-from server.store import VersionStore
+from fedelta.client.site import Site, simulated_site_data
+from fedelta.common.config import Settings
+from fedelta.server.coordinator import Coordinator
+from fedelta.server.store import VersionStore
 
 
 @contextmanager

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import server.store  # noqa: E402
-from client.site import Site, simulated_site_data  # noqa: E402
-from common.config import Settings  # noqa: E402
-from server.coordinator import Coordinator  # noqa: E402
+from fedelta.server import store as server_store  # noqa: E402
+from fedelta.client.site import Site, simulated_site_data  # noqa: E402
+from fedelta.common.config import Settings  # noqa: E402
+from fedelta.server.coordinator import Coordinator  # noqa: E402
 
 TINY = {
     "model.path": "tiny-bert", "federation.num-sites": 2, "local.steps": 2, "local.batch-size": 4,
@@ -50,7 +49,7 @@ def arm(point: str, kill_round: int, current: dict[str, int]) -> None:
         return current["round"] == kill_round
 
     if point == "blob-write":
-        real_write = server.store.write_bytes_atomic
+        real_write = server_store.write_bytes_atomic
 
         def half_write(path: Path, data: bytes) -> None:
             if not in_round():
@@ -61,16 +60,16 @@ def arm(point: str, kill_round: int, current: dict[str, int]) -> None:
                 os.fsync(handle.fileno())
             die()
 
-        server.store.write_bytes_atomic = half_write
+        server_store.write_bytes_atomic = half_write
     if point == "mid-commit":
-        real_round = server.store.VersionStore._write_round
+        real_round = server_store.VersionStore._write_round
 
         def dying_round(self, round, version, record, *, complete):  # noqa: ANN001, A002
             real_round(self, round, version, record, complete=complete)
             if not complete and in_round():
                 die()
 
-        server.store.VersionStore._write_round = dying_round
+        server_store.VersionStore._write_round = dying_round
 
 
 def main() -> None:
@@ -83,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(args.work)
     settings = Settings().with_overrides({**TINY, "rounds": args.rounds, "output.dir": str(work / "out")})
-    coordinator = Coordinator(settings, server.store.VersionStore(Path(args.state)), work / "out")
+    coordinator = Coordinator(settings, server_store.VersionStore(Path(args.state)), work / "out")
     current = {"round": 0}
     point, kill_round = (args.kill[0], int(args.kill[1])) if args.kill else ("", -1)
     arm(point, kill_round, current)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from simulations.processes import join_address, reachable_host, split_address
+from fedelta.common.processes import join_address, reachable_host, split_address
 
 
 @pytest.mark.parametrize("address, host, port", [

@@ -6,14 +6,14 @@ import sys
 from math import prod
 from pathlib import Path
 
-from common.pruning.magnitude import kept_count
-from simulations.bench_aggregate import minilm_shapes
+from fedelta.common.pruning.magnitude import kept_count
+from fedelta.simulations.bench_aggregate import minilm_shapes
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 def test_aggregation_memory_stays_within_one_and_a_half_models():
-    command = [sys.executable, "-m", "simulations.bench_aggregate", "--sites", "4,16", "--json"]
+    command = [sys.executable, "-m", "fedelta.simulations.bench_aggregate", "--sites", "4,16", "--json"]
     done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from simulations.bench_wire import Relay, table
+from fedelta.simulations.bench_wire import Relay, table
 
 
 def _echo_server() -> tuple[socket.socket, int]:

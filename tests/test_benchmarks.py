@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.methods import METHODS
+from fedelta.common.methods import METHODS
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from rounds import evaluate_all, open_federation, run_rounds, train_all
 
-from client.site import Site, simulated_site_data
-from client.state import WEIGHTS_FILE
-from common.versions import FROM_SNAPSHOT, VersionMismatch
+from fedelta.client.site import Site, simulated_site_data
+from fedelta.client.state import WEIGHTS_FILE
+from fedelta.common.versions import FROM_SNAPSHOT, VersionMismatch
 
 ONE_SITE_ROUNDS = {"federation.min-sites": 1}
 

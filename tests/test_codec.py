@@ -6,9 +6,9 @@ import safetensors.torch
 import torch
 import zstandard
 
-from common.codec import FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
-from common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
-from common.pruning import PruneRequest, prune_delta
+from fedelta.common.codec import FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
+from fedelta.common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
+from fedelta.common.pruning import PruneRequest, prune_delta
 
 LIMITS = Limits(max_bytes=1 << 20, max_elements=100_000)
 BASE = "ab" * 32
@@ -184,7 +184,7 @@ PAYLOADS = {values: _payload(values) for values in ("fp16", "int8", "ternary")}
 
 def _same(decoded: Delta, original: Delta, values: str) -> bool:
     """Whether ``decoded`` is exactly what ``original`` becomes when sent with ``values``."""
-    from common.pruning.recover import as_received
+    from fedelta.common.pruning.recover import as_received
 
     return decoded.names() == original.names() and all(
         torch.equal(decoded.entries[n].to_dense(), as_received(original.entries[n], values)) for n in original.names()

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from common.codec import Limits, decode, encode
-from common.delta import Dense, SeededMask, Sparse, seeded_mask
-from common.pruning import PRUNERS, Calibration, PruneRequest, prune_delta, uses_inputs
-from common.pruning.calibration import capture_inputs, choose_global_q, q_grid
-from common.pruning.darex_q import output_preserving_q
-from common.pruning.magnitude import kept_count
-from common.quantization import VALUE_TYPES, round_trip
-from common.upload import make_upload, prune_target
+from fedelta.common.codec import Limits, decode, encode
+from fedelta.common.delta import Dense, SeededMask, Sparse, seeded_mask
+from fedelta.common.pruning import PRUNERS, Calibration, PruneRequest, prune_delta, uses_inputs
+from fedelta.common.pruning.calibration import capture_inputs, choose_global_q, q_grid
+from fedelta.common.pruning.darex_q import output_preserving_q
+from fedelta.common.pruning.magnitude import kept_count
+from fedelta.common.quantization import VALUE_TYPES, round_trip
+from fedelta.common.upload import make_upload, prune_target
 
 LIMITS = Limits(max_bytes=1 << 22, max_elements=1_000_000)
 BASE = "cd" * 32

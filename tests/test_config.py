@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import FederationSettings, Settings, parse_assignment
+from fedelta.common.config import FederationSettings, Settings, parse_assignment
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

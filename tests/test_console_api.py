@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from console_harness import ROUNDS, TOKEN, call
 
-from client.state import SiteState
-from common.delta import model_params, state_hash
-from common.report import read_rows
-from server.console.app import create_app
+from fedelta.client.state import SiteState
+from fedelta.common.delta import model_params, state_hash
+from fedelta.common.report import read_rows
+from fedelta.server.console.app import create_app
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from console_harness import ROUNDS, LiveConsole
 
-from common.report import human_bytes, read_rows
+from fedelta.common.report import human_bytes, read_rows
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.console.charts import Series, bar_chart, line_chart, nice_ticks
+from fedelta.server.console.charts import Series, bar_chart, line_chart, nice_ticks
 
 
 @pytest.mark.parametrize("low, high, expected", [

@@ -3,9 +3,9 @@
 import pytest
 from rounds import evaluate_all, open_federation, run_rounds
 
-from common.data import load_corpus
-from common.delta import state_hash
-from server import control
+from fedelta.common.data import load_corpus
+from fedelta.common.delta import state_hash
+from fedelta.server import control
 
 
 def test_rollback_commits_the_old_weights_as_a_new_head_that_sites_and_a_restart_reach(tiny_settings, tmp_path):

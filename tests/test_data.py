@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from common.config import DataSettings
-from common.data import hold_out, load_corpus, load_file, partition, split_site
+from fedelta.common.config import DataSettings
+from fedelta.common.data import hold_out, load_corpus, load_file, partition, split_site
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from common.delta import (
+from fedelta.common.delta import (
     Delta, Dense, SeededMask, Sparse, apply_delta, compact, extract_delta, revert_delta, seeded_mask, state_hash,
 )
 

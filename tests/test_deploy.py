@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from client.state import SiteState
-from common.keys import make_keys
-from simulations.processes import alive, descendants, free_port, kill_tree, wait_for_port
+from fedelta.client.state import SiteState
+from fedelta.common.keys import make_keys
+from fedelta.common.processes import alive, descendants, free_port, kill_tree, wait_for_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -156,7 +156,7 @@ def federation(tmp_path_factory) -> Federation:
         write_site_data(root / f"{name}.csv", index)
     port = free_port()
     address, state = f"127.0.0.1:{port}", root / "state"
-    fedelta = [PYTHON, "-m", "simulations.cli"]
+    fedelta = [PYTHON, "-m", "fedelta"]
     server_command = [*fedelta, "server", "--state-dir", str(state), "--certs", str(keys), "--address", address,
                       *(arg for item in TINY for arg in ("--set", item))]
 
@@ -256,7 +256,7 @@ def test_ctrl_c_stops_the_server_and_a_site_with_everything_they_started(tmp_pat
     make_keys(tmp_path / "keys", ["site-1"], [])
     write_site_data(tmp_path / "site-1.csv", 1)
     port = free_port()
-    fedelta = [PYTHON, "-m", "simulations.cli"]
+    fedelta = [PYTHON, "-m", "fedelta"]
     launcher = Launcher(tmp_path)
     try:
         server = launcher.start("server", [*fedelta, "server", "--state-dir", str(tmp_path / "state"), "--certs",

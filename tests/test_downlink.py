@@ -4,12 +4,12 @@ import pytest
 import torch
 from rounds import evaluate_all, open_federation, run_rounds
 
-from common.codec import Limits, decode
-from common.config import DownlinkSettings, Settings
-from common.delta import Delta, Dense, Sparse, state_hash
-from server.coordinator import Coordinator
-from server.downlink import MergedEncoder, wire_form
-from server.store import VersionStore
+from fedelta.common.codec import Limits, decode
+from fedelta.common.config import DownlinkSettings, Settings
+from fedelta.common.delta import Delta, Dense, Sparse, state_hash
+from fedelta.server.coordinator import Coordinator
+from fedelta.server.downlink import MergedEncoder, wire_form
+from fedelta.server.store import VersionStore
 
 LIMITS = Limits(max_bytes=1 << 24, max_elements=1 << 20)
 COMPRESSED = {"downlink.prune": "magnitude", "downlink.density": 0.05, "downlink.values": "fp16"}

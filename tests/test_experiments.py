@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from common.config import PruneSettings
-from common.pruning import PRUNERS
-from common.report import human_bytes
-from simulations.experiments import darex_extreme, frontier, perp, scale, sparse_base
-from simulations.experiments.__main__ import update_results_md
-from simulations.experiments.harness import frontier as frontier_points
-from simulations.experiments.harness import run_experiment
-from simulations.experiments import runner
-from simulations.experiments.runner import QUICK, Run, execute, refusal, slug
+from fedelta.common.config import PruneSettings
+from fedelta.common.pruning import PRUNERS
+from fedelta.common.report import human_bytes
+from fedelta.simulations.experiments import darex_extreme, frontier, perp, scale, sparse_base
+from fedelta.simulations.experiments.__main__ import update_results_md
+from fedelta.simulations.experiments.harness import frontier as frontier_points
+from fedelta.simulations.experiments.harness import run_experiment
+from fedelta.simulations.experiments import runner
+from fedelta.simulations.experiments.runner import QUICK, Run, execute, refusal, slug
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,8 +53,8 @@ def test_full_mode_plans_hold_only_settings_the_code_accepts(module):
 def test_refusals_sharing_a_reason_are_listed_once(tmp_path):
     from types import SimpleNamespace
 
-    from simulations.experiments.harness import write_results
-    from simulations.experiments.runner import Outcome
+    from fedelta.simulations.experiments.harness import write_results
+    from fedelta.simulations.experiments.runner import Outcome
 
     module = SimpleNamespace(NAME="demo", TITLE="Demo", describe=lambda quick: "", table=lambda done: "",
                              plot=lambda done, path: None)
@@ -65,7 +65,7 @@ def test_refusals_sharing_a_reason_are_listed_once(tmp_path):
 
 
 def test_shards_split_the_accepted_runs_and_write_no_results(tmp_path):
-    from simulations.experiments.__main__ import main
+    from fedelta.simulations.experiments.__main__ import main
 
     runs = tmp_path / "runs"
     command = ["run", "perp", "--quick", "--shard", "1/2", "--runs", str(runs), "--results", str(tmp_path / "r")]

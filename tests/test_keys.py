@@ -15,11 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.x509.oid import ExtensionOID
 
-from common.data import label_names, load_file
-from common.config import Settings
-from common.keys import add_site, check_site_key, make_keys, read_sites, site_names
-from simulations.cmd_server import connection_toml, run_config_toml
-from simulations.cmd_site import check_data
+from fedelta.common.data import label_names, load_file
+from fedelta.common.config import Settings
+from fedelta.common.keys import add_site, check_site_key, make_keys, read_sites, site_names
+from fedelta.common.app_folder import config_toml
+from fedelta.server.cmd_server import connection_toml
+from fedelta.client.cmd_site import check_data
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +113,7 @@ def test_unreadable_site_data_is_refused(tmp_path):
 def test_fedelta_site_checks_its_data_before_starting_a_supernode(tmp_path):
     make_keys(tmp_path / "keys", ["s"], [])
     data = _write_csv(tmp_path / "d.csv", [{"text": "a", "label": "fresh"}, {"text": "b", "label": "sour"}])
-    command = [sys.executable, "-m", "simulations.cli", "site", "--superlink", "127.0.0.1:9", "--certs",
+    command = [sys.executable, "-m", "fedelta", "site", "--superlink", "127.0.0.1:9", "--certs",
                str(tmp_path / "keys"), "--key", str(tmp_path / "keys" / "sites" / "s"), "--data", str(data),
                "--cache-dir", str(tmp_path / "cache")]
     done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=120)
@@ -124,7 +125,7 @@ def test_fedelta_site_checks_its_data_before_starting_a_supernode(tmp_path):
 def test_launch_files_round_trip_through_toml(tmp_path):
     overrides = {"model.path": "tiny-bert", "rounds": 3, "local.lr": 0.001, "feedback.enabled": True,
                  "output.dir": str(tmp_path / 'a "quoted" dir')}
-    assert tomllib.loads(run_config_toml(overrides)) == overrides
+    assert tomllib.loads(config_toml(overrides)) == overrides
     connection = tomllib.loads(connection_toml("127.0.0.1:9092", tmp_path / "ca.crt"))
     assert connection["superlink"]["default"] == "fedelta"
     assert connection["superlink"]["fedelta"] == {"address": "127.0.0.1:9092",

@@ -10,15 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.codec import Limits, decode
-from common.config import Settings
-from common.delta import Delta, Dense, LowRank, Sparse, apply_delta, extract_delta, model_params
-from common.methods import METHODS, MethodContext
-from common.methods.pafi import smallest_positions
-from common.model import load_model
-from common.optimizers import make_optimizer
-from common.upload import make_upload
-from server.aggregation import WeightedMean
+from fedelta.common.codec import Limits, decode
+from fedelta.common.config import Settings
+from fedelta.common.delta import Delta, Dense, LowRank, Sparse, apply_delta, extract_delta, model_params
+from fedelta.common.methods import METHODS, MethodContext
+from fedelta.common.methods.pafi import smallest_positions
+from fedelta.common.model import load_model
+from fedelta.common.optimizers import make_optimizer
+from fedelta.common.upload import make_upload
+from fedelta.server.aggregation import WeightedMean
 
 ROWS = {
     "full": {},

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from common.delta import model_params
-from common.config import MethodSettings
-from common.methods import METHODS, MethodContext
-from common.model import load_model
+from fedelta.common.delta import model_params
+from fedelta.common.config import MethodSettings
+from fedelta.common.methods import METHODS, MethodContext
+from fedelta.common.model import load_model
 
 
 @pytest.mark.parametrize("kind", ["tiny-bert", "tiny-llama"])
@@ -34,7 +34,7 @@ def test_lnbias_touches_norms_biases_and_head_only(kind):
 
 
 def test_version_zero_is_reproducible():
-    from common.delta import state_hash
+    from fedelta.common.delta import state_hash
 
     first = load_model("tiny-bert", num_labels=2, seed=3)
     second = load_model("tiny-bert", num_labels=2, seed=3)
@@ -48,7 +48,7 @@ def test_hiwi_fits_a_bias_shift_whatever_the_bias_width(width):
     Held as a plain A, each step moved every hidden unit P A by lr * sum|P|, so the
     units ran off within a few steps: gelu went to zero and P' stayed P.
     """
-    from common.methods.hiwi import HiWiAdapter
+    from fedelta.common.methods.hiwi import HiWiAdapter
 
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(width, generator=gen) * 0.1

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from common.config import LocalSettings, OptimizerSettings
-from common.optimizers import AdamR, make_optimizer
+from fedelta.common.config import LocalSettings, OptimizerSettings
+from fedelta.common.optimizers import AdamR, make_optimizer
 
 
 def _grads(step: int) -> torch.Tensor:

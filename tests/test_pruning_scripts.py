@@ -9,8 +9,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from simulations.bench_codec import CASES, log2_binomial, minilm_shapes, run
-from simulations.sweep_pruning import main as sweep_main
+from fedelta.simulations.bench_codec import CASES, log2_binomial, minilm_shapes, run
+from fedelta.simulations.sweep_pruning import main as sweep_main
 
 
 def _model_dir(folder: Path) -> Path:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from client.state import SiteState
-from common.report import read_rows
-from server.coordinator import Coordinator
-from server.store import StoreError, VersionStore
+from fedelta.client.state import SiteState
+from fedelta.common.report import read_rows
+from fedelta.server.coordinator import Coordinator
+from fedelta.server.store import StoreError, VersionStore
 
 PROJECT = Path(__file__).resolve().parent.parent
 DRIVER = PROJECT / "tests" / "server_driver.py"
@@ -144,7 +144,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_flower_simulation_killed_mid_round_resumes_on_the_same_state_dir(tmp_path):
     out, state = tmp_path / "run", tmp_path / "state"
-    command = [sys.executable, "-m", "simulations.cli", "simulate", "--preset", "smoke", "--set", "rounds=3",
+    command = [sys.executable, "-m", "fedelta", "simulate", "--preset", "smoke", "--set", "rounds=3",
                "--out", str(out), "--state-dir", str(state)]
     first = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)

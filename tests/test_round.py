@@ -5,10 +5,10 @@ import torch
 
 from rounds import open_federation
 from rounds import train_all as _train_all
-from common.codec import encode
-from common.delta import Delta, Dense, state_hash
-from server.coordinator import Coordinator
-from server.store import VersionStore
+from fedelta.common.codec import encode
+from fedelta.common.delta import Delta, Dense, state_hash
+from fedelta.server.coordinator import Coordinator
+from fedelta.server.store import VersionStore
 
 
 @pytest.fixture
@@ -97,8 +97,8 @@ def test_site_with_lost_cache_catches_up_by_chain(federation):
 
 
 def test_error_feedback_residual_identity(tiny_settings):
-    from common.codec import Limits
-    from common.upload import make_upload
+    from fedelta.common.codec import Limits
+    from fedelta.common.upload import make_upload
 
     settings = tiny_settings.with_overrides({"prune.name": "magnitude", "feedback.enabled": True, "prune.min-size": 0})
     gen = torch.Generator().manual_seed(0)

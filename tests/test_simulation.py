@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from client.state import SiteState
-from common.report import ROUND_FIELDS
+from fedelta.client.state import SiteState
+from fedelta.common.report import ROUND_FIELDS
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_smoke_simulation_writes_the_documented_results(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "simulations.cli", "simulate", "--preset", "smoke", "--out", str(out)]
+    command = [sys.executable, "-m", "fedelta", "simulate", "--preset", "smoke", "--out", str(out)]
     done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "final accuracy" in done.stdout and "round version" in done.stdout
@@ -48,14 +48,14 @@ def test_smoke_simulation_writes_the_documented_results(tmp_path):
 
 
 def test_cli_rejects_bad_settings_before_starting(tmp_path):
-    command = [sys.executable, "-m", "simulations.cli", "simulate", "--set", "prune.drop=2", "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "fedelta", "simulate", "--set", "prune.drop=2", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "prune.drop" in done.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_methods_command_lists_every_registry():
-    done = subprocess.run([sys.executable, "-m", "simulations.cli", "methods"], cwd=PROJECT,
+    done = subprocess.run([sys.executable, "-m", "fedelta", "methods"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     for name in ("full", "lnbias", "none", "dare", "magnitude", "fedavg", "fp16"):

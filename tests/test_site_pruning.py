@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.site import Site, simulated_site_data
+from fedelta.client.site import Site, simulated_site_data
 from rounds import node_of, open_federation
-from common.codec import decode
-from common.delta import Dense, SeededMask, Sparse
-from common.methods.lnbias import norm_and_bias_names
-from common.model import load_model
-from common.optimizers import make_optimizer
+from fedelta.common.codec import decode
+from fedelta.common.delta import Dense, SeededMask, Sparse
+from fedelta.common.methods.lnbias import norm_and_bias_names
+from fedelta.common.model import load_model
+from fedelta.common.optimizers import make_optimizer
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_recovery_sends_norms_and_biases_dense_and_fixes_the_pruned_rest(tiny_se
 
 
 def test_recovery_under_adamr_decays_toward_the_rounds_base(tiny_settings, tmp_path, monkeypatch):
-    from common.pruning import recover as recover_module
+    from fedelta.common.pruning import recover as recover_module
 
     built = []
 

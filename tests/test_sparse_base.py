@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from rounds import open_federation, run_rounds, train_all
-from common.codec import encode
-from common.delta import Delta, Dense
-from common.methods.registry import weight_matrices
-from common.model import load_model
-from common.sparse_base import REPORT_FILE, SparseBaseRequest, cubic_sparsity, prepare_sparse_base
-from common.sparsity import pattern_of
+from fedelta.common.codec import encode
+from fedelta.common.delta import Delta, Dense
+from fedelta.common.methods.registry import weight_matrices
+from fedelta.common.model import load_model
+from fedelta.common.sparse_base import REPORT_FILE, SparseBaseRequest, cubic_sparsity, prepare_sparse_base
+from fedelta.common.sparsity import pattern_of
 
 SPARSITY = 0.8
 METHODS = ("full", "lnbias", "pafi", "hiwi", "svfit", "lora")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from server.store import StoreError, VersionStore
+from fedelta.server.store import StoreError, VersionStore
 
 
 def test_versions_chain_and_blobs(tmp_path):

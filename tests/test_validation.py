@@ -4,9 +4,9 @@ import pytest
 import torch
 from rounds import open_federation
 
-from common.codec import decode, encode
-from common.delta import Delta, Dense, Sparse, state_hash
-from server.validation import Rejected, example_weight, norm_outliers, update_norm
+from fedelta.common.codec import decode, encode
+from fedelta.common.delta import Delta, Dense, Sparse, state_hash
+from fedelta.server.validation import Rejected, example_weight, norm_outliers, update_norm
 
 TIGHT = {"validate.max-decoded-bytes": 1_000_000, "validate.max-norm-ratio": 10.0}
 

@@ -4,7 +4,7 @@ Each method is a :class:`FineTuningMethod` registered in :data:`METHODS` with it
 reference; importing this package registers them all.
 """
 
-from common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, Resolver
-from common.methods import full, hiwi, lnbias, lora, pafi, svfit  # noqa: F401  (registration)
+from fedelta.common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, Resolver
+from fedelta.common.methods import full, hiwi, lnbias, lora, pafi, svfit  # noqa: F401  (registration)
 
 __all__ = ["METHODS", "Attachment", "FineTuningMethod", "MethodContext", "Resolver"]

@@ -2,7 +2,7 @@
 
 import torch
 
-from common.methods.registry import METHODS, FineTuningMethod, MethodContext
+from fedelta.common.methods.registry import METHODS, FineTuningMethod, MethodContext
 
 
 class Full(FineTuningMethod):

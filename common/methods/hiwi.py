@@ -11,7 +11,7 @@ import math
 import torch
 from torch.nn.utils import parametrize
 
-from common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, matching, parameters_of
+from fedelta.common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, matching, parameters_of
 
 DEFAULT_TARGETS = ["*intermediate.dense.bias"]
 DEFAULT_WIDTH = 8

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from common.delta import Entry, LowRank
-from common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext
+from fedelta.common.delta import Entry, LowRank
+from fedelta.common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext
 
 DEFAULT_RANK = 8
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from common.delta import BaseMask, Entry
-from common.methods.registry import (
+from fedelta.common.delta import BaseMask, Entry
+from fedelta.common.methods.registry import (
     METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, parameters_of, targeted_matrices,
 )
 

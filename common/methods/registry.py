@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.config import MethodSettings
-from common.delta import BaseMask, Delta, Dense, Entry, SingularOffsets, Sparse
-from common.registry import Registry
+from fedelta.common.config import MethodSettings
+from fedelta.common.delta import BaseMask, Delta, Dense, Entry, SingularOffsets, Sparse
+from fedelta.common.registry import Registry
 
 Params = Mapping[str, torch.Tensor]
 Memo = Callable[[str, Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parametrize
 
-from common.delta import Entry, SingularOffsets
-from common.methods.registry import (
+from fedelta.common.delta import Entry, SingularOffsets
+from fedelta.common.methods.registry import (
     METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, parameters_of,
     singular_update, targeted_matrices,
 )

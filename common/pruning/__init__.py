@@ -5,7 +5,7 @@ A pruner is a function ``(name, delta, request) -> Entry`` registered in
 Activation-aware pruners read layer inputs from the request's :class:`Calibration`.
 """
 
-from common.pruning.registry import PRUNERS, Calibration, PruneRequest, prune_delta, uses_inputs
-from common.pruning import dare, darex_q, importance, magnitude, none  # noqa: F401  (registration)
+from fedelta.common.pruning.registry import PRUNERS, Calibration, PruneRequest, prune_delta, uses_inputs
+from fedelta.common.pruning import dare, darex_q, importance, magnitude, none  # noqa: F401  (registration)
 
 __all__ = ["PRUNERS", "Calibration", "PruneRequest", "prune_delta", "uses_inputs"]

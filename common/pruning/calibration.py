@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from common.delta import Delta
-from common.pruning.registry import Calibration, PruneRequest, prune_delta
+from fedelta.common.delta import Delta
+from fedelta.common.pruning.registry import Calibration, PruneRequest, prune_delta
 
 Q_GRID_POINTS = 7
 

@@ -3,8 +3,8 @@
 
 import torch
 
-from common.delta import Entry, SeededMask, seeded_mask
-from common.pruning.registry import PRUNERS, PruneRequest
+from fedelta.common.delta import Entry, SeededMask, seeded_mask
+from fedelta.common.pruning.registry import PRUNERS, PruneRequest
 
 
 def seeded_positions(name: str, delta: torch.Tensor, request: PruneRequest) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from common.delta import Entry
-from common.pruning.dare import rescaled, seeded_positions
-from common.pruning.registry import PRUNERS, PruneRequest, needs_inputs
+from fedelta.common.delta import Entry
+from fedelta.common.pruning.dare import rescaled, seeded_positions
+from fedelta.common.pruning.registry import PRUNERS, PruneRequest, needs_inputs
 
 
 def output_preserving_q(kept: torch.Tensor, delta: torch.Tensor, inputs: torch.Tensor) -> float | None:

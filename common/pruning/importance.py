@@ -2,9 +2,9 @@
 
 import torch
 
-from common.delta import Entry
-from common.pruning.magnitude import top_k
-from common.pruning.registry import PRUNERS, PruneRequest, needs_inputs
+from fedelta.common.delta import Entry
+from fedelta.common.pruning.magnitude import top_k
+from fedelta.common.pruning.registry import PRUNERS, PruneRequest, needs_inputs
 
 
 @PRUNERS.register(

@@ -2,8 +2,8 @@
 
 import torch
 
-from common.delta import Entry, Sparse
-from common.pruning.registry import PRUNERS, PruneRequest
+from fedelta.common.delta import Entry, Sparse
+from fedelta.common.pruning.registry import PRUNERS, PruneRequest
 
 
 def kept_count(numel: int, keep: float) -> int:

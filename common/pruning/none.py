@@ -2,8 +2,8 @@
 
 import torch
 
-from common.delta import Dense, Entry
-from common.pruning.registry import PRUNERS, PruneRequest
+from fedelta.common.delta import Dense, Entry
+from fedelta.common.pruning.registry import PRUNERS, PruneRequest
 
 
 @PRUNERS.register("none", summary="send every value of the delta (no pruning)", reference="-")

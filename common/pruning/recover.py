@@ -7,12 +7,12 @@ from math import prod
 
 import torch
 
-from common.config import Settings
-from common.data import Corpus
-from common.delta import Delta, Entry, model_params
-from common.optimizers import AdamR, make_optimizer
-from common.quantization import VALUE_TYPES, round_trip
-from common.training import train
+from fedelta.common.config import Settings
+from fedelta.common.data import Corpus
+from fedelta.common.delta import Delta, Entry, model_params
+from fedelta.common.optimizers import AdamR, make_optimizer
+from fedelta.common.quantization import VALUE_TYPES, round_trip
+from fedelta.common.training import train
 
 
 def as_received(entry: Entry, values: str) -> torch.Tensor:

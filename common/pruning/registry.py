@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.delta import Delta, Dense, Entry
-from common.registry import Registry
+from fedelta.common.delta import Delta, Dense, Entry
+from fedelta.common.registry import Registry
 
 
 @dataclass(frozen=True)

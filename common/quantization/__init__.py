@@ -6,7 +6,7 @@ that decode to their own dtype; scaled types (``int8``, ``ternary``) decode to
 fp32 ``stored * scale``. Importing this package registers them all.
 """
 
-from common.quantization.registry import VALUE_TYPES, Encoded, FloatCast, Quantizer, round_trip
-from common.quantization import int8, ternary  # noqa: F401  (registration)
+from fedelta.common.quantization.registry import VALUE_TYPES, Encoded, FloatCast, Quantizer, round_trip
+from fedelta.common.quantization import int8, ternary  # noqa: F401  (registration)
 
 __all__ = ["VALUE_TYPES", "Encoded", "FloatCast", "Quantizer", "round_trip"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.quantization.registry import VALUE_TYPES, Encoded, apply_scale, scale_tensor
+from fedelta.common.quantization.registry import VALUE_TYPES, Encoded, apply_scale, scale_tensor
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from common.registry import Registry
+from fedelta.common.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from math import log2
 
 import torch
 
-from common.quantization.registry import VALUE_TYPES, Encoded, apply_scale, scale_tensor
+from fedelta.common.quantization.registry import VALUE_TYPES, Encoded, apply_scale, scale_tensor
 
 
 @dataclass(frozen=True)

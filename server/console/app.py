@@ -13,11 +13,11 @@ from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
 
-from common.report import human_bytes
-from server import control
-from server.console import queries
-from server.console.charts import Series, bar_chart, line_chart
-from server.store import StoreError, VersionStore
+from fedelta.common.report import human_bytes
+from fedelta.server import control
+from fedelta.server.console import queries
+from fedelta.server.console.charts import Series, bar_chart, line_chart
+from fedelta.server.store import StoreError, VersionStore
 
 PAGES = {"overview": "Overview", "rounds": "Rounds", "sites": "Sites", "versions": "Versions",
          "rejections": "Rejections", "actions": "Actions"}
@@ -162,7 +162,7 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
 
     @app.get("/versions/<int:version_id>/export.zip")
     def export(version_id: int) -> Response:
-        from server.console.export import export_version
+        from fedelta.server.console.export import export_version
 
         if not exporting.acquire(blocking=False):
             abort(429, "an export is already being built; try again when it is done")

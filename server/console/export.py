@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
-from server.store import StoreError, VersionStore
+from fedelta.server.store import StoreError, VersionStore
 
 
 def export_version(store: VersionStore, version_id: int, into: BinaryIO) -> str:
@@ -18,11 +18,11 @@ def export_version(store: VersionStore, version_id: int, into: BinaryIO) -> str:
     every party builds it); the version's snapshot and merged deltas are then
     replayed onto it, each checked by hash. Returns the folder's name.
     """
-    from common.codec import Limits
-    from common.config import Settings
-    from common.delta import model_params, state_hash
-    from common.model import load_model
-    from server.resume import replay_to
+    from fedelta.common.codec import Limits
+    from fedelta.common.config import Settings
+    from fedelta.common.delta import model_params, state_hash
+    from fedelta.common.model import load_model
+    from fedelta.server.resume import replay_to
 
     version = store.version(version_id)
     recorded, labels = store.read_meta("settings"), store.read_meta("labels")

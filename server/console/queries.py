@@ -9,10 +9,10 @@ from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
-from common.report import reduction, summarize
-from server import control
-from server.control import Control
-from server.store import VersionStore
+from fedelta.common.report import reduction, summarize
+from fedelta.server import control
+from fedelta.server.control import Control
+from fedelta.server.store import VersionStore
 
 RECENT_ROUNDS = 3
 

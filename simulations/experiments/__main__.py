@@ -1,8 +1,8 @@
-"""``python -m simulations.experiments``: run an experiment, or put the results into simulations/RESULTS.md.
+"""``python -m fedelta.simulations.experiments``: run an experiment, or put the results into simulations/RESULTS.md.
 
-    python -m simulations.experiments run NAME [--quick] [--backend flower|inprocess] [--runs DIR] [--results DIR]
-    python -m simulations.experiments results [--results-md FILE]
-    python -m simulations.experiments list
+    python -m fedelta.simulations.experiments run NAME [--quick] [--backend flower|inprocess] [--runs DIR] [--results DIR]
+    python -m fedelta.simulations.experiments results [--results-md FILE]
+    python -m fedelta.simulations.experiments list
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ BEGIN, END = "<!-- experiment:{} -->", "<!-- /experiment:{} -->"
 def load(name: str) -> ModuleType:
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(f"simulations.experiments.{name}")
+    return importlib.import_module(f"fedelta.simulations.experiments.{name}")
 
 
 def update_results_md(results_md: Path, results_dir: Path) -> list[str]:
@@ -43,9 +43,9 @@ def update_results_md(results_md: Path, results_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simulations.experiments import harness
+    from fedelta.simulations.experiments import harness
 
-    parser = argparse.ArgumentParser(prog="python -m simulations.experiments", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedelta.simulations.experiments", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one experiment and write its results folder")
     run.add_argument("name", choices=EXPERIMENTS)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.report import human_bytes
-from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
-from simulations.experiments.runner import QUICK, Outcome, Run
+from fedelta.common.report import human_bytes
+from fedelta.simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "darex_extreme"
 TITLE = "DAREx at the extreme: pruners at p = 0.9, 0.99, 0.999"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.report import human_bytes
-from simulations.compare_methods import RUNS as METHOD_RUNS
-from simulations.experiments.harness import accuracy_axes, figure, frontier, overrides_text, save
-from simulations.experiments.runner import QUICK, Outcome, Run, defaults
+from fedelta.common.report import human_bytes
+from fedelta.simulations.compare_methods import RUNS as METHOD_RUNS
+from fedelta.simulations.experiments.harness import accuracy_axes, figure, frontier, overrides_text, save
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, defaults
 
 NAME = "frontier"
 TITLE = "Methods frontier: accuracy against upload bytes"

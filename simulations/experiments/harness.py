@@ -4,7 +4,7 @@ An experiment module defines ``NAME``, ``TITLE``, ``describe(quick)``,
 ``plan(quick)`` (a list of runs) or ``outcomes(quick, out, backend)``,
 ``table(outcomes)`` (markdown) and ``plot(outcomes, path)``. Its results folder
 holds ``section.md`` (title, provenance, configuration, table, plot link),
-``plot.png`` and ``outcomes.json``; ``python -m simulations.experiments results``
+``plot.png`` and ``outcomes.json``; ``python -m fedelta.simulations.experiments results``
 puts the sections into ``simulations/RESULTS.md``.
 """
 
@@ -19,10 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from simulations.engine import PROJECT_DIR
-from simulations.experiments.runner import BACKENDS, Outcome, refusal, run_all
+from fedelta.simulations.experiments.runner import BACKENDS, Outcome, refusal, run_all
 
-RESULTS_DIR = PROJECT_DIR / "simulations" / "results"
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 RUNS_DIR = Path("runs") / "experiments"
 
 
@@ -73,7 +72,7 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
     lines = [
         f"## {module.TITLE}{' (quick mode)' if quick else ''}",
         "",
-        f"`python -m simulations.experiments run {module.NAME}{' --quick' if quick else ''} --backend {backend}`. "
+        f"`python -m fedelta.simulations.experiments run {module.NAME}{' --quick' if quick else ''} --backend {backend}`. "
         f"{provenance(done, backend)}",
         "",
         module.describe(quick),

@@ -8,9 +8,9 @@ without recovery are reused), magnitude and DARE at p = 0.9, 0.99 and 0.999, rec
 
 from __future__ import annotations
 
-from simulations.experiments.darex_extreme import with_best
-from simulations.experiments.harness import figure, overrides_text, save
-from simulations.experiments.runner import QUICK, Outcome, Run
+from fedelta.simulations.experiments.darex_extreme import with_best
+from fedelta.simulations.experiments.harness import figure, overrides_text, save
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "perp"
 TITLE = "PERP recovery after pruning"

@@ -1,9 +1,9 @@
 """Running one planned federation and reading back its results: a ``fedelta simulate`` subprocess, or in process.
 
-The Flower backend runs ``python -m simulations.cli simulate`` (the Simulation
+The Flower backend runs ``fedelta simulate`` (the Simulation
 Engine, as a user would); the in-process backend drives the same Coordinator
 and Site code without Flower, in seconds on a tiny model (quick modes). Both
-write ``metrics.jsonl`` and ``summary.json`` through :mod:`common.report`.
+write ``metrics.jsonl`` and ``summary.json`` through :mod:`fedelta.common.report`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import report
+from fedelta.common import report
 
 # The quick modes' base: a 2-layer BERT built from a config, a slice of the data.
 QUICK: dict[str, Any] = {
@@ -64,17 +64,16 @@ class Outcome:
 
 
 def defaults():
-    """The project's default settings (pyproject's ``[tool.flwr.app.config]``)."""
-    from simulations.cli import _defaults
-    from simulations.engine import PROJECT_DIR
+    """The project's default settings."""
+    from fedelta.common.config import Settings
 
-    return _defaults(PROJECT_DIR)
+    return Settings()
 
 
 def refusal(overrides: dict[str, Any]) -> str:
     """Why these settings cannot run here (a refused combination, an unknown setting or unit), or ``""``."""
-    from common.methods import METHODS
-    from common.pruning import PRUNERS
+    from fedelta.common.methods import METHODS
+    from fedelta.common.pruning import PRUNERS
 
     try:
         settings = defaults().with_overrides(overrides)
@@ -159,7 +158,7 @@ def commit() -> str:
 
 def run_flower(overrides: dict[str, Any], out: Path) -> None:
     """One ``fedelta simulate`` subprocess on the Simulation Engine."""
-    command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out)]
+    command = [sys.executable, "-m", "fedelta", "simulate", "--out", str(out)]
     for key, value in overrides.items():
         command += ["--set", f"{key}={_toml(value)}"]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -176,9 +175,9 @@ def _toml(value: Any) -> str:
 
 def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
     """The same rounds without Flower: sampled sites sync, train and upload; the coordinator commits and evaluates."""
-    from client.site import Site, simulated_site_data
-    from server.coordinator import Coordinator
-    from server.store import VersionStore
+    from fedelta.client.site import Site, simulated_site_data
+    from fedelta.server.coordinator import Coordinator
+    from fedelta.server.store import VersionStore
 
     settings = defaults().with_overrides({**overrides, "output.dir": str(out)})
     out.mkdir(parents=True, exist_ok=True)

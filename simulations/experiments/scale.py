@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import statistics
 
-from simulations.experiments.harness import figure, overrides_text, save
-from simulations.experiments.runner import QUICK, Outcome, Run
+from fedelta.simulations.experiments.harness import figure, overrides_text, save
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run
 
 NAME = "scale"
 TITLE = "Scale: server memory and round time against the number of sites"

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.report import human_bytes
-from simulations.experiments import frontier
-from simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
-from simulations.experiments.runner import QUICK, Outcome, Run, defaults, run_all, slug
+from fedelta.common.report import human_bytes
+from fedelta.simulations.experiments import frontier
+from fedelta.simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, defaults, run_all, slug
 
 NAME = "sparse_base"
 TITLE = "Prune Once for All: sparse bases against the dense base"
@@ -27,7 +27,7 @@ PREPARE_STEPS = 150
 
 def prepared_base(sparsity: float, folder: Path, quick: bool) -> dict:
     """The sparse base at ``folder`` (made now unless a finished one is there) and its report."""
-    from common.sparse_base import REPORT_FILE, SparseBaseRequest, prepare_sparse_base
+    from fedelta.common.sparse_base import REPORT_FILE, SparseBaseRequest, prepare_sparse_base
 
     if (folder / REPORT_FILE).is_file():
         return json.loads((folder / REPORT_FILE).read_text())
@@ -62,12 +62,12 @@ def zeros_kept(state: Path, config: dict) -> dict[str, int]:
     server does (its newest snapshot plus the merged deltas after it, each
     checked by hash).
     """
-    from common.codec import Limits
-    from common.delta import model_params
-    from common.model import load_model
-    from common.sparsity import pattern_of
-    from server.resume import replay_to
-    from server.store import VersionStore
+    from fedelta.common.codec import Limits
+    from fedelta.common.delta import model_params
+    from fedelta.common.model import load_model
+    from fedelta.common.sparsity import pattern_of
+    from fedelta.server.resume import replay_to
+    from fedelta.server.store import VersionStore
 
     settings = defaults().with_overrides(config)
     store = VersionStore.attach(state)

@@ -1,12 +1,4 @@
-"""Streaming aggregation of decoded deltas into one accumulator, and the aggregator registry.
-
-An aggregator receives decoded deltas one at a time with their weights and
-holds only fp32 tensors for parameters that some delta touched; the merged
-delta is produced once at the end, in place, one tensor at a time. A position
-a site did not send counts as zero for that site (unbiased under DARE's
-rescale). ``fedavg`` is here; TIES and DARE merging are in
-:mod:`server.merging`, which registers them.
-"""
+"""The aggregator registry and what every aggregator shares: a per-tensor state built one delta at a time."""
 
 from __future__ import annotations
 
@@ -16,9 +8,9 @@ from typing import Protocol
 
 import torch
 
-from common.config import AggregateSettings
-from common.delta import Delta, Dense, Entry, Sparse, add_entry
-from common.registry import Registry
+from fedelta.common.config import AggregateSettings
+from fedelta.common.delta import Delta, Dense, Entry, Sparse, add_entry
+from fedelta.common.registry import Registry
 
 SPARSE_BYTES_PER_VALUE = 12  # an int64 index and an fp32 value
 DENSE_BYTES_PER_VALUE = 4
@@ -84,35 +76,8 @@ class Accumulator:
         return Delta(dict(sorted(entries.items())))
 
 
-class WeightedMean(Accumulator):
-    """Σ wₖ δₖ / Σ wₖ, accumulated one delta at a time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._weight = 0.0
-
-    def add(self, delta: Delta, weight: float, key: str = "") -> None:
-        check_weight(weight)
-        for name, entry in delta.entries.items():
-            add_entry(self._state_for(name, entry.shape), entry, weight)
-        self._weight += weight
-        self._count += 1
-
-    def result(self) -> Delta:
-        return self._merged(lambda total: total.div_(self._weight))
-
-
 AggregatorFactory = Callable[[AggregateSettings, int], Aggregator]
 AGGREGATORS: Registry[AggregatorFactory] = Registry("aggregator")
-
-
-@AGGREGATORS.register(
-    "fedavg",
-    summary="weighted mean of the sites' deltas by training examples (task arithmetic)",
-    reference="McMahan et al. 2017, FedAvg; Ilharco et al. 2023, Task Arithmetic",
-)
-def fedavg(settings: AggregateSettings, seed: int) -> Aggregator:
-    return WeightedMean()
 
 
 def make_aggregator(settings: AggregateSettings, seed: int) -> Aggregator:
@@ -121,5 +86,3 @@ def make_aggregator(settings: AggregateSettings, seed: int) -> Aggregator:
         raise ValueError(f"setting 'aggregate.name': unknown aggregator {settings.name!r}; known: {AGGREGATORS.names()}")
     return AGGREGATORS.get(settings.name)(settings, seed)
 
-
-from server import merging  # noqa: E402,F401  (registers ties, dare-merge, dare-ties)

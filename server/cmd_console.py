@@ -26,7 +26,7 @@ def serve(args: argparse.Namespace) -> int:
     token = read_token(args.token_file) if args.token_file else None
     from waitress import serve as waitress_serve
 
-    from server.console.app import create_app
+    from fedelta.server.console.app import create_app
 
     app = create_app(state_dir, token)
     actions = f"actions need the token in {args.token_file}" if token else "actions are off (no --token-file)"

@@ -18,10 +18,11 @@ from math import prod
 
 import torch
 
-from common.config import AggregateSettings
-from common.delta import Delta, Entry, Sparse, seeded_mask
-from common.pruning.magnitude import kept_count
-from server.aggregation import AGGREGATORS, Accumulator, Aggregator, WeightedMean, check_weight
+from fedelta.common.config import AggregateSettings
+from fedelta.common.delta import Delta, Entry, Sparse, seeded_mask
+from fedelta.common.pruning.magnitude import kept_count
+from fedelta.server.aggregation.fedavg import WeightedMean
+from fedelta.server.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, check_weight
 
 Sparsifier = Callable[[str, Entry, float, int], Entry]
 

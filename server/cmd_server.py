@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulations.processes import (
+from fedelta.common.processes import (
     Child, flower_command, flower_env, join_address, reachable_host, split_address, stop_all, stop_on_signals,
     wait_for_port,
 )
 
 if TYPE_CHECKING:
-    from common.keys import SiteKey
+    from fedelta.common.keys import SiteKey
 
 CONNECTION = "fedelta"
 
@@ -25,30 +25,14 @@ def connection_toml(address: str, ca: Path) -> str:
             f"address = {json.dumps(address)}\nroot-certificates = {json.dumps(str(ca))}\n")
 
 
-def run_config_toml(overrides: dict[str, Any]) -> str:
-    """The run's overrides as a TOML file for ``flwr run --run-config FILE``."""
-    lines = []
-    for key, value in overrides.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        else:
-            text = json.dumps(str(value))
-        lines.append(f"{json.dumps(key)} = {text}")
-    return "\n".join(lines) + "\n"
-
-
 def _overrides(args: argparse.Namespace, state: Path) -> dict[str, Any]:
-    from common.config import parse_assignment
-    from simulations.cli import _defaults
-    from simulations.engine import PROJECT_DIR
+    from fedelta.common.config import Settings, parse_assignment
 
     overrides: dict[str, Any] = {"output.dir": str(state / "results"), "output.state-dir": str(state)}
     for item in args.set:
         key, value = parse_assignment(item)
         overrides[key] = value
-    _defaults(PROJECT_DIR).with_overrides(overrides)
+    Settings().with_overrides(overrides)
     return overrides
 
 
@@ -79,8 +63,8 @@ def _check_registrations(children: list[Child]) -> None:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from common.keys import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, check_ca, read_sites
-    from simulations.engine import PROJECT_DIR
+    from fedelta.common.app_folder import config_toml, write_app_folder
+    from fedelta.common.keys import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, check_ca, read_sites
 
     certs, state = Path(args.certs).resolve(), Path(args.state_dir).resolve()
     host, port = split_address(args.address)
@@ -94,7 +78,8 @@ def _server(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
     local = join_address(reachable_host(host), port)
     (home / "config.toml").write_text(connection_toml(local, certs / CA_CERT))
-    (home / "run-config.toml").write_text(run_config_toml(overrides))
+    (home / "run-config.toml").write_text(config_toml(overrides))
+    app = write_app_folder(state / "app")
     env = flower_env(home)
     children: list[Child] = []
     stop_on_signals()
@@ -118,8 +103,8 @@ def _server(args: argparse.Namespace) -> int:
         _check_registrations(registrations)
         print(f"fedelta server: submitting the fedelta run; store {state}, results {overrides['output.dir']}",
               flush=True)
-        run = Child("run", [flower_command("flwr"), "run", str(PROJECT_DIR), CONNECTION,
-                            "--run-config", str(home / "run-config.toml"), "--stream"], env, cwd=PROJECT_DIR,
+        run = Child("run", [flower_command("flwr"), "run", str(app), CONNECTION,
+                            "--run-config", str(home / "run-config.toml"), "--stream"], env, cwd=app,
                     log=state / "run.log")
         children.append(run)
         code = run.wait()

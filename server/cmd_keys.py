@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from common.keys import CA_CERT, SERVER_CERT, SITES_LIST, add_site, make_keys, site_names, superlink_hosts
+    from fedelta.common.keys import CA_CERT, SERVER_CERT, SITES_LIST, add_site, make_keys, site_names, superlink_hosts
 
     out = Path(args.out)
     if args.add:

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from simulations.processes import Child, flower_command, flower_env, free_port, split_address, stop_all, stop_on_signals
+from fedelta.common.processes import Child, flower_command, flower_env, free_port, split_address, stop_all, stop_on_signals
 
 RETRY_MAX_SECONDS = 30
 
@@ -30,7 +30,7 @@ def diagnose(lines: list[str], ca: Path, name: str) -> str:
 
 def check_data(path: Path, labels: tuple[str, ...]) -> str:
     """Read the site's data as the ClientApp will; a one-line summary, or a ValueError saying what is wrong."""
-    from common.data import load_file
+    from fedelta.common.data import load_file
 
     try:
         corpus = load_file(path, labels)
@@ -45,8 +45,8 @@ def check_data(path: Path, labels: tuple[str, ...]) -> str:
 
 def _label_set(text: str | None) -> tuple[str, ...]:
     if text is None:
-        from common.config import Settings
-        from common.data import label_names
+        from fedelta.common.config import Settings
+        from fedelta.common.data import label_names
 
         return label_names(Settings().data)
     names = tuple(name.strip() for name in text.split(","))
@@ -62,7 +62,7 @@ def _node_value(text: str, what: str) -> str:
 
 
 def supernode_command(args: argparse.Namespace, name: str, labels: tuple[str, ...], cache: Path) -> list[str]:
-    from common.keys import CA_CERT
+    from fedelta.common.keys import CA_CERT
 
     node_config = {"data-path": str(Path(args.data).resolve()), "site-name": name, "cache-dir": str(cache),
                    "labels": ",".join(labels)}
@@ -77,7 +77,7 @@ def supernode_command(args: argparse.Namespace, name: str, labels: tuple[str, ..
 
 
 def _site(args: argparse.Namespace) -> int:
-    from common.keys import CA_CERT, check_ca, check_site_key
+    from fedelta.common.keys import CA_CERT, check_ca, check_site_key
 
     split_address(args.superlink)
     check_ca(Path(args.certs) / CA_CERT)

@@ -1,0 +1,15 @@
+"""Streaming aggregation of decoded deltas, and the aggregator registry.
+
+An aggregator receives decoded deltas one at a time with their weights and
+holds only fp32 tensors for parameters that some delta touched; the merged
+delta is produced once at the end, in place, one tensor at a time. A position
+a site did not send counts as zero for that site (unbiased under DARE's
+rescale). Each aggregator is registered in :data:`AGGREGATORS` with its
+reference; importing this package registers them all.
+"""
+
+from fedelta.server.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, lean_entry, make_aggregator
+from fedelta.server.aggregation import fedavg, merging  # noqa: F401  (registration)
+from fedelta.server.aggregation.fedavg import WeightedMean
+
+__all__ = ["AGGREGATORS", "Accumulator", "Aggregator", "WeightedMean", "lean_entry", "make_aggregator"]
