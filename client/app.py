@@ -52,16 +52,15 @@ def train(msg: Message, context: Context) -> Message:
     reply = site.train_round(int(config["server-round"]), _downlink(msg), str(config.get("genesis-sha", "")))
     _say(context, f"{site.name}: trained on version {reply.version} "
          f"({reply.sha[:12]}), loss {reply.metrics['train-loss']:.4f}, upload {len(reply.payload):,} bytes")
-    update = ConfigRecord({"payload": reply.payload, "version": reply.version, "sha": reply.sha, "site": site.name})
-    content = RecordDict({"update": update, "metrics": MetricRecord(reply.metrics)})
+    content = RecordDict({"update": ConfigRecord(reply.fields()), "metrics": MetricRecord(reply.metrics)})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     site = _site(context)
-    version, sha, metrics = site.evaluate_round(_downlink(msg))
-    _say(context, f"{site.name}: now on version {version} ({sha[:12]}), local accuracy {metrics['accuracy']:.4f}")
-    ack = ConfigRecord({"version": version, "sha": sha, "site": site.name})
-    content = RecordDict({"ack": ack, "metrics": MetricRecord(metrics)})
+    reply = site.evaluate_round(_downlink(msg))
+    _say(context, f"{site.name}: now on version {reply.version} ({reply.sha[:12]}), "
+         f"local accuracy {reply.metrics['accuracy']:.4f}")
+    content = RecordDict({"ack": ConfigRecord(reply.fields()), "metrics": MetricRecord(reply.metrics)})
     return Message(content=content, reply_to=msg)

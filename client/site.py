@@ -14,6 +14,7 @@ from fedelta.common.codec import Limits
 from fedelta.common.config import Settings
 from fedelta.common.data import Corpus, hold_out, load_corpus, partition, split_site
 from fedelta.common.delta import Delta, extract_delta, model_params
+from fedelta.common.messages import EvaluateReply, TrainReply
 from fedelta.common.methods import METHODS, MethodContext
 from fedelta.common.methods.lnbias import norm_and_bias_names
 from fedelta.common.model import ModelBundle, load_model
@@ -22,6 +23,7 @@ from fedelta.common.optimizers import make_optimizer
 from fedelta.common.pruning import Calibration, PruneRequest, uses_inputs
 from fedelta.common.pruning.calibration import calibrate, choose_global_q, with_delta_applied
 from fedelta.common.pruning.recover import recover
+from fedelta.common.seeding import seeded
 from fedelta.common.training import evaluate, train
 from fedelta.common.upload import finish_upload, prune_target, upload_seed
 from fedelta.common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
@@ -38,14 +40,6 @@ class SiteData:
         """A copy whose training examples lose a ``fraction`` to a local validation split."""
         train_idx, val_idx = split_site(list(range(len(self.train))), fraction, seed)
         return SiteData(self.train.subset(train_idx), self.test, self.num_labels, self.train.subset(val_idx))
-
-
-@dataclass(frozen=True)
-class TrainReply:
-    payload: bytes
-    version: int
-    sha: str
-    metrics: dict[str, float]
 
 
 def simulated_site_data(settings: Settings, index: int, num_sites: int) -> SiteData:
@@ -99,6 +93,11 @@ class Site:
         return MethodContext(self.settings.method, head, genesis_sha, genesis, self.state.memo)
 
     def train_round(self, server_round: int, downlink: Downlink, genesis_sha: str = "") -> TrainReply:
+        """Sync, train, prune and encode; every random draw follows the run's seed, the round and the site."""
+        with seeded(upload_seed(self.settings.seed, server_round, self.name)):
+            return self._train_round(server_round, downlink, genesis_sha)
+
+    def _train_round(self, server_round: int, downlink: Downlink, genesis_sha: str) -> TrainReply:
         started = time.perf_counter()
         settings = self.settings
         bundle, version, sha = self.sync(downlink)
@@ -146,7 +145,7 @@ class Site:
             "downlink-bytes": float(downlink.size()),
             "seconds": time.perf_counter() - started,
         }
-        return TrainReply(upload.payload, version, sha, metrics)
+        return TrainReply(self.name, version, sha, upload.payload, metrics)
 
     def calibration(
         self, bundle: ModelBundle, before: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], seed: int
@@ -173,7 +172,7 @@ class Site:
         q = choose_global_q(delta, PruneRequest(prune.keep, seed), score, min_size=prune.min_size)
         return Calibration(found.inputs, q)
 
-    def evaluate_round(self, downlink: Downlink) -> tuple[int, str, dict[str, float]]:
+    def evaluate_round(self, downlink: Downlink) -> EvaluateReply:
         bundle, version, sha = self.sync(downlink)
         result = evaluate(bundle.model, bundle.tokenizer, self.data.test, max_length=self.settings.model.max_length)
         metrics = {
@@ -182,4 +181,4 @@ class Site:
             "loss": result.loss,
             "downlink-bytes": float(downlink.size()),
         }
-        return version, sha, metrics
+        return EvaluateReply(self.name, version, sha, metrics)

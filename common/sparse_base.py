@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from fedelta.common.codec import encode
 from fedelta.common.config import DataSettings
 from fedelta.common.data import hold_out, load_corpus
-from fedelta.common.delta import Delta, Dense, compact, model_params
+from fedelta.common.delta import Delta, Dense, model_params
 from fedelta.common.methods.registry import weight_matrices
 from fedelta.common.model import load_model
 from fedelta.common.sparsity import lock_pattern, sparsity_report
@@ -106,7 +106,7 @@ def prepare_sparse_base(request: SparseBaseRequest) -> dict[str, object]:
     teacher = load_model(request.model, 2, request.seed)
     student = load_model(request.model, 2, request.seed)
     params = dict(student.model.named_parameters())
-    dense_bytes = _body_bytes(model_params(teacher.model), teacher.head, sparse=False)
+    dense_bytes = _body_bytes(model_params(teacher.model), teacher.head)
     names = weight_matrices(params, student.head)
     frozen = set(student.head) | {name for name in params if "embed" in name}
     trainable = [p for n, p in params.items() if n not in frozen]
@@ -152,9 +152,9 @@ def prepare_sparse_base(request: SparseBaseRequest) -> dict[str, object]:
     return _write(student, request, dense_bytes, last_loss)
 
 
-def _body_bytes(params: dict[str, torch.Tensor], head: list[str], *, sparse: bool) -> int:
-    """The body's weights as one zstd-compressed fp32 blob of the wire format; zeros as gaps when ``sparse``."""
-    entries = {n: compact(v.clone()) if sparse else Dense(v.clone()) for n, v in params.items() if n not in head}
+def _body_bytes(params: dict[str, torch.Tensor], head: list[str]) -> int:
+    """The body's weights as one zstd-compressed fp32 blob of the wire format (zeros as index gaps where smaller)."""
+    entries = {n: Dense(v.clone()) for n, v in params.items() if n not in head}
     return len(encode(Delta(entries), base="", values="fp32"))
 
 
@@ -164,7 +164,7 @@ def _write(student, request: SparseBaseRequest, dense_bytes: int, last_loss: flo
     student.model.base_model.save_pretrained(str(out))
     student.tokenizer.save_pretrained(str(out))
     params = model_params(student.model)
-    sparse_bytes = _body_bytes(params, student.head, sparse=True)
+    sparse_bytes = _body_bytes(params, student.head)
     report = {
         "request": asdict(request),
         **sparsity_report(params, student.head),

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedelta.common.data import Corpus
+from fedelta.common.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,18 @@ def train(
     max_length: int,
     seed: int,
 ) -> TrainResult:
-    """``steps`` optimizer steps of cross-entropy on shuffled batches of ``corpus``."""
+    """``steps`` optimizer steps of cross-entropy on shuffled batches of ``corpus``.
+
+    ``seed`` fixes the batches and every random draw of the forward pass
+    (dropout), whatever the process did before; torch's global random state is
+    left as it was.
+    """
     if len(corpus) == 0:
         raise ValueError("cannot train on an empty data set")
     model.train()
     batches = _batches(corpus, batch_size, seed)
     total_loss, examples = 0.0, 0
-    with _progress(steps, "train") as bar:
+    with seeded(seed), _progress(steps, "train") as bar:
         for _ in range(steps):
             texts, labels = next(batches)
             inputs = _tokenize(tokenizer, texts, max_length)

@@ -12,6 +12,7 @@ import torch
 from fedelta.common.codec import Limits, decode, encode
 from fedelta.common.config import Settings
 from fedelta.common.delta import Delta, Dense, Entry
+from fedelta.common.feedback import left_over, residual_norm, with_residual
 from fedelta.common.methods.registry import Resolver
 from fedelta.common.pruning import Calibration, PruneRequest, prune_delta
 
@@ -56,8 +57,7 @@ def prune_target(
     keep_dense: frozenset[str] = frozenset(),
 ) -> Pruned:
     """``delta + residual``, pruned with the configured pruner; ``keep_dense`` tensors stay whole."""
-    with torch.no_grad():
-        target = {name: value + residual[name] if name in residual else value for name, value in delta.items()}
+    target = with_residual(delta, residual)
     request = PruneRequest(keep=settings.prune.keep, seed=seed, calibration=calibration)
     pruned = prune_delta(target, settings.prune.name, request, settings.prune.min_size, keep_dense)
     return Pruned(target, pruned, dict(request.stats))
@@ -85,10 +85,7 @@ def finish_upload(
     sent = decode(payload, limits).delta
     new_residual: dict[str, torch.Tensor] = {}
     if settings.feedback.enabled:
-        resolved = (resolver or Resolver()).resolve(sent)
-        with torch.no_grad():
-            for name, value in pruned.target.items():
-                new_residual[name] = value - resolved.entries[name].to_dense()
+        new_residual = left_over(pruned.target, (resolver or Resolver()).resolve(sent))
     metrics = {"residual-norm": residual_norm(new_residual), **prune_metrics(pruned.stats)}
     return Upload(payload=payload, sent=sent, residual=new_residual, metrics=metrics)
 
@@ -116,7 +113,3 @@ def prune_metrics(stats: Mapping[str, float]) -> dict[str, float]:
         return {}
     values = list(stats.values())
     return {"prune-q": statistics.fmean(values), "prune-q-min": min(values), "prune-q-max": max(values)}
-
-
-def residual_norm(residual: Mapping[str, torch.Tensor]) -> float:
-    return float(torch.sqrt(sum((r.double() ** 2).sum() for r in residual.values()))) if residual else 0.0

@@ -12,6 +12,7 @@ from fedelta.common import report
 from fedelta.common.config import Settings
 from fedelta.server import control
 from fedelta.server.coordinator import Coordinator
+from fedelta.server.rounds import RoundDriver
 from fedelta.server.store import VersionStore
 from fedelta.server.strategy import DeltaFedAvg
 
@@ -27,9 +28,10 @@ def main(grid: Grid, context: Context) -> None:
     store = VersionStore(Path(settings.output.state_dir) if settings.output.state_dir else out_dir / "state")
     try:
         coordinator = Coordinator(settings, store, out_dir)
+        driver = RoundDriver(coordinator)
         federation = settings.federation
         strategy = DeltaFedAvg(
-            coordinator,
+            driver,
             fraction_train=federation.fraction_train,
             fraction_evaluate=federation.fraction_train,
             min_train_nodes=federation.min_sites,
@@ -43,7 +45,7 @@ def main(grid: Grid, context: Context) -> None:
         print(report.TABLE_HEADER, flush=True)
 
         def finish(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            row = coordinator.finish_round(coordinator.store_round(server_round))
+            row = driver.finish(driver.store_round(server_round))
             print(report.table_row(row), flush=True)
             return MetricRecord({"accuracy": row["accuracy"], "loss": row["loss"]})
 

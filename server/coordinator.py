@@ -46,10 +46,16 @@ class RoundTally:
     downlink_bytes: int = 0
     rejected: int = 0
     site_metrics: dict[str, float] = field(default_factory=dict)
-    train_metrics: dict[str, list[float]] = field(default_factory=dict)
+    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def train_means(self) -> dict[str, float]:
-        return {f"site-{key}": sum(values) / len(values) for key, values in self.train_metrics.items() if values}
+        """Each reported training metric's mean over the sites that sent it, summed in site-name order."""
+        means = {}
+        for key in REPORTED_TRAIN_METRICS:
+            values = [self.train_metrics[site][key] for site in sorted(self.train_metrics) if key in self.train_metrics[site]]
+            if values:
+                means[f"site-{key}"] = sum(values) / len(values)
+        return means
 
     def counters(self) -> dict[str, int]:
         return {"sites": self.sites, "upload_bytes": self.upload_bytes,
@@ -58,7 +64,7 @@ class RoundTally:
 
 @dataclass(frozen=True)
 class HeldUpload:
-    """An update that passed validation, kept as its bytes until the round's norms are all known."""
+    """An update that passed validation, kept as its bytes until the round is committed."""
 
     site: str
     payload: bytes
@@ -182,24 +188,22 @@ class Coordinator:
             self.needs_snapshot.discard(node)
 
     def receive(self, *, node: str, site: str, server_round: int, payload: bytes, metrics: dict[str, float]) -> bool:
-        """Decode, resolve, validate and aggregate one upload; a rejected one is recorded and dropped.
+        """Decode, resolve and validate one upload and hold it for :meth:`commit`; a rejected one is recorded.
 
-        With ``validate.max-norm-ratio`` on, an update that passes is held as its
-        bytes and aggregated by :meth:`commit`, once its norm can be compared
-        with the round's other updates.
+        The upload is held as its bytes (with its norm when ``validate.max-norm-ratio``
+        is on); :meth:`commit` adds the held uploads in site-name order, so the
+        merged delta does not depend on the order in which sites replied.
         """
         self.tally.upload_bytes += len(payload)
         self.tally.sites += 1
-        for key in REPORTED_TRAIN_METRICS:
-            if isinstance(metrics.get(key), int | float):
-                self.tally.train_metrics.setdefault(key, []).append(float(metrics[key]))
+        self.tally.train_metrics[site] = {
+            key: float(metrics[key]) for key in REPORTED_TRAIN_METRICS if isinstance(metrics.get(key), int | float)
+        }
         try:
             weight = example_weight(metrics)
             delta = self._admitted(payload)
-            if self.settings.validate.max_norm_ratio:
-                self.held.append(HeldUpload(site, payload, weight, update_norm(delta)))
-            else:
-                self.aggregator.add(delta, weight, key=f"{server_round}|{site}")
+            norm = update_norm(delta) if self.settings.validate.max_norm_ratio else 0.0
+            self.held.append(HeldUpload(site, payload, weight, norm))
         except (CodecError, Rejected, ValueError) as error:
             self._reject(site, server_round, str(error))
             return False
@@ -222,9 +226,10 @@ class Coordinator:
         log.warning("rejected update from %s in round %d: %s", site, server_round, reason)
 
     def _aggregate_held(self, aggregator: Aggregator, server_round: int) -> None:
-        """Second pass over held uploads: drop norm outliers, decode the rest again and add them."""
-        held, self.held = self.held, []
-        outliers = norm_outliers([upload.norm for upload in held], self.settings.validate.max_norm_ratio)
+        """Drop norm outliers (when the check is on), then decode the held uploads again and add them by site name."""
+        held, self.held = sorted(self.held, key=lambda upload: upload.site), []
+        ratio = self.settings.validate.max_norm_ratio
+        outliers = norm_outliers([upload.norm for upload in held], ratio) if ratio else {}
         for index, upload in enumerate(held):
             if index in outliers:
                 self._reject(upload.site, server_round, outliers[index])

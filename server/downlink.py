@@ -10,22 +10,13 @@ import torch
 
 from fedelta.common.codec import Limits, decode, encode
 from fedelta.common.config import DownlinkSettings
-from fedelta.common.delta import Delta, Dense, Entry, compact
+from fedelta.common.delta import Delta, Dense
+from fedelta.common.feedback import Residual, left_over, with_residual
 from fedelta.common.pruning import PruneRequest, prune_delta
 from fedelta.common.versions import FROM_SNAPSHOT, Downlink, encode_merged
 from fedelta.server.store import Version, VersionStore
 
 RESIDUAL = "residual"
-Residual = dict[str, torch.Tensor]
-
-
-def wire_form(delta: Delta) -> Delta:
-    """Dense entries that are mostly zeros travel with explicit indices (fewer bytes)."""
-    entries: dict[str, Entry] = {
-        name: compact(entry.values.to(torch.float32)) if isinstance(entry, Dense) else entry
-        for name, entry in delta.entries.items()
-    }
-    return Delta(entries)
 
 
 class MergedEncoder:
@@ -46,19 +37,12 @@ class MergedEncoder:
     def encode(self, merged: Delta, *, base: str, seed: int) -> tuple[bytes, Residual]:
         """The blob to send and the residual it leaves (adopt it once the version is committed)."""
         if not self.settings.compressed:
-            return encode_merged(wire_form(merged), base=base), {}
-        with torch.no_grad():
-            target = {name: entry.to_dense().clone() for name, entry in merged.entries.items()}
-            for name, rest in self.residual.items():
-                target[name] = target[name].add_(rest) if name in target else rest.clone()
+            return encode_merged(merged, base=base), {}
+        target = with_residual({name: entry.to_dense() for name, entry in merged.entries.items()}, self.residual)
         request = PruneRequest(keep=self.settings.density, seed=seed)
         pruned = prune_delta(target, self.settings.prune, request, self.min_size)
-        blob = encode_merged(wire_form(pruned), base=base, values=self.settings.values)
-        sent = decode(blob, self.limits).delta
-        with torch.no_grad():
-            for name, entry in sent.entries.items():
-                target[name].sub_(entry.to_dense())
-        return blob, target
+        blob = encode_merged(pruned, base=base, values=self.settings.values)
+        return blob, left_over(target, decode(blob, self.limits).delta)
 
     def residual_blob(self, residual: Residual, base: str) -> bytes | None:
         """The residual as stored next to the version it belongs to (``None`` when there is none)."""

@@ -1,4 +1,4 @@
-"""In-process federations for tests: a Coordinator and Site objects exchanging real bytes, without Flower."""
+"""In-process federations for tests: the round driver over a Coordinator and Site objects exchanging real bytes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from fedelta.client.site import Site, simulated_site_data
 from fedelta.common.config import Settings
 from fedelta.server.coordinator import Coordinator
+from fedelta.server.rounds import RoundDriver
 from fedelta.server.store import VersionStore
 
 
@@ -34,32 +35,27 @@ def node_of(site: Site) -> str:
 
 
 def train_all(coordinator: Coordinator, sites: list[Site], server_round: int) -> list[bool]:
-    """Every site syncs, trains and uploads."""
-    accepted = []
-    for site in sites:
-        node = node_of(site)
-        reply = site.train_round(server_round, coordinator.downlink_for(node))
-        coordinator.acknowledge(node, site.name, reply.version, reply.sha)
-        accepted.append(
-            coordinator.receive(node=node, site=site.name, server_round=server_round,
-                                payload=reply.payload, metrics=reply.metrics)
-        )
-    return accepted
+    """Every site syncs, trains and uploads (errors in a site propagate); whether each upload was admitted."""
+    driver = RoundDriver(coordinator)
+    return [
+        driver.trained(server_round, node_of(site), site.train_round(server_round, driver.downlink(node_of(site))))
+        for site in sites
+    ]
 
 
 def evaluate_all(coordinator: Coordinator, sites: list[Site]) -> list[tuple[int, str]]:
     """Every site syncs to the head and acknowledges; returns what each holds."""
+    driver = RoundDriver(coordinator)
     held = []
     for site in sites:
-        version, sha, _ = site.evaluate_round(coordinator.downlink_for(node_of(site)))
-        coordinator.acknowledge(node_of(site), site.name, version, sha)
-        held.append((version, sha))
+        reply = site.evaluate_round(driver.downlink(node_of(site)))
+        driver.evaluated(coordinator.rounds.last, node_of(site), reply)
+        held.append((reply.version, reply.sha))
     return held
 
 
 def run_rounds(coordinator: Coordinator, sites: list[Site], rounds: range) -> None:
+    """Whole rounds through the round driver, every site taking part."""
+    driver = RoundDriver(coordinator)
     for server_round in rounds:
-        train_all(coordinator, sites, server_round)
-        coordinator.commit(server_round)
-        evaluate_all(coordinator, sites)
-        coordinator.finish_round(server_round)
+        driver.run_round(server_round, {node_of(site): site for site in sites})

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-
-from fedelta.server import store as server_store  # noqa: E402
-from fedelta.client.site import Site, simulated_site_data  # noqa: E402
-from fedelta.common.config import Settings  # noqa: E402
-from fedelta.server.coordinator import Coordinator  # noqa: E402
+from fedelta.client.site import Site, simulated_site_data
+from fedelta.common.config import Settings
+from fedelta.server import store as server_store
+from fedelta.server.coordinator import Coordinator
+from fedelta.server.rounds import RoundDriver
 
 TINY = {
     "model.path": "tiny-bert", "federation.num-sites": 2, "local.steps": 2, "local.batch-size": 4,
@@ -89,26 +89,25 @@ def main() -> None:
     residual = sum(float(r.double().square().sum()) for r in coordinator.encoder.residual.values())
     emit(event="start", head=coordinator.head.id, sha=coordinator.head.sha, last_round=coordinator.rounds.last,
          residual=residual)
-    sites = [Site(settings, f"site-{i}", work / "sites" / str(i), simulated_site_data(settings, i, 2)) for i in range(2)]
-    coordinator.finish_round(coordinator.store_round(0))
+    sites = {str(i): Site(settings, f"site-{i}", work / "sites" / str(i), simulated_site_data(settings, i, 2))
+             for i in range(2)}
+    driver = RoundDriver(coordinator)
+    driver.finish(coordinator.store_round(0))
     for flower_round in range(1, max(0, args.rounds - coordinator.rounds.last) + 1):
         server_round = current["round"] = coordinator.store_round(flower_round)
-        for index, site in enumerate(sites):
-            reply = site.train_round(server_round, coordinator.downlink_for(str(index)))
-            coordinator.acknowledge(str(index), site.name, reply.version, reply.sha)
-            coordinator.receive(node=str(index), site=site.name, server_round=server_round,
-                                payload=reply.payload, metrics=reply.metrics)
+        driver.open(server_round)
+        for node, site in sites.items():
+            driver.trained(server_round, node, site.train_round(server_round, driver.downlink(node)))
             if point == "mid-round" and server_round == kill_round:
                 die()
-        version = coordinator.commit(server_round)
+        version = driver.commit(server_round)
         residual = sum(float(r.double().square().sum()) for r in coordinator.encoder.residual.values())
         emit(event="commit", round=server_round, version=version.id, sha=version.sha, residual=residual)
         if point == "after-commit" and server_round == kill_round:
             die()
-        for index, site in enumerate(sites):
-            site_version, sha, _ = site.evaluate_round(coordinator.downlink_for(str(index)))
-            coordinator.acknowledge(str(index), site.name, site_version, sha)
-        row = coordinator.finish_round(server_round)
+        for node, site in sites.items():
+            driver.evaluated(server_round, node, site.evaluate_round(driver.downlink(node)))
+        row = driver.finish(server_round)
         emit(event="finish", round=server_round, version=row["version"], sha=row["version_sha256"])
     coordinator.store.close()
 

@@ -26,8 +26,8 @@ def test_stale_new_and_far_behind_sites_take_the_shortest_checked_path(tiny_sett
         newcomer = Site(settings, "site-new", tmp_path / "sites" / "new", simulated_site_data(settings, 1, 2))
         far = coordinator.downlink_for("new")
         assert (far.base_version, far.versions) == (FROM_SNAPSHOT, [3])
-        version, sha, _ = newcomer.evaluate_round(far)
-        assert (version, sha) == (3, coordinator.head.sha)
+        reply = newcomer.evaluate_round(far)
+        assert (reply.version, reply.sha) == (3, coordinator.head.sha)
 
         run_rounds(coordinator, sites[:1], range(4, 5))
         step = coordinator.downlink_for("1")

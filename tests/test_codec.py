@@ -56,6 +56,22 @@ def test_round_trip_of_pruned_values_is_exact():
             assert torch.equal(decoded.entries[name].to_dense(), delta.entries[name].to_dense())
 
 
+def test_a_dense_entry_with_zeros_travels_as_indices_only_when_that_is_smaller():
+    gen = torch.Generator().manual_seed(3)
+    mostly_zero = torch.randn(4000, generator=gen) * (torch.rand(4000, generator=gen) < 0.3)
+    mostly_zero[7] = -0.0
+    full = torch.randn(4000, generator=gen)
+    delta = Delta({"z": Dense(mostly_zero), "f": Dense(full)})
+    payload = encode(delta, base=BASE, values="fp32")
+    decoded = decode(payload, LIMITS).delta
+    assert isinstance(decoded.entries["z"], Sparse) and isinstance(decoded.entries["f"], Dense)
+    for name, entry in delta.entries.items():
+        got = decoded.entries[name].to_dense()
+        assert torch.equal(got.view(torch.int32), entry.values.view(torch.int32))  # bit for bit, -0.0 included
+    as_dense = encode(Delta({"z": Dense(mostly_zero)}), base=BASE, values="ternary")
+    assert isinstance(decode(as_dense, LIMITS).delta.entries["z"], Dense)  # a scaled type's scale needs every value
+
+
 def test_seeded_mask_sends_no_indices():
     dense = {"w": torch.randn(200, 200)}
     seeded = prune_delta(dense, "dare", PruneRequest(keep=0.05, seed=1))
@@ -97,7 +113,7 @@ def test_flipped_byte_is_rejected_by_checksum_or_structure():
 
 
 def test_declared_size_over_limit_is_refused_before_decompressing():
-    data = encode(Delta({"w": Dense(torch.zeros(100_000))}), base=BASE)
+    data = encode(Delta({"w": Dense(torch.ones(100_000))}), base=BASE)
     with pytest.raises(CodecError, match="exceeds the limit"):
         decode(data, Limits(max_bytes=50_000, max_elements=1_000_000))
 

@@ -8,7 +8,7 @@ from fedelta.common.codec import Limits, decode
 from fedelta.common.config import DownlinkSettings, Settings
 from fedelta.common.delta import Delta, Dense, Sparse, state_hash
 from fedelta.server.coordinator import Coordinator
-from fedelta.server.downlink import MergedEncoder, wire_form
+from fedelta.server.downlink import MergedEncoder
 from fedelta.server.store import VersionStore
 
 LIMITS = Limits(max_bytes=1 << 24, max_elements=1 << 20)
@@ -45,10 +45,12 @@ def test_without_compression_the_merged_delta_travels_exactly():
         assert torch.equal(entry.to_dense(), merged.entries[name].to_dense())
 
 
-def test_mostly_zero_dense_entries_travel_with_indices():
+def test_a_mostly_zero_merged_delta_travels_with_indices():
     values = torch.zeros(100)
     values[[3, 50]] = 1.0
-    entries = wire_form(Delta({"z": Dense(values), "d": Dense(torch.ones(4))})).entries
+    encoder = MergedEncoder(DownlinkSettings(), 0, LIMITS)
+    blob, _ = encoder.encode(Delta({"z": Dense(values), "d": Dense(torch.ones(4))}), base="ab" * 32, seed=1)
+    entries = decode(blob, LIMITS).delta.entries
     assert isinstance(entries["z"], Sparse) and entries["z"].indices.tolist() == [3, 50]
     assert isinstance(entries["d"], Dense)
 

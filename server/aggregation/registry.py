@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 
 from fedelta.common.config import AggregateSettings
-from fedelta.common.delta import Delta, Dense, Entry, Sparse, add_entry
+from fedelta.common.delta import Delta, Dense, Entry
 from fedelta.common.registry import Registry
-
-SPARSE_BYTES_PER_VALUE = 12  # an int64 index and an fp32 value
-DENSE_BYTES_PER_VALUE = 4
 
 
 class Aggregator(Protocol):
@@ -25,24 +22,6 @@ class Aggregator(Protocol):
 
     @property
     def count(self) -> int: ...
-
-
-def lean_entry(dense: torch.Tensor) -> Entry:
-    """An fp32 tensor as the entry that takes less memory: explicit indices only when smaller.
-
-    Dense tensors are kept as they are (no copy), so turning accumulators into
-    a result never needs more memory than the accumulators themselves.
-    """
-    flat = dense.reshape(-1)
-    if int(torch.count_nonzero(flat)) * SPARSE_BYTES_PER_VALUE >= flat.numel() * DENSE_BYTES_PER_VALUE:
-        return Dense(dense)
-    nonzero = flat.nonzero().reshape(-1)
-    return Sparse(tuple(dense.shape), nonzero, flat[nonzero].clone())
-
-
-def smallest_first(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names by tensor size, so the largest accumulators are converted last, after the others shrank."""
-    return sorted(tensors, key=lambda name: (tensors[name].numel(), name))
 
 
 def check_weight(weight: float) -> None:
@@ -71,9 +50,9 @@ class Accumulator:
         if not self._count:
             raise ValueError("no delta was added")
         entries: dict[str, Entry] = {}
-        for name in smallest_first(self._state):
-            entries[name] = lean_entry(finish(self._state.pop(name)))
-        return Delta(dict(sorted(entries.items())))
+        for name in sorted(self._state):
+            entries[name] = Dense(finish(self._state.pop(name)))
+        return Delta(entries)
 
 
 AggregatorFactory = Callable[[AggregateSettings, int], Aggregator]

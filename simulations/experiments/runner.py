@@ -174,34 +174,25 @@ def _toml(value: Any) -> str:
 
 
 def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
-    """The same rounds without Flower: sampled sites sync, train and upload; the coordinator commits and evaluates."""
+    """The same rounds without Flower: the round driver with sampled sites in this process."""
     from fedelta.client.site import Site, simulated_site_data
     from fedelta.server.coordinator import Coordinator
+    from fedelta.server.rounds import RoundDriver
     from fedelta.server.store import VersionStore
 
     settings = defaults().with_overrides({**overrides, "output.dir": str(out)})
     out.mkdir(parents=True, exist_ok=True)
     store = VersionStore(out / "state")
     try:
-        coordinator = Coordinator(settings, store, out)
+        driver = RoundDriver(Coordinator(settings, store, out))
         count = settings.federation.num_sites
         sites = {str(i): Site(settings, f"site-{i}", out / "sites" / str(i), simulated_site_data(settings, i, count))
                  for i in range(count)}
         sampler = random.Random(settings.seed)
-        sampled = settings.federation.sites_per_round
-        coordinator.finish_round(0)
+        driver.finish(0)
         for server_round in range(1, settings.rounds + 1):
-            chosen = sorted(sampler.sample(sorted(sites), sampled))
-            for node in chosen:
-                reply = sites[node].train_round(server_round, coordinator.downlink_for(node), coordinator.genesis_sha)
-                coordinator.acknowledge(node, sites[node].name, reply.version, reply.sha)
-                coordinator.receive(node=node, site=sites[node].name, server_round=server_round,
-                                    payload=reply.payload, metrics=reply.metrics)
-            coordinator.commit(server_round)
-            for node in chosen:
-                version, sha, _ = sites[node].evaluate_round(coordinator.downlink_for(node))
-                coordinator.acknowledge(node, sites[node].name, version, sha)
-            coordinator.finish_round(server_round)
+            chosen = sorted(sampler.sample(sorted(sites), settings.federation.sites_per_round))
+            driver.run_round(server_round, {node: sites[node] for node in chosen})
         report.write_summary(out, settings.to_run_config())
     finally:
         store.close()

@@ -1,0 +1,130 @@
+"""The round protocol, written once and free of Flower: the steps of a round and their order.
+
+A round opens (the operator's pending controls are settled), each sampled site
+gets its downlink and answers with a training reply (the server acknowledges
+the version the site holds and admits its upload), the accepted uploads are
+committed as the next version, each site gets the downlink to the new head and
+answers with an evaluation reply (acknowledged again), and the round finishes
+(the head is evaluated on the server's test set and the round recorded).
+
+The Flower strategy (:mod:`fedelta.server.strategy`) calls these steps from
+Flower's hooks; :meth:`RoundDriver.run_round` calls them in order on sites in
+this process (the in-process experiment backend and the tests).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from fedelta.common.messages import EvaluateReply, SiteFailure, TrainReply
+from fedelta.common.versions import Downlink
+from fedelta.server.coordinator import Coordinator
+from fedelta.server.store import Version
+
+log = logging.getLogger("fedelta.server")
+WEIGHT_METRIC = "num-examples"
+
+
+class SiteLink(Protocol):
+    """A site the driver talks to directly (in process): the two calls a Flower message would make."""
+
+    name: str
+
+    def train_round(self, server_round: int, downlink: Downlink, genesis_sha: str = "") -> TrainReply: ...
+
+    def evaluate_round(self, downlink: Downlink) -> EvaluateReply: ...
+
+
+class RoundDriver:
+    """Takes a coordinator through each round's steps; Flower or a loop in process supplies the replies."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self._evaluations: dict[str, EvaluateReply] = {}
+
+    @property
+    def genesis_sha(self) -> str:
+        return self.coordinator.genesis_sha
+
+    def store_round(self, flower_round: int) -> int:
+        """The federation's round number for round ``flower_round`` of this server process."""
+        return self.coordinator.store_round(flower_round)
+
+    def open(self, server_round: int) -> None:
+        """Settle the operator's pending controls (waiting while paused) before training starts."""
+        self.coordinator.between_rounds(server_round)
+        self._evaluations = {}
+
+    def downlink(self, node: str) -> Downlink:
+        """What ``node`` receives to reach the head from the version it last acknowledged."""
+        return self.coordinator.downlink_for(node)
+
+    def trained(self, server_round: int, node: str, reply: TrainReply | SiteFailure) -> bool:
+        """Take one site's training reply; whether its upload was admitted."""
+        if isinstance(reply, SiteFailure):
+            self.coordinator.site_failed(node, reply.reason, server_round)
+            return False
+        self.coordinator.acknowledge(node, reply.site, reply.version, reply.sha)
+        return self.coordinator.receive(
+            node=node, site=reply.site, server_round=server_round, payload=reply.payload, metrics=reply.metrics
+        )
+
+    def commit(self, server_round: int) -> Version | None:
+        """The next version from the admitted uploads, or ``None`` when too few were admitted."""
+        return self.coordinator.commit(server_round)
+
+    def evaluated(self, server_round: int, node: str, reply: EvaluateReply | SiteFailure) -> None:
+        """Take one site's evaluation reply: acknowledge the version it now holds, keep its metrics."""
+        if isinstance(reply, SiteFailure):
+            self.coordinator.site_failed(node, reply.reason, server_round)
+            return
+        self.coordinator.acknowledge(node, reply.site, reply.version, reply.sha)
+        self._evaluations[reply.site] = reply
+
+    def site_means(self) -> dict[str, float]:
+        """The sites' local test metrics, averaged by their test examples, in site-name order."""
+        replies = [self._evaluations[site] for site in sorted(self._evaluations)]
+        weights = [reply.metrics.get(WEIGHT_METRIC, 0.0) for reply in replies]
+        total = sum(weights)
+        if not replies or total <= 0:
+            return {}
+        keys = sorted({key for reply in replies for key in reply.metrics} - {WEIGHT_METRIC})
+        return {
+            key: sum(weight * reply.metrics.get(key, 0.0) for weight, reply in zip(weights, replies)) / total
+            for key in keys
+        }
+
+    def finish(self, server_round: int) -> dict[str, Any]:
+        """Evaluate the head on the server's test set and record the round; its metrics row."""
+        self.coordinator.tally.site_metrics = {f"site-{key}": value for key, value in self.site_means().items()}
+        self._evaluations = {}
+        return self.coordinator.finish_round(server_round)
+
+    def run_round(self, server_round: int, sites: Mapping[str, SiteLink]) -> dict[str, Any]:
+        """One whole round with sites in this process (``sites`` maps node ids to sites); its metrics row."""
+        self.open(server_round)
+        for node, site in sites.items():
+            self.trained(server_round, node, _train(site, server_round, self.downlink(node), self.genesis_sha))
+        self.commit(server_round)
+        for node, site in sites.items():
+            self.evaluated(server_round, node, _evaluate(site, self.downlink(node)))
+        return self.finish(server_round)
+
+
+def _train(site: SiteLink, server_round: int, downlink: Downlink, genesis_sha: str) -> TrainReply | SiteFailure:
+    """A site's training reply; an error in the site becomes a failure, as a Flower error message would."""
+    try:
+        return site.train_round(server_round, downlink, genesis_sha)
+    except Exception as error:  # noqa: BLE001 - a failing site must not end the round, as under Flower
+        log.warning("site %s failed to train in round %d: %r", site.name, server_round, error)
+        return SiteFailure(repr(error))
+
+
+def _evaluate(site: SiteLink, downlink: Downlink) -> EvaluateReply | SiteFailure:
+    try:
+        return site.evaluate_round(downlink)
+    except Exception as error:  # noqa: BLE001 - as in _train
+        log.warning("site %s failed to evaluate: %r", site.name, error)
+        return SiteFailure(repr(error))
