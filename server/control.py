@@ -13,16 +13,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from fedelta.server.store import StoreError, Version, VersionStore
+from fedelta.server.store import Control, StoreError, Version, VersionStore
 
 PAUSE, RESUME, ROLLBACK = "pause", "resume", "rollback"
 ACTIONS = (PAUSE, RESUME, ROLLBACK)
 POLL_SECONDS = 1.0
 STATUS = "status"
-COLUMNS = "id, action, version, requested, settled, ok, outcome, result"
 
 Rollback = Callable[[int, int], Version]
 
@@ -38,41 +35,15 @@ def check_request(action: str, version: int | None) -> None:
         raise ValueError(f"version must be >= 0, not {version}")
 
 
-@dataclass(frozen=True)
-class Control:
-    """An operator's request and, once the server has acted on it, the outcome."""
-
-    id: int
-    action: str
-    version: int | None
-    requested: float
-    settled: float | None = None
-    ok: bool | None = None
-    outcome: str | None = None
-    result: int | None = None
-
-
 def request(store: VersionStore, action: str, version: int | None = None) -> Control:
     """Record a checked request for the server to act on before its next round."""
     check_request(action, version)
-    row = store.write("INSERT INTO controls (action, version, requested) VALUES (?, ?, ?)", (action, version, time.time()))
-    return requests(store, where="id = ?", params=(row,))[0]
-
-
-def requests(store: VersionStore, *, where: str = "1", params: tuple[Any, ...] = ()) -> list[Control]:
-    """Requests matching an SQL condition, oldest first."""
-    rows = store.select(f"SELECT {COLUMNS} FROM controls WHERE {where} ORDER BY id", params)
-    return [Control(**{**dict(row), "ok": None if row["ok"] is None else bool(row["ok"])}) for row in rows]
-
-
-def _settle(store: VersionStore, control: Control, *, ok: bool, outcome: str, result: int | None = None) -> None:
-    store.write("UPDATE controls SET settled = ?, ok = ?, outcome = ?, result = ? WHERE id = ?",
-                (time.time(), int(ok), outcome, result, control.id))
+    return store.add_control(action, version)
 
 
 def is_paused(store: VersionStore) -> bool:
     """Whether the newest settled pause or resume was a pause."""
-    settled = requests(store, where="settled IS NOT NULL AND ok = 1 AND action IN (?, ?)", params=(PAUSE, RESUME))
+    settled = store.done_controls((PAUSE, RESUME))
     return bool(settled) and settled[-1].action == PAUSE
 
 
@@ -84,19 +55,19 @@ def write_status(store: VersionStore, state: str, round: int) -> None:
 def settle(store: VersionStore, control: Control, next_round: int, rollback: Rollback) -> None:
     """Act on one request and record the outcome."""
     if control.action == PAUSE:
-        _settle(store, control, ok=True, outcome=f"paused before round {next_round}")
+        store.settle_control(control.id, ok=True, outcome=f"paused before round {next_round}")
     elif control.action == RESUME:
-        _settle(store, control, ok=True, outcome=f"resumed at round {next_round}")
+        store.settle_control(control.id, ok=True, outcome=f"resumed at round {next_round}")
     elif control.action == ROLLBACK and control.version is not None:
         try:
             made = rollback(control.version, next_round)
         except (KeyError, ValueError, StoreError) as error:
-            _settle(store, control, ok=False, outcome=f"refused: {error}")
+            store.settle_control(control.id, ok=False, outcome=f"refused: {error}")
             return
-        _settle(store, control, ok=True, result=made.id,
+        store.settle_control(control.id, ok=True, result=made.id,
                              outcome=f"version {made.id} holds version {control.version}'s weights")
     else:
-        _settle(store, control, ok=False, outcome=f"refused: unknown request {control.action!r}")
+        store.settle_control(control.id, ok=False, outcome=f"refused: unknown request {control.action!r}")
 
 
 def between_rounds(
@@ -106,7 +77,7 @@ def between_rounds(
     """Settle pending requests; while paused, keep settling them and wait for a resume."""
     announced = False
     while True:
-        for control in requests(store, where="settled IS NULL"):
+        for control in store.controls(pending=True):
             settle(store, control, next_round, rollback)
         if not is_paused(store):
             break

@@ -8,6 +8,10 @@ residual. Blobs are written atomically and fsynced before the row that names
 them is committed, so a committed row always has its blobs; files no row
 names (left by a crash between the two) are deleted when the store is opened.
 A lock file keeps a second server off the same folder.
+
+This is the only module that speaks SQL: the server, its control loop and the
+console ask the store by named methods, which return records (``Version``,
+``Control``, ``SiteRound``, ``SiteNode``, ``Rejection``) or plain values.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +59,8 @@ CREATE TABLE IF NOT EXISTS controls (
     settled REAL, ok INTEGER, outcome TEXT, result INTEGER
 );
 """
-VERSION_COLUMNS = "id, parent, sha256, round, kind, blob, blob_bytes, snapshot, snapshot_bytes, residual"
+VERSION_COLUMNS = "id, parent, sha256, round, kind, blob, blob_bytes, snapshot, snapshot_bytes, residual, created"
+CONTROL_COLUMNS = "id, action, version, requested, settled, ok, outcome, result"
 log = logging.getLogger("fedelta.store")
 
 
@@ -71,6 +76,53 @@ class Version:
     snapshot: str | None = None
     snapshot_bytes: int | None = None
     residual: str | None = None
+    created: float | None = None
+
+
+@dataclass(frozen=True)
+class Control:
+    """An operator's request and, once the server has acted on it, the outcome."""
+
+    id: int
+    action: str
+    version: int | None
+    requested: float
+    settled: float | None = None
+    ok: bool | None = None
+    outcome: str | None = None
+    result: int | None = None
+
+
+@dataclass(frozen=True)
+class SiteRound:
+    """What one site sent in one round: its node, the bytes it uploaded and its training metrics."""
+
+    site: str
+    round: int
+    node: str
+    upload_bytes: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SiteNode:
+    """One node the server has served: the site it named, the version it holds, when it was last seen."""
+
+    node: str
+    site: str | None
+    version: int | None
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An update the server refused, or a site's reported error, and when."""
+
+    id: int
+    site: str
+    round: int
+    reason: str
+    created: float
 
 
 class StoreError(RuntimeError):
@@ -78,7 +130,7 @@ class StoreError(RuntimeError):
 
 
 class VersionStore:
-    """Versions, rounds, sites and rejections of one federation, under one folder."""
+    """Versions, rounds, sites, rejections and operator controls of one federation, under one folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -124,24 +176,14 @@ class VersionStore:
         self._db.close()
         self._lock.close()
 
-    def select(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Rows of a read-only query, addressable by column name (for reports)."""
-        cursor = self._db.execute(sql, params)
-        cursor.row_factory = sqlite3.Row
-        return cursor.fetchall()
-
     def write_meta(self, key: str, value: Any) -> None:
         """Remember one JSON value about the federation (its resolved settings, the server's status)."""
-        self.write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def read_meta(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
-
-    def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        """One statement in its own transaction (operator controls); the id of the row it inserted."""
-        with self._transaction():
-            return self._db.execute(sql, params).lastrowid or 0
 
     def commit_version(
         self, *, parent: int | None, round: int, sha: str, kind: str, blob: bytes,
@@ -159,7 +201,7 @@ class VersionStore:
         version_id = 0 if head is None else head.id + 1
         with self._transaction():
             self._db.execute(
-                f"INSERT INTO versions ({VERSION_COLUMNS}, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (version_id, parent, sha, round, kind, name, len(blob), snap,
                  None if snapshot is None else len(snapshot), kept, time.time()),
             )
@@ -175,6 +217,10 @@ class VersionStore:
         if row is None:
             raise KeyError(f"no version {version_id}")
         return Version(*row)
+
+    def versions(self) -> list[Version]:
+        """Every committed version, oldest first."""
+        return [Version(*row) for row in self._db.execute(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY id")]
 
     def head(self) -> Version | None:
         row = self._db.execute("SELECT MAX(id) FROM versions").fetchone()
@@ -259,7 +305,28 @@ class VersionStore:
             )
 
     def rejections(self) -> list[tuple[str, int, str]]:
+        """(site, round, reason) of every rejection, oldest first."""
         return self._db.execute("SELECT site, round, reason FROM rejections ORDER BY id").fetchall()
+
+    def rejection_records(self) -> list[Rejection]:
+        """Every rejection with its id and time, oldest first."""
+        rows = self._db.execute("SELECT id, site, round, reason, created FROM rejections ORDER BY id")
+        return [Rejection(*row) for row in rows]
+
+    def site_rounds(self) -> list[SiteRound]:
+        """What each site sent in each round, in round order."""
+        rows = self._db.execute("SELECT site, round, node, upload_bytes, metrics FROM site_rounds ORDER BY round")
+        return [SiteRound(site, round, node, sent, json.loads(metrics)) for site, round, node, sent, metrics in rows]
+
+    def sites_uploaded_after(self, round: int) -> list[str]:
+        """Names of the sites that sent an update in a round after ``round``, sorted."""
+        rows = self._db.execute("SELECT DISTINCT site FROM site_rounds WHERE round > ? ORDER BY site", (round,))
+        return [site for (site,) in rows]
+
+    def site_nodes(self) -> list[SiteNode]:
+        """Every node the server has served, least recently seen first."""
+        rows = self._db.execute("SELECT node, site, version, last_seen FROM sites ORDER BY last_seen")
+        return [SiteNode(*row) for row in rows]
 
     def set_site_version(self, node: str, site: str | None, version: int | None) -> None:
         with self._transaction():
@@ -273,6 +340,42 @@ class VersionStore:
     def site_version(self, node: str) -> int | None:
         row = self._db.execute("SELECT version FROM sites WHERE node = ?", (node,)).fetchone()
         return None if row is None else row[0]
+
+    def add_control(self, action: str, version: int | None = None) -> Control:
+        """The operator's request as recorded, pending until the server settles it."""
+        with self._transaction():
+            control_id = self._db.execute(
+                "INSERT INTO controls (action, version, requested) VALUES (?, ?, ?)", (action, version, time.time())
+            ).lastrowid
+        return self.control(control_id)
+
+    def control(self, control_id: int) -> Control:
+        """The request with this id."""
+        row = self._db.execute(f"SELECT {CONTROL_COLUMNS} FROM controls WHERE id = ?", (control_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no control {control_id}")
+        return _control(row)
+
+    def controls(self, *, pending: bool = False) -> list[Control]:
+        """Requests oldest first: every one, or (``pending``) those the server has not settled yet."""
+        only = "WHERE settled IS NULL" if pending else ""
+        return [_control(row) for row in self._db.execute(f"SELECT {CONTROL_COLUMNS} FROM controls {only} ORDER BY id")]
+
+    def done_controls(self, actions: Collection[str]) -> list[Control]:
+        """Requests of these actions that the server carried out, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {CONTROL_COLUMNS} FROM controls WHERE ok = 1 AND action IN ({', '.join('?' * len(actions))})"
+            " ORDER BY id", tuple(actions),
+        )
+        return [_control(row) for row in rows]
+
+    def settle_control(self, control_id: int, *, ok: bool, outcome: str, result: int | None = None) -> None:
+        """Record what the server made of a request: done or refused, why, and the version it made."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE controls SET settled = ?, ok = ?, outcome = ?, result = ? WHERE id = ?",
+                (time.time(), int(ok), outcome, result, control_id),
+            )
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -310,6 +413,12 @@ class VersionStore:
             path.unlink(missing_ok=True)
         if stray:
             log.info("removed %d blob file(s) of an interrupted commit from %s", len(stray), self.root)
+
+
+def _control(row: tuple[Any, ...]) -> Control:
+    """A row of the ``controls`` table as its record (SQLite keeps ``ok`` as 0 or 1)."""
+    control_id, action, version, requested, settled, ok, outcome, result = row
+    return Control(control_id, action, version, requested, settled, None if ok is None else bool(ok), outcome, result)
 
 
 def _lock_folder(root: Path) -> TextIO:

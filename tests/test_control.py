@@ -20,7 +20,7 @@ def test_rollback_commits_the_old_weights_as_a_new_head_that_sites_and_a_restart
         head = coordinator.head
         assert (head.id, head.parent, head.kind, head.sha) == (3, 2, control.ROLLBACK, old.sha)
         assert state_hash(coordinator.params) == old.sha
-        settled = control.requests(store, where="id = ?", params=(request.id,))[0]
+        settled = store.control(request.id)
         assert (settled.ok, settled.result) == (True, 3)
         assert coordinator.downlink_for("0").versions == [3]
         assert evaluate_all(coordinator, sites) == [(3, old.sha)] * 2
@@ -42,7 +42,7 @@ def test_a_refused_rollback_changes_nothing(tiny_settings, tmp_path):
         for version in (99, 1):
             control.request(store, control.ROLLBACK, version)
         coordinator.between_rounds(2)
-        outcomes = [(c.ok, c.outcome) for c in control.requests(store)]
+        outcomes = [(c.ok, c.outcome) for c in store.controls()]
         assert outcomes == [(False, "refused: 'no version 99'"), (False, "refused: version 1 is already the head")]
         assert coordinator.head == head == store.head() and state_hash(coordinator.params) == head.sha
 
@@ -54,9 +54,9 @@ def test_a_repeated_rollback_commits_one_version(tiny_settings, tmp_path):
         for _ in range(2):  # a double-clicked form
             control.request(store, control.ROLLBACK, 1)
         coordinator.between_rounds(3)
-        outcomes = [c.ok for c in control.requests(store)]
+        outcomes = [c.ok for c in store.controls()]
         assert outcomes == [True, False]
-        assert "already holds version 1's weights" in control.requests(store)[1].outcome
+        assert "already holds version 1's weights" in store.controls()[1].outcome
         assert coordinator.head.id == 3 and store.head().sha == store.version(1).sha
 
 
@@ -77,7 +77,7 @@ def test_pause_waits_between_rounds_and_settles_requests_until_resumed(tiny_sett
         control.between_rounds(store, 3, coordinator.rollback_to, sleep=operator)
 
         assert [(s["state"], s["round"]) for s in seen] == [("paused", 2), ("paused", 2)]
-        assert [(c.action, c.ok) for c in control.requests(store)] == [("pause", True), ("rollback", True), ("resume", True)]
+        assert [(c.action, c.ok) for c in store.controls()] == [("pause", True), ("rollback", True), ("resume", True)]
         assert store.head().sha == store.version(1).sha and not control.is_paused(store)
         assert store.read_meta(control.STATUS)["state"] == "training"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import defaultdict
@@ -11,8 +10,7 @@ from typing import Any
 
 from fedelta.common.report import reduction, summarize
 from fedelta.server import control
-from fedelta.server.control import Control
-from fedelta.server.store import VersionStore
+from fedelta.server.store import Control, VersionStore
 
 RECENT_ROUNDS = 3
 
@@ -44,8 +42,10 @@ def _holder_alive(store: VersionStore) -> bool:
 def rounds(store: VersionStore) -> list[dict[str, Any]]:
     """Every round: finished, committed (being evaluated), or training now (counts so far)."""
     uploads: dict[int, set[str]] = defaultdict(set)
-    for row in store.select("SELECT site, round FROM site_rounds"):
-        uploads[row["round"]].add(row["site"])
+    sent: dict[int, int] = defaultdict(int)
+    for upload in store.site_rounds():
+        uploads[upload.round].add(upload.site)
+        sent[upload.round] += upload.upload_bytes
     refused: dict[int, list[str]] = defaultdict(list)
     for site, number, _ in store.rejections():
         refused[number].append(site)
@@ -55,9 +55,8 @@ def rounds(store: VersionStore) -> list[dict[str, Any]]:
             rows.append({**record, "state": "finished" if complete else "evaluating"})
     known = {row["round"] for row in rows}
     for number in sorted(set(uploads) - known):
-        sent = store.select("SELECT SUM(upload_bytes) AS total FROM site_rounds WHERE round = ?", (number,))
         rows.append({"round": number, "state": "training", "sites": len(uploads[number]),
-                     "upload_bytes": sent[0]["total"] or 0, "rejected": len(refused[number])})
+                     "upload_bytes": sent[number], "rejected": len(refused[number])})
     for row in rows:
         number = row["round"]
         row["accepted"] = len(uploads[number] - set(refused[number]))
@@ -72,7 +71,6 @@ def overview(store: VersionStore) -> dict[str, Any]:
     finished = [row for row in all_rounds if row["state"] == "finished"]
     totals = summarize(finished, {})
     last = max((row["round"] for row in all_rounds), default=0)
-    recent = store.select("SELECT DISTINCT site FROM site_rounds WHERE round > ? ORDER BY site", (last - RECENT_ROUNDS,))
     latest = finished[-1] if finished else None
     return {
         "server": server_state(store),
@@ -84,13 +82,13 @@ def overview(store: VersionStore) -> dict[str, Any]:
         "latest_accuracy_round": None if latest is None else latest["round"],
         "best_accuracy": totals["best_accuracy"],
         "recent_rounds": RECENT_ROUNDS,
-        "recent_sites": [row["site"] for row in recent],
+        "recent_sites": store.sites_uploaded_after(last - RECENT_ROUNDS),
         "total_upload_bytes": totals["total_upload_bytes"],
         "total_downlink_bytes": totals["total_downlink_bytes"],
         "total_dense_update_bytes": totals["total_dense_update_bytes"],
         "upload_reduction": totals["upload_reduction"],
         "rejected": len(store.rejections()),
-        "pending_controls": len(control.requests(store, where="settled IS NULL")),
+        "pending_controls": len(store.controls(pending=True)),
         "now": time.time(),
     }
 
@@ -106,19 +104,19 @@ def sites(store: VersionStore) -> list[dict[str, Any]]:
             "last_round": None, "upload_bytes": 0, "mean_metrics": {}, "rejections": 0,
         })
 
-    for row in store.select("SELECT node, site, version, last_seen FROM sites ORDER BY last_seen"):
-        site = entry(row["site"] or f"node-{row['node']}")
-        site["nodes"].append(row["node"])
-        site["last_seen"], site["version"] = row["last_seen"], row["version"]
+    for node in store.site_nodes():
+        site = entry(node.site or f"node-{node.node}")
+        site["nodes"].append(node.node)
+        site["last_seen"], site["version"] = node.last_seen, node.version
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in store.select("SELECT site, round, upload_bytes, metrics FROM site_rounds ORDER BY round"):
-        site = entry(row["site"])
+    for upload in store.site_rounds():
+        site = entry(upload.site)
         site["rounds"] += 1
-        site["last_round"] = row["round"]
-        site["upload_bytes"] += row["upload_bytes"]
-        for key, value in json.loads(row["metrics"]).items():
+        site["last_round"] = upload.round
+        site["upload_bytes"] += upload.upload_bytes
+        for key, value in upload.metrics.items():
             if isinstance(value, int | float):
-                sums[row["site"]][key].append(float(value))
+                sums[upload.site][key].append(float(value))
     aliases = {f"node-{node}": name for name, site in found.items() for node in site["nodes"]}
     for name, _, _ in store.rejections():
         entry(aliases.get(name, name))["rejections"] += 1
@@ -131,32 +129,28 @@ def sites(store: VersionStore) -> list[dict[str, Any]]:
 
 def versions(store: VersionStore) -> list[dict[str, Any]]:
     """Every committed version, newest first, with what made it and how its weights scored."""
-    done = control.requests(store, where="ok = 1 AND action = ?", params=(control.ROLLBACK,))
-    rolled = {request.result: request.version for request in done}
+    rolled = {request.result: request.version for request in store.done_controls((control.ROLLBACK,))}
     scored = {row["version_sha256"]: row["accuracy"] for row in store.round_records()}
-    rows = store.select(
-        "SELECT id, parent, sha256, round, kind, blob_bytes, snapshot_bytes, created FROM versions ORDER BY id DESC"
-    )
     return [
         {
-            "version": row["id"], "parent": row["parent"], "sha256": row["sha256"], "round": row["round"],
-            "kind": row["kind"], "delta_bytes": row["blob_bytes"], "snapshot_bytes": row["snapshot_bytes"],
-            "created": row["created"], "rollback_of": rolled.get(row["id"]),
-            "accuracy": scored.get(row["sha256"]),
-            "delta_url": f"/versions/{row['id']}/delta", "export_url": f"/versions/{row['id']}/export.zip",
+            "version": version.id, "parent": version.parent, "sha256": version.sha, "round": version.round,
+            "kind": version.kind, "delta_bytes": version.blob_bytes, "snapshot_bytes": version.snapshot_bytes,
+            "created": version.created, "rollback_of": rolled.get(version.id),
+            "accuracy": scored.get(version.sha),
+            "delta_url": f"/versions/{version.id}/delta", "export_url": f"/versions/{version.id}/export.zip",
         }
-        for row in rows
+        for version in reversed(store.versions())
     ]
 
 
 def rejections(store: VersionStore) -> list[dict[str, Any]]:
-    rows = store.select("SELECT id, site, round, reason, created FROM rejections ORDER BY id DESC")
-    return [dict(row) for row in rows]
+    """Every rejection, newest first."""
+    return [asdict(rejection) for rejection in reversed(store.rejection_records())]
 
 
 def controls(store: VersionStore) -> list[dict[str, Any]]:
     """Operator requests, newest first, with what the server made of them."""
-    return [control_row(c) for c in reversed(control.requests(store))]
+    return [control_row(c) for c in reversed(store.controls())]
 
 
 def control_row(request: Control) -> dict[str, Any]:
