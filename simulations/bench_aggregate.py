@@ -92,7 +92,7 @@ def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[s
     from fedelta.common.config import AggregateSettings
     from fedelta.common.delta import apply_delta, check_delta_fits
     from fedelta.common.versions import encode_merged
-    from fedelta.server.aggregation import make_aggregator
+    from fedelta.common.aggregation import make_aggregator
     from fedelta.server.downlink import wire_form
 
     torch.set_num_threads(1)

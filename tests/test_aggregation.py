@@ -4,7 +4,7 @@ import torch
 from fedelta.common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
 from fedelta.common.pruning import PruneRequest, prune_delta
 from fedelta.common.config import AggregateSettings
-from fedelta.server.aggregation import WeightedMean, lean_entry, make_aggregator
+from fedelta.common.aggregation import WeightedMean, lean_entry, make_aggregator
 
 SHAPES = {"a.weight": (32, 16), "a.bias": (16,), "b.weight": (8, 8)}
 

@@ -82,7 +82,5 @@ AGGREGATORS: Registry[AggregatorFactory] = Registry("aggregator")
 
 def make_aggregator(settings: AggregateSettings, seed: int) -> Aggregator:
     """A fresh aggregator for one round, as ``aggregate.name`` chooses."""
-    if settings.name not in AGGREGATORS:
-        raise ValueError(f"setting 'aggregate.name': unknown aggregator {settings.name!r}; known: {AGGREGATORS.names()}")
     return AGGREGATORS.get(settings.name)(settings, seed)
 
