@@ -20,7 +20,7 @@ from fedelta.common.methods.lnbias import norm_and_bias_names
 from fedelta.common.model import ModelBundle, load_model
 from fedelta.common.sparsity import base_pattern, formed_off_pattern, lock_pattern, zero_pattern
 from fedelta.common.optimizers import make_optimizer
-from fedelta.common.pruning import Calibration, PruneRequest, uses_inputs
+from fedelta.common.pruning import PRUNERS, Calibration, PruneRequest
 from fedelta.common.pruning.calibration import calibrate, choose_global_q, with_delta_applied
 from fedelta.common.pruning.recover import recover
 from fedelta.common.seeding import seeded
@@ -63,7 +63,8 @@ class Site:
         self.settings = settings
         self.name = name
         self.state = SiteState(cache_dir)
-        if settings.prune.name == "darex-q" and settings.prune.q_mode == "labelled" and data.validation is None:
+        self.pruner = PRUNERS.get(settings.prune.name)
+        if self.pruner.needs_labels(settings.prune) and data.validation is None:
             data = data.with_validation(settings.data.site_test_fraction, settings.seed + 1)
         self.data = data
 
@@ -90,7 +91,9 @@ class Site:
             bundle = load_model(self.settings.model.source, self.data.num_labels, self.settings.seed)
             return model_params(bundle.model)
 
-        return MethodContext(self.settings.method, head, genesis_sha, genesis, self.state.memo)
+        settings = self.settings
+        options = settings.options_for(settings.method.name)
+        return MethodContext(settings.method, head, genesis_sha, genesis, self.state.memo, options)
 
     def train_round(self, server_round: int, downlink: Downlink, genesis_sha: str = "") -> TrainReply:
         """Sync, train, prune and encode; every random draw follows the run's seed, the round and the site."""
@@ -150,17 +153,28 @@ class Site:
     def calibration(
         self, bundle: ModelBundle, before: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], seed: int
     ) -> Calibration | None:
-        """Layer inputs on an unlabelled batch of training texts, for pruners that use them; with
-        ``prune.q-mode = labelled``, also DAREx-q's global q chosen on the local validation split."""
-        prune = self.settings.prune
-        if not uses_inputs(prune.name):
+        """What the pruner reads besides the delta: layer inputs when it needs inputs; when it needs
+        labels (and a validation split exists), the global q chosen on that split."""
+        validation = self.data.validation if self.pruner.needs_labels(self.settings.prune) else None
+        if not (self.pruner.needs_inputs or validation):
             return None
+        inputs = self.layer_inputs(bundle, seed) if self.pruner.needs_inputs else {}
+        q = self.global_q(bundle, validation, before, delta, seed) if validation else None
+        return Calibration(inputs, q)
+
+    def layer_inputs(self, bundle: ModelBundle, seed: int) -> dict[str, torch.Tensor]:
+        """Inputs of every linear layer on an unlabelled batch of ``prune.calibration-size`` training texts."""
         rng = random.Random(seed)
-        texts = rng.sample(self.data.train.texts, min(prune.calibration_size, len(self.data.train)))
-        found = calibrate(bundle.model, bundle.tokenizer, texts, max_length=self.settings.model.max_length)
-        if prune.name != "darex-q" or prune.q_mode != "labelled" or not self.data.validation:
-            return found
-        params, validation = model_params(bundle.model), self.data.validation
+        texts = rng.sample(self.data.train.texts, min(self.settings.prune.calibration_size, len(self.data.train)))
+        return dict(calibrate(bundle.model, bundle.tokenizer, texts, max_length=self.settings.model.max_length).inputs)
+
+    def global_q(
+        self, bundle: ModelBundle, validation: Corpus, before: dict[str, torch.Tensor], delta: dict[str, torch.Tensor],
+        seed: int,
+    ) -> float:
+        """DAREx-q's one q for the whole delta: the grid value scoring best on the ``validation`` split."""
+        prune = self.settings.prune
+        params = model_params(bundle.model)
 
         def score(pruned: Delta) -> tuple[float, float]:
             def run() -> tuple[float, float]:
@@ -169,8 +183,7 @@ class Site:
 
             return with_delta_applied(params, before, pruned, run)
 
-        q = choose_global_q(delta, PruneRequest(prune.keep, seed), score, min_size=prune.min_size)
-        return Calibration(found.inputs, q)
+        return choose_global_q(delta, PruneRequest(prune.keep, seed), score, min_size=prune.min_size)
 
     def evaluate_round(self, downlink: Downlink) -> EvaluateReply:
         bundle, version, sha = self.sync(downlink)

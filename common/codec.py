@@ -33,7 +33,7 @@ import zstandard
 
 from fedelta.common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
-from fedelta.common.rice import IndexCodingError, decode_indices, encode_indices
+from fedelta.common.rice import IndexCodingError, coded_size, decode_indices, encode_indices
 
 FORMAT = "fedelta-delta/2"
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
@@ -46,6 +46,8 @@ TENSOR_PARTS = {
     "singular": ("values",),
 }
 SCALES = "scales"
+SAME_WIDTH_INTEGER = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+                      torch.float64: torch.int64}
 MAX_HEADER_BYTES = 64 << 20
 
 
@@ -97,7 +99,7 @@ def encode(
     tensors: dict[str, torch.Tensor | Encoded] = {}
     described: dict[str, dict[str, Any]] = {}
     for name in delta.names():
-        entry, gaps = wire_form(delta.entries[name], quantizer)
+        entry = wire_form(delta.entries[name], quantizer)
         described[name] = _describe(entry)
         if isinstance(entry, LowRank):
             tensors[f"{name}/a"] = quantizer.encode(entry.a)
@@ -105,7 +107,7 @@ def encode(
             continue
         tensors[f"{name}/values"] = quantizer.encode(entry.flat_values().reshape(-1))
         if isinstance(entry, Sparse):
-            tensors[f"{name}/indices"] = torch.from_numpy(encode_index_gaps(entry.indices.numpy()) if gaps is None else gaps)
+            tensors[f"{name}/indices"] = torch.from_numpy(encode_index_gaps(entry.indices.numpy()))
     entries = json.dumps(described, separators=(",", ":"))
     header = {"format": FORMAT, "base": base, "values": values, "entries": entries, **extra}
     raw = safetensors.torch.save(_container_tensors(tensors), metadata=header)
@@ -114,27 +116,25 @@ def encode(
     return compressor.compress(raw)
 
 
-def wire_form(entry: Entry, quantizer: Quantizer) -> tuple[Entry, np.ndarray | None]:
+def wire_form(entry: Entry, quantizer: Quantizer) -> Entry:
     """How an entry travels: a dense one with zeros goes as explicit indices when that is fewer bytes.
 
     This is the one dense-or-sparse rule: coded index gaps plus the kept values
     against every value. Only for value types that encode each value on its
     own (a scaled type's scale depends on all of them). A zero with its sign
     bit set (-0.0) is kept, so the receiver's weights match to the bit.
-    Returns the entry to encode and, when it became sparse, its coded gaps.
     """
     if not isinstance(entry, Dense) or quantizer.scaled:
-        return entry, None
+        return entry
     flat = entry.values.reshape(-1)
-    kept = (flat != 0) | torch.signbit(flat)
-    count = int(kept.sum())
+    bits = flat.view(SAME_WIDTH_INTEGER[flat.dtype])  # +0.0 is the only all-zero bit pattern
+    count = int(torch.count_nonzero(bits))
     if count == flat.numel():
-        return entry, None
-    positions = kept.nonzero().reshape(-1)
-    gaps = encode_index_gaps(positions.numpy())
-    if gaps.nbytes * 8 + count * quantizer.bits >= flat.numel() * quantizer.bits:
-        return entry, None
-    return Sparse(entry.shape, positions, flat[positions].clone()), gaps
+        return entry
+    positions = bits.nonzero().reshape(-1)
+    if coded_size(positions.numpy()) * 8 + count * quantizer.bits >= flat.numel() * quantizer.bits:
+        return entry
+    return Sparse(entry.shape, positions, flat[positions].clone())
 
 
 def auto_level(size: int) -> int:

@@ -13,18 +13,26 @@ import keyword
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedelta.common.registry import Registry
 
 PARTITIONERS = ("movie", "dirichlet", "iid")
 DATASETS = ("rotten-tomatoes", "bbc-news")
-RESCALING_PRUNERS = ("dare", "darex-q")
 Q_MODES = ("unlabelled", "labelled")
-OPTIMIZERS = ("adamw", "adamr", "sgd")
 
 
-def _require(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise ``ValueError`` naming setting ``key`` unless ``condition`` holds."""
     if not condition:
         raise ValueError(f"setting {key!r}: {message}")
+
+
+def require_known(name: str, registry: Registry[Any], key: str) -> None:
+    """Refuse a ``name`` that ``registry`` does not hold, listing the names it does."""
+    require(name in registry, key, f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class ModelSettings:
     sparse_base: str = ""
 
     def __post_init__(self) -> None:
-        _require(8 <= self.max_length <= 4096, "model.max-length", "must be in [8, 4096]")
+        require(8 <= self.max_length <= 4096, "model.max-length", "must be in [8, 4096]")
 
     @property
     def source(self) -> str:
@@ -53,16 +61,16 @@ class DataSettings:
     max_site_examples: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {self.name!r}")
-        _require(
+        require(self.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {self.name!r}")
+        require(
             self.partition in PARTITIONERS,
             "data.partition",
             f"must be one of {PARTITIONERS}, got {self.partition!r}",
         )
-        _require(self.alpha > 0, "data.alpha", "must be > 0")
-        _require(self.test_size >= 1, "data.test-size", "must be >= 1")
-        _require(0 < self.site_test_fraction < 1, "data.site-test-fraction", "must be in (0, 1)")
-        _require(self.max_site_examples >= 0, "data.max-site-examples", "must be >= 0")
+        require(self.alpha > 0, "data.alpha", "must be > 0")
+        require(self.test_size >= 1, "data.test-size", "must be >= 1")
+        require(0 < self.site_test_fraction < 1, "data.site-test-fraction", "must be in (0, 1)")
+        require(self.max_site_examples >= 0, "data.max-site-examples", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,9 @@ class FederationSettings:
     min_sites: int = 2
 
     def __post_init__(self) -> None:
-        _require(self.num_sites >= 1, "federation.num-sites", "must be >= 1")
-        _require(0 < self.fraction_train <= 1, "federation.fraction-train", "must be in (0, 1]")
-        _require(
+        require(self.num_sites >= 1, "federation.num-sites", "must be >= 1")
+        require(0 < self.fraction_train <= 1, "federation.fraction-train", "must be in (0, 1]")
+        require(
             1 <= self.min_sites <= self.num_sites,
             "federation.min-sites",
             f"must be in [1, federation.num-sites={self.num_sites}]",
@@ -94,22 +102,23 @@ class LocalSettings:
     head_lr: float = 3e-3
 
     def __post_init__(self) -> None:
-        _require(self.steps >= 1, "local.steps", "must be >= 1")
-        _require(self.batch_size >= 1, "local.batch-size", "must be >= 1")
-        _require(0 < self.lr < 1, "local.lr", "must be in (0, 1)")
-        _require(0 < self.head_lr < 1, "local.head-lr", "must be in (0, 1)")
+        require(self.steps >= 1, "local.steps", "must be >= 1")
+        require(self.batch_size >= 1, "local.batch-size", "must be >= 1")
+        require(0 < self.lr < 1, "local.lr", "must be in (0, 1)")
+        require(0 < self.head_lr < 1, "local.head-lr", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
 class MethodSettings:
+    """Which fine-tuning method trains, and where; each method's own options are sections named after it."""
+
     name: str = "full"
-    density: float = 0.005
-    rank: int = 0
     targets: str = ""
 
     def __post_init__(self) -> None:
-        _require(0 < self.density <= 1, "method.density", "must be in (0, 1]")
-        _require(self.rank >= 0, "method.rank", "must be >= 0 (0 = the method's own default)")
+        from fedelta.common.methods import METHODS
+
+        require_known(self.name, METHODS, "method.name")
 
     def target_patterns(self) -> list[str]:
         """``method.targets`` as a list of glob patterns over parameter names."""
@@ -123,9 +132,11 @@ class OptimizerSettings:
     lambda_: float = 0.1
 
     def __post_init__(self) -> None:
-        _require(self.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}, got {self.name!r}")
-        _require(self.weight_decay >= 0, "optimizer.weight-decay", "must be >= 0")
-        _require(self.lambda_ >= 0, "optimizer.lambda", "must be >= 0")
+        from fedelta.common.optimizers import OPTIMIZERS
+
+        require_known(self.name, OPTIMIZERS, "optimizer.name")
+        require(self.weight_decay >= 0, "optimizer.weight-decay", "must be >= 0")
+        require(self.lambda_ >= 0, "optimizer.lambda", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -139,12 +150,15 @@ class PruneSettings:
     recover_steps: int = 0
 
     def __post_init__(self) -> None:
-        _require(0 <= self.drop < 1, "prune.drop", "must be in [0, 1)")
-        _require(self.q_mode in Q_MODES, "prune.q-mode", f"must be one of {Q_MODES}, got {self.q_mode!r}")
-        _require(self.calibration_size >= 1, "prune.calibration-size", "must be >= 1")
-        _require(self.recover_steps >= 0, "prune.recover-steps", "must be >= 0 (0 = no recovery)")
-        _require(0 <= self.density <= 1, "prune.density", "must be in [0, 1] (0 means 1 - prune.drop)")
-        _require(self.min_size >= 0, "prune.min-size", "must be >= 0")
+        from fedelta.common.pruning import PRUNERS
+
+        require_known(self.name, PRUNERS, "prune.name")
+        require(0 <= self.drop < 1, "prune.drop", "must be in [0, 1)")
+        require(self.q_mode in Q_MODES, "prune.q-mode", f"must be one of {Q_MODES}, got {self.q_mode!r}")
+        require(self.calibration_size >= 1, "prune.calibration-size", "must be >= 1")
+        require(self.recover_steps >= 0, "prune.recover-steps", "must be >= 0 (0 = no recovery)")
+        require(0 <= self.density <= 1, "prune.density", "must be in [0, 1] (0 means 1 - prune.drop)")
+        require(self.min_size >= 0, "prune.min-size", "must be >= 0")
 
     @property
     def keep(self) -> float:
@@ -159,7 +173,7 @@ class QuantSettings:
     def __post_init__(self) -> None:
         from fedelta.common.quantization import VALUE_TYPES
 
-        _require(self.values in VALUE_TYPES, "quant.values", f"must be one of {VALUE_TYPES.names()}")
+        require_known(self.values, VALUE_TYPES, "quant.values")
 
 
 @dataclass(frozen=True)
@@ -173,7 +187,10 @@ class AggregateSettings:
     density: float = 0.2
 
     def __post_init__(self) -> None:
-        _require(0 < self.density <= 1, "aggregate.density", "must be in (0, 1]")
+        from fedelta.common.aggregation import AGGREGATORS
+
+        require_known(self.name, AGGREGATORS, "aggregate.name")
+        require(0 < self.density <= 1, "aggregate.density", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -184,13 +201,15 @@ class DownlinkSettings:
     values: str = "fp32"
 
     def __post_init__(self) -> None:
+        from fedelta.common.pruning import PRUNERS
         from fedelta.common.quantization import VALUE_TYPES
 
-        _require(self.max_chain >= 1, "downlink.max-chain", "must be >= 1")
-        _require(0 < self.density <= 1, "downlink.density", "must be in (0, 1]")
-        _require(self.values in VALUE_TYPES, "downlink.values", f"must be one of {VALUE_TYPES.names()}")
-        _require(
-            self.prune not in RESCALING_PRUNERS,
+        require(self.max_chain >= 1, "downlink.max-chain", "must be >= 1")
+        require(0 < self.density <= 1, "downlink.density", "must be in (0, 1]")
+        require_known(self.values, VALUE_TYPES, "downlink.values")
+        require_known(self.prune, PRUNERS, "downlink.prune")
+        require(
+            not PRUNERS.get(self.prune).rescales,
             "downlink.prune",
             f"cannot be {self.prune!r}: the server keeps an error-feedback residual, which a rescaling pruner "
             "would make grow; use magnitude or none",
@@ -207,7 +226,7 @@ class StoreSettings:
     snapshot_every: int = 10
 
     def __post_init__(self) -> None:
-        _require(self.snapshot_every >= 0, "store.snapshot-every", "must be >= 0 (0 = only version 0)")
+        require(self.snapshot_every >= 0, "store.snapshot-every", "must be >= 0 (0 = only version 0)")
 
 
 @dataclass(frozen=True)
@@ -216,12 +235,12 @@ class ValidateSettings:
     max_decoded_bytes: int = 0
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.max_norm_ratio == 0 or self.max_norm_ratio >= 1,
             "validate.max-norm-ratio",
             "must be 0 (off) or >= 1",
         )
-        _require(self.max_decoded_bytes >= 0, "validate.max-decoded-bytes", "must be >= 0 (0 = from the model size)")
+        require(self.max_decoded_bytes >= 0, "validate.max-decoded-bytes", "must be >= 0 (0 = from the model size)")
 
 
 @dataclass(frozen=True)
@@ -233,7 +252,13 @@ class OutputSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """The whole run configuration; build it with :meth:`from_run_config`."""
+    """The whole run configuration; build it with :meth:`from_run_config`.
+
+    ``method_options`` holds the options of every registered fine-tuning method
+    by its name (sections such as ``lora.rank``), each a frozen dataclass that
+    its method module defines and validates; a method not configured gets its
+    defaults.
+    """
 
     rounds: int = 4
     seed: int = 0
@@ -242,6 +267,7 @@ class Settings:
     federation: FederationSettings = field(default_factory=FederationSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     method: MethodSettings = field(default_factory=MethodSettings)
+    method_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     prune: PruneSettings = field(default_factory=PruneSettings)
     quant: QuantSettings = field(default_factory=QuantSettings)
@@ -253,15 +279,24 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
 
     def __post_init__(self) -> None:
-        _require(self.rounds >= 1, "rounds", "must be >= 1")
-        _require(
-            not (self.feedback.enabled and self.prune.name in RESCALING_PRUNERS),
+        from fedelta.common.pruning import PRUNERS
+
+        require(self.rounds >= 1, "rounds", "must be >= 1")
+        object.__setattr__(self, "method_options", MappingProxyType(_every_method_options(self.method_options)))
+        require(
+            not (self.feedback.enabled and PRUNERS.get(self.prune.name).rescales),
             "feedback.enabled",
             f"cannot be combined with prune.name={self.prune.name!r}: its kept values are rescaled by "
             "1/q (q = keep for dare, fitted for darex-q), so the residual would carry that sampling noise "
             "and grow about 1/q-fold per round; "
             "use error feedback with a selecting pruner (magnitude) or turn it off",
         )
+
+    def options_for(self, method: str) -> Any:
+        """The options of fine-tuning method ``method``: as configured, else its defaults."""
+        if method not in self.method_options:
+            raise ValueError(f"unknown fine-tuning method {method!r}; known: {', '.join(self.method_options)}")
+        return self.method_options[method]
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
@@ -277,7 +312,9 @@ class Settings:
             section_type = _section_type(section, key)
             sections.setdefault(section, {})[attr] = _checked_value(section_type, attr, key, value)
         built = {name: _section_type(name, name)(**values) for name, values in sections.items()}
-        return cls(**top, **built)
+        fixed = {name: value for name, value in built.items() if name in _fixed_sections()}
+        options = {name: value for name, value in built.items() if name not in fixed}
+        return cls(**top, **fixed, method_options=options)
 
     def to_run_config(self) -> dict[str, Any]:
         """The flat dotted mapping that :meth:`from_run_config` reads back."""
@@ -285,8 +322,10 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
-                for sub in fields(value):
-                    flat[f"{f.name}.{_key(sub.name)}"] = getattr(value, sub.name)
+                flat.update(_flat_section(f.name, value))
+            elif isinstance(value, Mapping):
+                for method, options in value.items():
+                    flat.update(_flat_section(method, options))
             else:
                 flat[f.name.replace("_", "-")] = value
         return flat
@@ -306,16 +345,47 @@ def _key(attr: str) -> str:
     return attr.rstrip("_").replace("_", "-")
 
 
+def _flat_section(section: str, value: Any) -> dict[str, Any]:
+    return {f"{section}.{_key(sub.name)}": getattr(value, sub.name) for sub in fields(value)}
+
+
+def _fixed_sections() -> dict[str, type]:
+    """The sections every run has (``model``, ``prune``, ...), by name."""
+    factories = {f.name: f.default_factory for f in fields(Settings)}
+    return {name: factory for name, factory in factories.items() if dataclasses.is_dataclass(factory)}
+
+
+def _method_sections() -> dict[str, type]:
+    """The options type of every registered fine-tuning method that has options, by method name."""
+    from fedelta.common.methods import METHODS
+
+    return {entry.name: entry.unit.options_type for entry in METHODS if fields(entry.unit.options_type)}
+
+
 def _section_type(section: str, key: str) -> type:
-    for f in fields(Settings):
-        if f.name == section and isinstance(f.default_factory, type):  # type: ignore[misc]
-            return f.default_factory
-    known = sorted(f.name for f in fields(Settings) if f.default_factory is not dataclasses.MISSING)
-    raise ValueError(f"unknown setting {key!r}: no section {section!r} (sections: {', '.join(known)})")
+    sections = {**_method_sections(), **_fixed_sections()}
+    if section not in sections:
+        raise ValueError(f"unknown setting {key!r}: no section {section!r} (sections: {', '.join(sorted(sections))})")
+    return sections[section]
+
+
+def _every_method_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` (options by method name), completed with the defaults of every other registered method."""
+    from fedelta.common.methods import METHODS
+
+    for name in given:
+        require_known(name, METHODS, "method_options")
+    options: dict[str, Any] = {}
+    for entry in METHODS:
+        expected = entry.unit.options_type
+        value = given.get(entry.name, expected())
+        require(isinstance(value, expected), entry.name, f"expected {expected.__name__}, got {type(value).__name__}")
+        options[entry.name] = value
+    return options
 
 
 def _checked_value(owner: type, attr: str, key: str, value: Any) -> Any:
-    by_name = {f.name: f for f in fields(owner)}
+    by_name = {f.name: f for f in fields(owner) if f.default is not dataclasses.MISSING}
     if attr not in by_name:
         names = ", ".join(_key(n) for n in by_name)
         raise ValueError(f"unknown setting {key!r} (known here: {names})")

@@ -22,10 +22,30 @@ class IndexCodingError(ValueError):
 
 
 def _best_parameter(gaps: np.ndarray) -> int:
-    """The b that minimises k * (b + 1) + sum(gaps >> b)."""
+    """The b that minimises k * (b + 1) + sum(gaps >> b) (one scratch array, reused for every b)."""
     top = min(MAX_RICE_BITS, max(0, int(gaps.max()).bit_length()))
-    costs = [gaps.size * (b + 1) + int((gaps >> np.uint64(b)).sum()) for b in range(top + 1)]
+    scratch = np.empty_like(gaps)
+    costs = [gaps.size * (b + 1) + int(np.right_shift(gaps, np.uint64(b), out=scratch).sum()) for b in range(top + 1)]
     return int(np.argmin(costs))
+
+
+def _gaps(indices: np.ndarray) -> np.ndarray:
+    """Each index minus the previous one minus one (the first: the index itself), as uint64."""
+    gaps = np.diff(indices.astype(np.int64, copy=False), prepend=-1)
+    gaps -= 1
+    if gaps.min() < 0:
+        raise ValueError("indices must be strictly increasing and non-negative")
+    return gaps.view(np.uint64)
+
+
+def coded_size(indices: np.ndarray) -> int:
+    """The bytes :func:`encode_indices` would write for ``indices``, without writing them."""
+    if indices.size == 0:
+        return 0
+    gaps = _gaps(indices)
+    b = _best_parameter(gaps)
+    unary_bits = gaps.size + int((gaps >> np.uint64(b)).sum())
+    return 1 + _low_bits_length(gaps.size, b) + (unary_bits + 7) // 8
 
 
 def _low_bits_length(count: int, b: int) -> int:
@@ -36,10 +56,7 @@ def encode_indices(indices: np.ndarray) -> np.ndarray:
     """Rice-code strictly increasing non-negative int64 ``indices`` into uint8 bytes."""
     if indices.size == 0:
         return np.zeros(0, dtype=np.uint8)
-    gaps = np.diff(indices.astype(np.int64), prepend=-1) - 1
-    if gaps.min() < 0:
-        raise ValueError("indices must be strictly increasing and non-negative")
-    gaps = gaps.astype(np.uint64)
+    gaps = _gaps(indices)
     b = _best_parameter(gaps)
     if b:
         shifts = np.arange(b - 1, -1, -1, dtype=np.uint64)

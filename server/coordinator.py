@@ -24,7 +24,7 @@ from fedelta.common.sparsity import base_pattern
 from fedelta.common.training import evaluate
 from fedelta.common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
 from fedelta.server import control
-from fedelta.server.aggregation import Aggregator, make_aggregator
+from fedelta.common.aggregation import Aggregator, make_aggregator
 from fedelta.server.downlink import MergedEncoder, shortest_downlink
 from fedelta.server.memory import peak_rss_bytes, rss_bytes
 from fedelta.server.resume import reopen_rounds, replay_to, restore
@@ -102,7 +102,8 @@ class Coordinator:
         self.encoder = MergedEncoder(settings.downlink, settings.prune.min_size, self.limits, residual)
         self.method = METHODS.get(settings.method.name)
         self._memo: dict[str, dict[str, torch.Tensor]] = {}
-        self.context = MethodContext(settings.method, self.bundle.head, self.genesis_sha, self._genesis_params, self._remember)
+        self.context = MethodContext(settings.method, self.bundle.head, self.genesis_sha, self._genesis_params,
+                                     self._remember, settings.options_for(settings.method.name))
         self.allowed = self.method.touched(self.bundle.model, self.context)
         self.pattern = base_pattern(settings.model.sparse_base, self.context)
         self.resolver = self.method.resolver(self.context, self.params)

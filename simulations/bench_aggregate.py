@@ -92,8 +92,7 @@ def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[s
     from fedelta.common.config import AggregateSettings
     from fedelta.common.delta import apply_delta, check_delta_fits
     from fedelta.common.versions import encode_merged
-    from fedelta.server.aggregation import make_aggregator
-    from fedelta.server.downlink import wire_form
+    from fedelta.common.aggregation import make_aggregator
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
@@ -115,7 +114,7 @@ def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[s
     merged = merger.result()
     seconds = time.perf_counter() - started
     peak = _status_bytes("VmHWM")
-    blob = encode_merged(wire_form(merged), base=BASE_SHA)
+    blob = encode_merged(merged, base=BASE_SHA)
     del merged, merger
     apply_delta(base, decode(blob, limits).delta)
     commit_peak = _status_bytes("VmHWM")

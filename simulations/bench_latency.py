@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in METHODS.names():
         settings = MethodSettings(name=method)
         model, attachment = prepared(args.model, method, batch, settings)
-        if method in ("lora", "hiwi", "svfit"):
+        if attachment.adapted:
             ratio, base_ms, model_ms = ratio_to_base(model, base.model, batch, args.repeats)
             rows.append({"method": method, "merged": False, "ratio_to_base": ratio, "base_ms": base_ms,
                          "model_ms": model_ms})

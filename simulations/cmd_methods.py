@@ -6,14 +6,18 @@ import argparse
 
 
 def _methods(args: argparse.Namespace) -> int:
+    from fedelta.common.aggregation import AGGREGATORS
     from fedelta.common.methods import METHODS
+    from fedelta.common.optimizers import OPTIMIZERS
     from fedelta.common.pruning import PRUNERS
+    from fedelta.common.pruning.recover import RECOVERY
     from fedelta.common.quantization import VALUE_TYPES
-    from fedelta.server.aggregation import AGGREGATORS
 
     registries = (
         ("fine-tuning methods (method.name)", METHODS),
+        ("optimizers (optimizer.name)", OPTIMIZERS),
         ("pruners (prune.name)", PRUNERS),
+        ("recovery after pruning (prune.recover-steps)", RECOVERY),
         ("value types (quant.values)", VALUE_TYPES),
         ("aggregators (aggregate.name)", AGGREGATORS),
     )
@@ -26,5 +30,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``methods`` on the ``fedelta`` command line."""
-    methods = commands.add_parser("methods", help="list fine-tuning methods, pruners, value types and aggregators")
+    methods = commands.add_parser(
+        "methods", help="list fine-tuning methods, optimizers, pruners, recovery, value types and aggregators",
+    )
     methods.set_defaults(handler=_methods)

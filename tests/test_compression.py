@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fedelta.common.codec import Limits, decode, encode
+from fedelta.common.config import PruneSettings
 from fedelta.common.delta import Dense, SeededMask, Sparse, seeded_mask
-from fedelta.common.pruning import PRUNERS, Calibration, PruneRequest, prune_delta, uses_inputs
+from fedelta.common.pruning import PRUNERS, Calibration, PruneRequest, prune_delta
 from fedelta.common.pruning.calibration import capture_inputs, choose_global_q, q_grid
 from fedelta.common.pruning.darex_q import output_preserving_q
 from fedelta.common.pruning.magnitude import kept_count
@@ -28,13 +29,14 @@ def _layer(out: int = 48, inp: int = 32, rows: int = 64, seed: int = 0) -> tuple
     return delta, inputs
 
 
-# Pruner table: name, entry kind, whether its kept count is exact (top-k) or seeded (Bernoulli).
+# Pruner table: name, entry kind, whether its kept count is exact (top-k) or seeded (Bernoulli), and its
+# traits: rescales its kept values, needs layer inputs, needs labels (with prune.q-mode = labelled).
 PRUNER_TABLE = [
-    ("dare", SeededMask, "seeded"),
-    ("darex-q", SeededMask, "seeded"),
-    ("magnitude", Sparse, "exact"),
-    ("importance", Sparse, "exact"),
-    ("none", Dense, "all"),
+    ("dare", SeededMask, "seeded", {"rescales"}),
+    ("darex-q", SeededMask, "seeded", {"rescales", "inputs", "labels"}),
+    ("magnitude", Sparse, "exact", set()),
+    ("importance", Sparse, "exact", {"inputs"}),
+    ("none", Dense, "all", set()),
 ]
 
 
@@ -42,12 +44,21 @@ def test_pruner_table_covers_the_registry():
     assert {row[0] for row in PRUNER_TABLE} == set(PRUNERS.names())
 
 
-@pytest.mark.parametrize(("pruner", "kind", "count"), PRUNER_TABLE)
+@pytest.mark.parametrize(("pruner", "traits"), [(row[0], row[3]) for row in PRUNER_TABLE])
+def test_each_pruner_declares_its_traits(pruner, traits):
+    unit = PRUNERS.get(pruner)
+    assert unit.rescales == ("rescales" in traits)
+    assert unit.needs_inputs == ("inputs" in traits)
+    assert unit.needs_labels(PruneSettings(name=pruner, q_mode="labelled")) == ("labels" in traits)
+    assert not unit.needs_labels(PruneSettings(name=pruner, q_mode="unlabelled"))
+
+
+@pytest.mark.parametrize(("pruner", "kind", "count"), [row[:3] for row in PRUNER_TABLE])
 @pytest.mark.parametrize("keep", [0.5, 0.05, 0.01])
 def test_each_pruner_keeps_exactly_its_density(pruner, kind, count, keep):
     delta, inputs = _layer(64, 96, seed=3)
     request = PruneRequest(keep, seed=7, calibration=Calibration({"w": inputs}))
-    entry = PRUNERS.get(pruner)("w", delta, request)
+    entry = PRUNERS.get(pruner).prune("w", delta, request)
     assert isinstance(entry, kind)
     if count == "exact":
         assert entry.count == kept_count(delta.numel(), keep)
@@ -61,7 +72,7 @@ def test_each_pruner_keeps_exactly_its_density(pruner, kind, count, keep):
 def test_darex_q_equals_a_brute_force_minimum_on_a_toy_layer():
     delta, inputs = _layer()
     request = PruneRequest(0.1, seed=5, calibration=Calibration({"w": inputs}))
-    entry = PRUNERS.get("darex-q")("w", delta, request)
+    entry = PRUNERS.get("darex-q").prune("w", delta, request)
     q = request.stats["w"]
     kept = torch.zeros(delta.numel())
     kept[entry.positions()] = delta.reshape(-1)[entry.positions()]
@@ -80,26 +91,27 @@ def test_darex_q_equals_a_brute_force_minimum_on_a_toy_layer():
 
 def test_darex_q_falls_back_to_dare_without_inputs_and_uses_a_given_global_q():
     delta, _ = _layer()
-    plain = PRUNERS.get("darex-q")("w", delta, PruneRequest(0.2, seed=1))
-    dare = PRUNERS.get("dare")("w", delta, PruneRequest(0.2, seed=1))
+    plain = PRUNERS.get("darex-q").prune("w", delta, PruneRequest(0.2, seed=1))
+    dare = PRUNERS.get("dare").prune("w", delta, PruneRequest(0.2, seed=1))
     assert torch.equal(plain.values, dare.values) and torch.equal(plain.positions(), dare.positions())
     bias = torch.randn(48)
     request = PruneRequest(0.2, seed=1, calibration=Calibration({"w": torch.randn(5, 32)}, q=0.5))
-    entry = PRUNERS.get("darex-q")("b", bias, request)
+    entry = PRUNERS.get("darex-q").prune("b", bias, request)
     assert torch.equal(entry.values, bias[entry.positions()] / 0.5) and request.stats == {"b": 0.5}
 
 
 def test_importance_keeps_the_top_scores_and_falls_back_to_magnitude():
     delta, inputs = _layer(seed=2)
-    entry = PRUNERS.get("importance")("w", delta, PruneRequest(0.1, 0, Calibration({"w": inputs})))
+    entry = PRUNERS.get("importance").prune("w", delta, PruneRequest(0.1, 0, Calibration({"w": inputs})))
     score = (delta.abs() * inputs.norm(dim=0)).reshape(-1)
     dropped = torch.ones(delta.numel(), dtype=torch.bool)
     dropped[entry.indices] = False
     assert score[entry.indices].min() >= score[dropped].max()
-    assert not torch.equal(entry.indices, PRUNERS.get("magnitude")("w", delta, PruneRequest(0.1, 0)).indices)
-    no_inputs = PRUNERS.get("importance")("w", delta, PruneRequest(0.1, 0))
-    assert torch.equal(no_inputs.indices, PRUNERS.get("magnitude")("w", delta, PruneRequest(0.1, 0)).indices)
-    assert uses_inputs("importance") and uses_inputs("darex-q") and not uses_inputs("dare")
+    assert not torch.equal(entry.indices, PRUNERS.get("magnitude").prune("w", delta, PruneRequest(0.1, 0)).indices)
+    no_inputs = PRUNERS.get("importance").prune("w", delta, PruneRequest(0.1, 0))
+    assert torch.equal(no_inputs.indices, PRUNERS.get("magnitude").prune("w", delta, PruneRequest(0.1, 0)).indices)
+    assert PRUNERS.get("importance").needs_inputs and PRUNERS.get("darex-q").needs_inputs
+    assert not PRUNERS.get("dare").needs_inputs
 
 
 def test_capture_inputs_drops_padding_and_names_weights():

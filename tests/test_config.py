@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from fedelta.common.config import FederationSettings, Settings, parse_assignment
+from fedelta.common.registry import Registry
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
@@ -32,6 +33,13 @@ def test_round_trip_through_flat_mapping():
         ({"federation.min-sites": 9}, "federation.min-sites"),
         ({"quant.values": "fp8"}, "quant.values"),
         ({"data.partition": "random"}, "data.partition"),
+        ({"pafi.density": 0.0}, "pafi.density"),
+        ({"lora.rank": 0}, "lora.rank"),
+        ({"svfit.rank": 0}, "svfit.rank"),
+        ({"hiwi.width": 0}, "hiwi.width"),
+        ({"lora.alpha": 16}, "unknown setting 'lora.alpha'"),
+        ({"full.rank": 1}, "no section 'full'"),
+        ({"method.rank": 8}, "unknown setting 'method.rank'"),
     ],
 )
 def test_bad_settings_name_the_field(overrides, fragment):
@@ -39,10 +47,50 @@ def test_bad_settings_name_the_field(overrides, fragment):
         Settings().with_overrides(overrides)
 
 
+def _registries() -> dict[str, Registry]:
+    from fedelta.common.aggregation import AGGREGATORS
+    from fedelta.common.methods import METHODS
+    from fedelta.common.optimizers import OPTIMIZERS
+    from fedelta.common.pruning import PRUNERS
+    from fedelta.common.quantization import VALUE_TYPES
+
+    return {"method.name": METHODS, "prune.name": PRUNERS, "downlink.prune": PRUNERS, "quant.values": VALUE_TYPES,
+            "downlink.values": VALUE_TYPES, "optimizer.name": OPTIMIZERS, "aggregate.name": AGGREGATORS}
+
+
+@pytest.mark.parametrize("key", sorted(_registries()))
+def test_an_unknown_unit_name_is_refused_with_the_known_ones(key):
+    with pytest.raises(ValueError) as refused:
+        Settings().with_overrides({key: "no-such-unit"})
+    message = str(refused.value)
+    assert key in message and "'no-such-unit'" in message
+    assert all(name in message for name in _registries()[key].names())
+
+
 def test_feedback_with_a_rescaling_pruner_is_refused():
-    with pytest.raises(ValueError, match="feedback.enabled"):
-        Settings().with_overrides({"prune.name": "dare", "feedback.enabled": True})
+    from fedelta.common.pruning import PRUNERS
+
+    rescaling = [entry.name for entry in PRUNERS if entry.unit.rescales]
+    assert rescaling
+    for name in rescaling:
+        with pytest.raises(ValueError, match="feedback.enabled"):
+            Settings().with_overrides({"prune.name": name, "feedback.enabled": True})
+        with pytest.raises(ValueError, match="downlink.prune"):
+            Settings().with_overrides({"downlink.prune": name})
     assert Settings().with_overrides({"prune.name": "magnitude", "feedback.enabled": True}).feedback.enabled
+
+
+def test_method_options_round_trip_and_default_per_method():
+    settings = Settings().with_overrides({"method.name": "lora", "lora.rank": 4, "pafi.density": 0.05})
+    assert settings.options_for("lora").rank == 4 and settings.options_for("pafi").density == 0.05
+    assert settings.options_for("svfit").rank == 64 and settings.options_for("hiwi").width == 8
+    flat = settings.to_run_config()
+    assert flat["lora.rank"] == 4 and flat["pafi.density"] == 0.05 and "method.rank" not in flat
+    assert Settings.from_run_config(flat) == settings and settings != Settings()
+    with pytest.raises(TypeError):
+        settings.method_options["lora"] = None  # type: ignore[index]
+    with pytest.raises(ValueError, match="unknown fine-tuning method 'nope'"):
+        settings.options_for("nope")
 
 
 def test_keep_prefers_density_when_set():

@@ -38,7 +38,7 @@ def test_frontier_keeps_points_no_other_point_beats():
 
 def test_refused_settings_are_named_not_run():
     assert "feedback.enabled" in refusal({"prune.name": "dare", "feedback.enabled": True})
-    assert "not registered" in refusal({"prune.name": "no-such-pruner"})
+    assert "unknown pruner 'no-such-pruner'" in refusal({"prune.name": "no-such-pruner"})
     assert "unknown setting" in refusal({"prune.no-such-key": 1})
     outcome = execute(Run("bad", {"prune.name": "dare", "feedback.enabled": True}), Path("/nonexistent"), "inprocess")
     assert outcome.refused and not outcome.summary

@@ -5,8 +5,8 @@ import torch
 
 from fedelta.common.config import AggregateSettings
 from fedelta.common.delta import Delta, Dense, Sparse, seeded_mask
-from fedelta.server.aggregation import AGGREGATORS, make_aggregator
-from fedelta.server.aggregation.merging import SignElectedMean, merge_seed
+from fedelta.common.aggregation import AGGREGATORS, make_aggregator
+from fedelta.common.aggregation.merging import SignElectedMean, merge_seed
 
 TASKS = ([1.0, -2.0, 0.5, 3.0, 0.1], [-1.5, -1.0, 0.2, -0.5, 2.0], [0.7, 1.0, -0.4, 1.0, -0.3])
 

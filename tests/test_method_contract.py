@@ -1,34 +1,39 @@
 """The contract every fine-tuning method meets, on tiny BERT and tiny Llama models.
 
-One row per method: after merging, the model is the base architecture; its
-outputs equal base weights plus the decoded delta; the delta touches only what
-the method allows; uploads round-trip; two sites' deltas aggregate exactly.
+One row per method, with non-default values of its own options: after merging,
+the model is the base architecture; its outputs equal base weights plus the
+decoded delta; the delta touches only what the method allows; uploads
+round-trip; two sites' deltas aggregate exactly; the options take effect.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from fedelta.common.codec import Limits, decode
 from fedelta.common.config import Settings
-from fedelta.common.delta import Delta, Dense, LowRank, Sparse, apply_delta, extract_delta, model_params
+from fedelta.common.delta import BaseMask, Delta, Dense, LowRank, Sparse, apply_delta, extract_delta, model_params
 from fedelta.common.methods import METHODS, MethodContext
+from fedelta.common.methods.hiwi import HiWiAdapter
 from fedelta.common.methods.pafi import smallest_positions
+from fedelta.common.methods.svfit import SingularValueShift
 from fedelta.common.model import load_model
 from fedelta.common.optimizers import make_optimizer
 from fedelta.common.upload import make_upload
-from fedelta.server.aggregation import WeightedMean
+from fedelta.common.aggregation import WeightedMean
 
 ROWS = {
     "full": {},
     "lnbias": {},
-    "pafi": {"method.density": 0.05},
+    "pafi": {"pafi.density": 0.05},
     # tiny models start with zero biases, where P' = P + f(P A) B has no gradient: add weights
     "hiwi": {"method.targets": "*intermediate.dense.bias,*intermediate.dense.weight,*mlp.up_proj.weight",
-             "method.rank": 4},
-    "svfit": {"method.rank": 4},
-    "lora": {"method.rank": 4},
+             "hiwi.width": 4},
+    "svfit": {"svfit.rank": 4},
+    "lora": {"lora.rank": 4},
 }
 ARCHITECTURES = ["tiny-bert", "tiny-llama"]
 LIMITS = Limits(max_bytes=64 << 20, max_elements=10_000_000)
@@ -48,7 +53,8 @@ def local_round(method_name: str, kind: str, seed: int):
     )
     bundle = load_model(kind, num_labels=2, seed=0)
     base = {name: value.clone() for name, value in model_params(bundle.model).items()}
-    context = MethodContext(settings.method, bundle.head, "genesis", lambda: base)
+    context = MethodContext(settings.method, bundle.head, "genesis", lambda: base,
+                            options=settings.options_for(method_name))
     method = METHODS.get(method_name)
     attachment = method.attach(bundle.model, context)
     optimizer = make_optimizer(bundle.model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
@@ -152,6 +158,56 @@ def test_lora_server_forms_the_sum_of_products_not_the_product_of_means():
     got = merged.result().entries[name].to_dense()
     torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(got, naive, rtol=1e-3, atol=1e-6)
+
+
+def _pafi_fractions(model: torch.nn.Module, formed: dict) -> set[float]:
+    return {round(e.count / math.prod(e.shape), 2) for e in formed.values() if isinstance(e, BaseMask)}
+
+
+def _hiwi_widths(model: torch.nn.Module, formed: dict) -> set[int]:
+    return {m.b.shape[0] for m in model.modules() if isinstance(m, HiWiAdapter)}
+
+
+def _svfit_ranks(model: torch.nn.Module, formed: dict) -> set[int]:
+    return {m.sigma.numel() for m in model.modules() if isinstance(m, SingularValueShift)}
+
+
+def _lora_ranks(model: torch.nn.Module, formed: dict) -> set[int]:
+    return {e.a.shape[0] for e in formed.values() if isinstance(e, LowRank)}
+
+
+# What the option a row sets changes on an attached model: the probe and what it reads under ROWS.
+OPTION_PROBES = {
+    "pafi": (_pafi_fractions, {0.05}), "hiwi": (_hiwi_widths, {4}), "svfit": (_svfit_ranks, {4}),
+    "lora": (_lora_ranks, {4}),
+}
+
+
+def _attached(method_name: str, settings: Settings) -> tuple[torch.nn.Module, dict]:
+    bundle = load_model("tiny-bert", num_labels=2, seed=0)
+    base = {name: value.clone() for name, value in model_params(bundle.model).items()}
+    context = MethodContext(settings.method, bundle.head, "genesis", lambda: base,
+                            options=settings.options_for(method_name))
+    attachment = METHODS.get(method_name).attach(bundle.model, context)
+    return bundle.model, attachment.formed()
+
+
+@pytest.mark.parametrize("method_name", sorted(OPTION_PROBES))
+def test_each_method_reads_its_own_options(method_name):
+    probe, expected = OPTION_PROBES[method_name]
+    configured = Settings().with_overrides({"method.name": method_name, **ROWS[method_name]})
+    defaults = configured.with_overrides({key: value for key, value in Settings().to_run_config().items()
+                                          if key.startswith(f"{method_name}.")})
+
+    assert probe(*_attached(method_name, configured)) == expected
+    assert probe(*_attached(method_name, defaults)) != expected
+
+
+def test_a_method_refuses_another_methods_options():
+    bundle = load_model("tiny-bert", num_labels=2, seed=0)
+    context = MethodContext(Settings().method, bundle.head, options=Settings().options_for("svfit"))
+    with pytest.raises(ValueError, match="LoRAOptions"):
+        METHODS.get("lora").attach(bundle.model, context)
 
 
 def test_every_method_is_registered_with_a_reference():

@@ -19,7 +19,7 @@ def test_registry_lists_foundation_pruners_and_refuses_duplicates():
 @pytest.mark.parametrize("keep", [0.5, 0.1, 0.01])
 def test_dare_density_within_binomial_tolerance(keep):
     n = 200_000
-    entry = PRUNERS.get("dare")("w", torch.randn(n), PruneRequest(keep=keep, seed=3))
+    entry = PRUNERS.get("dare").prune("w", torch.randn(n), PruneRequest(keep=keep, seed=3))
     assert isinstance(entry, SeededMask)
     sigma = math.sqrt(n * keep * (1 - keep))
     assert abs(entry.count - n * keep) < 5 * sigma
@@ -27,14 +27,14 @@ def test_dare_density_within_binomial_tolerance(keep):
 
 def test_dare_rescales_kept_values_by_one_over_keep():
     delta = torch.randn(1000)
-    entry = PRUNERS.get("dare")("w", delta, PruneRequest(keep=0.25, seed=9))
+    entry = PRUNERS.get("dare").prune("w", delta, PruneRequest(keep=0.25, seed=9))
     assert torch.equal(entry.flat_values(), delta[entry.positions()] / 0.25)
 
 
 def test_dare_is_unbiased_over_seeds():
     delta = torch.randn(500)
     keep, seeds = 0.2, 2000
-    mean = sum(PRUNERS.get("dare")("w", delta, PruneRequest(keep, s)).to_dense() for s in range(seeds)) / seeds
+    mean = sum(PRUNERS.get("dare").prune("w", delta, PruneRequest(keep, s)).to_dense() for s in range(seeds)) / seeds
     # each coordinate's estimator has std |δ| sqrt((1-p)/p / seeds)
     bound = 5 * delta.abs() * math.sqrt((1 - keep) / keep / seeds) + 1e-6
     assert ((mean - delta).abs() <= bound).all()
@@ -43,7 +43,7 @@ def test_dare_is_unbiased_over_seeds():
 @pytest.mark.parametrize(("numel", "keep"), [(1000, 0.1), (1000, 0.013), (7, 0.5), (50, 0.0001)])
 def test_magnitude_keeps_exactly_k_largest(numel, keep):
     delta = torch.randn(numel, generator=torch.Generator().manual_seed(numel))
-    entry = PRUNERS.get("magnitude")("w", delta, PruneRequest(keep=keep, seed=0))
+    entry = PRUNERS.get("magnitude").prune("w", delta, PruneRequest(keep=keep, seed=0))
     k = kept_count(numel, keep)
     assert isinstance(entry, Sparse) and entry.count == k == max(1, round(keep * numel))
     kept = delta.abs()[entry.indices]

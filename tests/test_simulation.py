@@ -58,5 +58,9 @@ def test_methods_command_lists_every_registry():
     done = subprocess.run([sys.executable, "-m", "fedelta", "methods"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    for name in ("full", "lnbias", "none", "dare", "magnitude", "fedavg", "fp16"):
+    for name in ("full", "lnbias", "none", "dare", "magnitude", "fedavg", "fp16", "adamw", "adamr", "sgd", "perp"):
         assert f"  {name}" in done.stdout
+    for title in ("optimizers (optimizer.name)", "recovery after pruning (prune.recover-steps)"):
+        assert title in done.stdout
+    for reference in ("arXiv:1711.05101", "arXiv:2410.09344", "Robbins & Monro 1951", "arXiv:2312.15230"):
+        assert reference in done.stdout

@@ -56,6 +56,40 @@ def test_labelled_mode_carves_a_validation_split_from_training(tiny_settings, tm
     assert data.test.texts == reference.test.texts
 
 
+@pytest.mark.parametrize(
+    ("overrides", "carved"),
+    [({"prune.name": "darex-q", "prune.q-mode": "labelled"}, True), ({"prune.name": "darex-q"}, False),
+     ({"prune.name": "magnitude", "prune.q-mode": "labelled"}, False)],
+)
+def test_a_site_carves_a_validation_split_only_for_a_pruner_that_needs_labels(tiny_settings, tmp_path, overrides,
+                                                                               carved):
+    settings = tiny_settings.with_overrides(overrides)
+    site = Site(settings, "site-0", tmp_path, simulated_site_data(settings, 0, 2))
+    assert site.pruner.needs_labels(settings.prune) == carved
+    assert (site.data.validation is not None) == carved
+
+
+@pytest.mark.parametrize(
+    ("overrides", "inputs", "q"),
+    [({"prune.name": "magnitude"}, False, False), ({"prune.name": "dare"}, False, False),
+     ({"prune.name": "importance"}, True, False), ({"prune.name": "darex-q"}, True, False),
+     ({"prune.name": "darex-q", "prune.q-mode": "labelled"}, True, True)],
+)
+def test_calibration_follows_the_pruners_traits(tiny_settings, tmp_path, overrides, inputs, q):
+    settings = tiny_settings.with_overrides({"prune.calibration-size": 4, **overrides})
+    site = Site(settings, "site-0", tmp_path, simulated_site_data(settings, 0, 2))
+    bundle = load_model("tiny-bert", 2, settings.seed)
+    before = {name: value.clone() for name, value in bundle.model.named_parameters()}
+    weight = "bert.encoder.layer.0.intermediate.dense.weight"
+    delta = {weight: torch.randn_like(before[weight]) * 1e-3}
+    calibration = site.calibration(bundle, before, delta, seed=1)
+    if not (inputs or q):
+        assert calibration is None
+        return
+    assert bool(calibration.inputs) == inputs and weight in calibration.inputs
+    assert (calibration.q is not None) == q
+
+
 def test_recovery_sends_norms_and_biases_dense_and_fixes_the_pruned_rest(tiny_settings, tmp_path):
     settings = tiny_settings.with_overrides({"prune.name": "magnitude", "prune.drop": 0.9, "prune.recover-steps": 2})
     baseline = tiny_settings.with_overrides({"prune.name": "magnitude", "prune.drop": 0.9})

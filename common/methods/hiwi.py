@@ -7,14 +7,25 @@ not grow with the adapter width. Built on ``torch.nn.utils.parametrize``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.nn.utils import parametrize
 
+from fedelta.common.config import require
 from fedelta.common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, matching, parameters_of
 
 DEFAULT_TARGETS = ["*intermediate.dense.bias"]
-DEFAULT_WIDTH = 8
+
+
+@dataclass(frozen=True)
+class HiWiOptions:
+    """``hiwi.width``: the adapter width r (A: n x r, B: r x n); the upload does not grow with it."""
+
+    width: int = 8
+
+    def __post_init__(self) -> None:
+        require(self.width >= 1, "hiwi.width", "must be >= 1")
 
 
 class HiWiAdapter(torch.nn.Module):
@@ -45,6 +56,8 @@ class HiWiAdapter(torch.nn.Module):
 
 
 class HiWi(FineTuningMethod):
+    options_type = HiWiOptions
+
     def targets(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
         patterns = context.settings.target_patterns() or DEFAULT_TARGETS
         return matching([n for n in parameters_of(model) if n not in set(context.head)], patterns, "hiwi")
@@ -58,7 +71,7 @@ class HiWi(FineTuningMethod):
         for param in model.parameters():
             param.requires_grad_(False)
         generator = torch.Generator().manual_seed(len(targets))
-        width = context.settings.rank or DEFAULT_WIDTH
+        width = self.options(context).width
         trainable: list[torch.nn.Parameter] = []
         owners = []
         for name in targets:
@@ -82,6 +95,7 @@ class HiWi(FineTuningMethod):
 
 METHODS.register(
     "hiwi",
-    summary="adapter applied to pretrained parameters (default: FFN intermediate biases), merged; sends P'-P",
+    summary="adapter of width hiwi.width on pretrained parameters (default: FFN intermediate biases), merged; "
+    "sends P'-P",
     reference="Liao, Meng, Monz 2023, Parameter-Efficient Fine-Tuning without Introducing New Latency (HiWi)",
 )(HiWi())

@@ -6,12 +6,23 @@ A and B separately would not give the average update.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from fedelta.common.config import require
 from fedelta.common.delta import Entry, LowRank
 from fedelta.common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext
 
-DEFAULT_RANK = 8
+
+@dataclass(frozen=True)
+class LoRAOptions:
+    """``lora.rank``: the rank r of every adapter pair (lora_alpha = 2r)."""
+
+    rank: int = 8
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, "lora.rank", "must be >= 1")
 
 
 def target_modules(model: torch.nn.Module, context: MethodContext) -> list[str]:
@@ -35,6 +46,8 @@ def target_modules(model: torch.nn.Module, context: MethodContext) -> list[str]:
 
 
 class LoRA(FineTuningMethod):
+    options_type = LoRAOptions
+
     def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
         return sorted({f"{name}.weight" for name in target_modules(model, context)} | set(context.head))
 
@@ -44,7 +57,7 @@ class LoRA(FineTuningMethod):
 
         touched = self.touched(model, context)
         modules = target_modules(model, context)
-        rank = context.settings.rank or DEFAULT_RANK
+        rank = self.options(context).rank
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules
         )
@@ -69,6 +82,6 @@ class LoRA(FineTuningMethod):
 
 METHODS.register(
     "lora",
-    summary="peft LoRA adapters, merged after training; sends the factors A, B",
+    summary="peft LoRA adapters of rank lora.rank, merged after training; sends the factors A, B",
     reference="Hu et al. 2022, LoRA: Low-Rank Adaptation of Large Language Models (via peft)",
 )(LoRA())

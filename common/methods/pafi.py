@@ -6,8 +6,11 @@ on the mask and no indices. Gradients outside the mask are zeroed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from fedelta.common.config import require
 from fedelta.common.delta import BaseMask, Entry
 from fedelta.common.methods.registry import (
     METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, parameters_of, targeted_matrices,
@@ -26,9 +29,21 @@ def smallest_positions(weight: torch.Tensor, density: float) -> torch.Tensor:
     return order[:k].sort().values
 
 
+@dataclass(frozen=True)
+class PaFiOptions:
+    """``pafi.density``: the fraction of each weight matrix trained (its smallest |weights| in version 0)."""
+
+    density: float = 0.005
+
+    def __post_init__(self) -> None:
+        require(0 < self.density <= 1, "pafi.density", "must be in (0, 1]")
+
+
 class PaFi(FineTuningMethod):
+    options_type = PaFiOptions
+
     def spec(self, context: MethodContext) -> str:
-        return f"pafi:{context.settings.density:g}"
+        return f"pafi:{self.options(context).density:g}"
 
     def matrices(self, params: Params, context: MethodContext) -> list[str]:
         return targeted_matrices(params, context, "pafi")
@@ -39,10 +54,11 @@ class PaFi(FineTuningMethod):
     def masks(self, params: Params, context: MethodContext) -> dict[str, torch.Tensor]:
         """The mask of every trained matrix, computed once per version 0 and density."""
         names = self.matrices(params, context)
+        density = self.options(context).density
 
         def compute() -> dict[str, torch.Tensor]:
             genesis = context.genesis_params()
-            return {name: smallest_positions(genesis[name], context.settings.density) for name in names}
+            return {name: smallest_positions(genesis[name], density) for name in names}
 
         return context.memo(f"{self.spec(context)}-{context.genesis_sha}", compute)
 
@@ -75,6 +91,6 @@ class PaFi(FineTuningMethod):
 
 METHODS.register(
     "pafi",
-    summary="train a fixed sparse mask: the smallest |weights| of version 0; no indices sent",
+    summary="train a fixed sparse mask: the pafi.density smallest |weights| of version 0; no indices sent",
     reference="Liao, Meng, Monz 2023, Parameter-Efficient Fine-Tuning without Introducing New Latency (PaFi)",
 )(PaFi())

@@ -1,11 +1,13 @@
 """The fine-tuning method registry: what a method trains, what it uploads, how uploads resolve.
 
-A method is a :class:`FineTuningMethod` registered by name with its reference.
-``touched`` names the base tensors its uploads may change (without touching the
-model); ``attach`` prepares a model for one round of local training and returns
-an :class:`Attachment`; ``resolver`` turns the entries it sends without
-positions or basis (PaFi's mask, SVFit's singular vectors) into plain entries,
-from the weights every party already holds.
+A method is a :class:`FineTuningMethod` registered by name with its reference
+and its options type (``options_type``: a frozen dataclass that validates
+itself; config reads it from the section named after the method, such as
+``lora.rank``). ``touched`` names the base tensors its uploads may change
+(without touching the model); ``attach`` prepares a model for one round of
+local training and returns an :class:`Attachment`; ``resolver`` turns the
+entries it sends without positions or basis (PaFi's mask, SVFit's singular
+vectors) into plain entries, from the weights every party already holds.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,13 +34,18 @@ def compute_now(key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dic
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method may use besides the model: its settings, the task head, version 0."""
+    """What a method may use besides the model: its settings and options, the task head, version 0.
+
+    ``options`` is the method's own options (``Settings.options_for(name)``);
+    ``None`` means its defaults.
+    """
 
     settings: MethodSettings
     head: Collection[str]
     genesis_sha: str = ""
     genesis: Callable[[], Params] | None = None
     memo: Memo = compute_now
+    options: Any = None
 
     def genesis_params(self) -> Params:
         if self.genesis is None:
@@ -69,6 +77,11 @@ class Attachment:
     touched: list[str]
     formed: Callable[[], dict[str, Entry]] = field(default=_nothing_formed)
     merge: Callable[[], None] = field(default=_nothing_to_merge)
+
+    @property
+    def adapted(self) -> bool:
+        """Whether the model carries adapter modules until :attr:`merge` folds them back."""
+        return self.merge is not _nothing_to_merge
 
 
 @dataclass(frozen=True)
@@ -106,8 +119,24 @@ def singular_update(u: torch.Tensor, offsets: torch.Tensor, vh: torch.Tensor) ->
     return (u * offsets.to(torch.float32)) @ vh
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none."""
+
+
 class FineTuningMethod:
-    """Base class: train exactly the touched tensors; no entries of its own."""
+    """Base class: train exactly the touched tensors; no entries of its own, no options."""
+
+    options_type: type = NoOptions
+
+    def options(self, context: MethodContext) -> Any:
+        """This method's options from ``context``, or its defaults when the context carries none."""
+        if context.options is None:
+            return self.options_type()
+        if not isinstance(context.options, self.options_type):
+            raise ValueError(f"{type(self).__name__} takes {self.options_type.__name__}, "
+                             f"got {type(context.options).__name__}")
+        return context.options
 
     def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
         raise NotImplementedError

@@ -8,16 +8,28 @@ every party expands them with its own U_r, Vh_r of the same base version.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn.utils import parametrize
 
+from fedelta.common.config import require
 from fedelta.common.delta import Entry, SingularOffsets
 from fedelta.common.methods.registry import (
     METHODS, Attachment, FineTuningMethod, MethodContext, Params, Resolver, parameters_of,
     singular_update, targeted_matrices,
 )
 
-DEFAULT_RANK = 64
+
+
+@dataclass(frozen=True)
+class SVFitOptions:
+    """``svfit.rank``: how many top singular values of each matrix train."""
+
+    rank: int = 64
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, "svfit.rank", "must be >= 1")
 
 
 def top_singular(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,6 +57,8 @@ class SingularValueShift(torch.nn.Module):
 
 
 class SVFit(FineTuningMethod):
+    options_type = SVFitOptions
+
     def targets(self, params: Params, context: MethodContext) -> list[str]:
         return targeted_matrices(params, context, "svfit")
 
@@ -54,7 +68,7 @@ class SVFit(FineTuningMethod):
     def attach(self, model: torch.nn.Module, context: MethodContext) -> Attachment:
         params = parameters_of(model)
         targets, touched = self.targets(params, context), self.touched(model, context)
-        rank = context.settings.rank or DEFAULT_RANK
+        rank = self.options(context).rank
         for param in model.parameters():
             param.requires_grad_(False)
         shifts: dict[str, tuple[torch.nn.Module, str, SingularValueShift]] = {}
@@ -80,7 +94,7 @@ class SVFit(FineTuningMethod):
         return Attachment(trainable=trainable, touched=touched, formed=formed, merge=merge)
 
     def resolver(self, context: MethodContext, base: Params) -> Resolver:
-        rank = context.settings.rank or DEFAULT_RANK
+        rank = self.options(context).rank
         bases = {}
         for name in self.targets(base, context):
             u, _, vh = top_singular(base[name], rank)
@@ -90,6 +104,7 @@ class SVFit(FineTuningMethod):
 
 METHODS.register(
     "svfit",
-    summary="train only the top-r singular values of each weight matrix; sends r offsets per matrix",
+    summary="train only the top svfit.rank singular values of each weight matrix; sends that many offsets "
+    "per matrix",
     reference="Sun et al. 2024, SVFit: Parameter-Efficient Fine-Tuning of Large Pre-Trained Models Using Singular Values",
 )(SVFit())

@@ -4,7 +4,7 @@
 import torch
 
 from fedelta.common.delta import Entry, SeededMask, seeded_mask
-from fedelta.common.pruning.registry import PRUNERS, PruneRequest
+from fedelta.common.pruning.registry import PruneRequest, pruner
 
 
 def seeded_positions(name: str, delta: torch.Tensor, request: PruneRequest) -> torch.Tensor:
@@ -18,10 +18,11 @@ def rescaled(name: str, delta: torch.Tensor, request: PruneRequest, positions: t
     return SeededMask(tuple(delta.shape), name, request.seed, request.keep, values, positions)
 
 
-@PRUNERS.register(
+@pruner(
     "dare",
     summary="random drop on a seeded mask, kept values rescaled by 1/(1-p); no indices sent",
     reference="Yu et al. 2024, Language Models are Super Mario (DARE), arXiv:2311.03099",
+    rescales=True,
 )
 def dare(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
     return rescaled(name, delta, request, seeded_positions(name, delta, request), request.keep)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from fedelta.common.config import PruneSettings
 from fedelta.common.delta import Entry
 from fedelta.common.pruning.dare import rescaled, seeded_positions
-from fedelta.common.pruning.registry import PRUNERS, PruneRequest, needs_inputs
+from fedelta.common.pruning.registry import PruneRequest, pruner
 
 
 def output_preserving_q(kept: torch.Tensor, delta: torch.Tensor, inputs: torch.Tensor) -> float | None:
@@ -23,14 +24,21 @@ def output_preserving_q(kept: torch.Tensor, delta: torch.Tensor, inputs: torch.T
     return aa / ab
 
 
-@PRUNERS.register(
+def labelled(settings: PruneSettings) -> bool:
+    """With ``prune.q-mode = labelled``, one global q is chosen on a local validation split."""
+    return settings.q_mode == "labelled"
+
+
+@pruner(
     "darex-q",
     summary="DARE's seeded mask, kept values rescaled by 1/q with q fitted per layer on captured inputs "
     "(prune.q-mode = unlabelled) or one q chosen on local validation accuracy (labelled); no indices sent; "
     "tensors without inputs use DARE's 1/(1-p)",
     reference="Deng et al. 2024, DARE the Extreme: Revisiting Delta-Parameter Pruning, arXiv:2410.09344",
+    rescales=True,
+    needs_inputs=True,
+    needs_labels=labelled,
 )
-@needs_inputs
 def darex_q(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
     positions = seeded_positions(name, delta, request)
     q = request.keep

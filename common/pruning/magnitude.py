@@ -3,7 +3,7 @@
 import torch
 
 from fedelta.common.delta import Entry, Sparse
-from fedelta.common.pruning.registry import PRUNERS, PruneRequest
+from fedelta.common.pruning.registry import PruneRequest, pruner
 
 
 def kept_count(numel: int, keep: float) -> int:
@@ -19,7 +19,7 @@ def top_k(delta: torch.Tensor, score: torch.Tensor, keep: float) -> Sparse:
     return Sparse(tuple(delta.shape), indices, flat[indices].clone())
 
 
-@PRUNERS.register(
+@pruner(
     "magnitude",
     summary="keep the top-k |delta| entries per tensor; sends indices",
     reference="Han et al. 2015, Learning both Weights and Connections; DARE paper baseline",

@@ -3,9 +3,9 @@
 import torch
 
 from fedelta.common.delta import Dense, Entry
-from fedelta.common.pruning.registry import PRUNERS, PruneRequest
+from fedelta.common.pruning.registry import PruneRequest, pruner
 
 
-@PRUNERS.register("none", summary="send every value of the delta (no pruning)", reference="-")
+@pruner("none", summary="send every value of the delta (no pruning)", reference="-")
 def keep_all(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
     return Dense(delta)

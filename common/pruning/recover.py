@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from math import prod
 
 import torch
@@ -12,7 +12,10 @@ from fedelta.common.data import Corpus
 from fedelta.common.delta import Delta, Entry, model_params
 from fedelta.common.optimizers import AdamR, make_optimizer
 from fedelta.common.quantization import VALUE_TYPES, round_trip
+from fedelta.common.registry import Registry
 from fedelta.common.training import train
+
+RECOVERY: Registry[Callable[..., dict[str, torch.Tensor]]] = Registry("recovery")
 
 
 def as_received(entry: Entry, values: str) -> torch.Tensor:
@@ -26,6 +29,12 @@ def as_received(entry: Entry, values: str) -> torch.Tensor:
     return out.reshape(entry.shape)
 
 
+@RECOVERY.register(
+    "perp",
+    summary="after pruning, prune.recover-steps steps training only normalization and bias tensors on top of "
+    "the pruned delta as sent; those are sent dense (0 = off)",
+    reference="Zimmer et al. 2023, PERP: Rethinking the Prune-Retrain Paradigm in the Era of LLMs, arXiv:2312.15230",
+)
 def recover(
     model: torch.nn.Module,
     tokenizer: object,

@@ -1,4 +1,4 @@
-"""The pruner registry, what a pruner is asked, and the loop that prunes every tensor of a delta."""
+"""The pruner registry with each pruner's traits, what a pruner is asked, and the loop that prunes a delta."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedelta.common.config import PruneSettings
 from fedelta.common.delta import Delta, Dense, Entry
 from fedelta.common.registry import Registry
 
@@ -52,19 +53,46 @@ class PruneRequest:
         return None if self.calibration is None else self.calibration.inputs_for(name, delta)
 
 
-Pruner = Callable[[str, torch.Tensor, PruneRequest], Entry]
+PruneFunction = Callable[[str, torch.Tensor, PruneRequest], Entry]
+
+
+def never(settings: PruneSettings) -> bool:
+    """A pruner that never needs labels."""
+    return False
+
+
+@dataclass(frozen=True)
+class Pruner:
+    """A registered pruner: its function and the traits everyone else acts on.
+
+    ``rescales``: kept values are scaled up (1/q), so an error-feedback residual
+    would grow; config refuses it with ``feedback.enabled`` and on the downlink.
+    ``needs_inputs``: it uses captured layer inputs, so a site calibrates.
+    ``needs_labels``: whether, under these settings, it chooses on a labelled
+    local validation split, which a site then carves from its training data.
+    """
+
+    prune: PruneFunction
+    rescales: bool = False
+    needs_inputs: bool = False
+    needs_labels: Callable[[PruneSettings], bool] = never
+
+
 PRUNERS: Registry[Pruner] = Registry("pruner")
 
 
-def needs_inputs(pruner: Pruner) -> Pruner:
-    """Mark a pruner that uses captured layer inputs (:class:`Calibration`) when it has them."""
-    pruner.needs_inputs = True  # type: ignore[attr-defined]
-    return pruner
+def pruner(
+    name: str, *, summary: str, reference: str, rescales: bool = False, needs_inputs: bool = False,
+    needs_labels: Callable[[PruneSettings], bool] = never,
+) -> Callable[[PruneFunction], PruneFunction]:
+    """Decorator registering a prune function with its traits in :data:`PRUNERS` under ``name``."""
 
+    def add(prune: PruneFunction) -> PruneFunction:
+        unit = Pruner(prune, rescales=rescales, needs_inputs=needs_inputs, needs_labels=needs_labels)
+        PRUNERS.register(name, summary=summary, reference=reference)(unit)
+        return prune
 
-def uses_inputs(name: str) -> bool:
-    """Whether the pruner registered as ``name`` wants a calibration batch."""
-    return bool(getattr(PRUNERS.get(name), "needs_inputs", False))
+    return add
 
 
 def prune_delta(
@@ -72,7 +100,7 @@ def prune_delta(
     keep_dense: frozenset[str] = frozenset(),
 ) -> Delta:
     """Prune each tensor with ``pruner``; tensors under ``min_size`` elements or in ``keep_dense`` stay dense."""
-    prune = PRUNERS.get(pruner)
+    prune = PRUNERS.get(pruner).prune
     entries: dict[str, Entry] = {}
     for name in sorted(dense):
         tensor = dense[name]

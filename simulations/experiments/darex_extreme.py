@@ -31,6 +31,7 @@ PRUNERS: dict[str, dict[str, Any]] = {
 DROPS = (0.9, 0.99, 0.999)
 OPTIMIZERS = ("adamw", "adamr")
 FEEDBACK_BY_OPTIMIZER = {"adamw": (False, True), "adamr": (False,)}
+LINE_BY_OPTIMIZER = {"adamw": "-", "adamr": "--"}
 QUICK_PRUNERS = ("dare", "darex-q unlabelled", "magnitude")
 
 
@@ -106,7 +107,7 @@ def plot(outcomes: list[Outcome], path) -> None:
     colors = {pruner: f"C{i}" for i, pruner in enumerate(dict.fromkeys(key[0] for key in series))}
     for (pruner, optimizer, feedback), points in series.items():
         points.sort(key=lambda o: o.run.tags["drop"])
-        style = ":" if feedback else "--" if optimizer == "adamr" else "-"
+        style = ":" if feedback else LINE_BY_OPTIMIZER[optimizer]
         label = f"{pruner}, {optimizer}{' + feedback' if feedback else ''}"
         ax.plot([1 - o.run.tags["drop"] for o in points], [o.accuracy for o in points], marker="o",
                 color=colors[pruner], linestyle=style, label=label)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedelta.common.config import AggregateSettings
 from fedelta.common.delta import Delta, add_entry
-from fedelta.server.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, check_weight
+from fedelta.common.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, check_weight
 
 
 class WeightedMean(Accumulator):

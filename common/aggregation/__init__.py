@@ -8,8 +8,8 @@ rescale). Each aggregator is registered in :data:`AGGREGATORS` with its
 reference; importing this package registers them all.
 """
 
-from fedelta.server.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, make_aggregator
-from fedelta.server.aggregation import fedavg, merging  # noqa: F401  (registration)
-from fedelta.server.aggregation.fedavg import WeightedMean
+from fedelta.common.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, make_aggregator
+from fedelta.common.aggregation import fedavg, merging  # noqa: F401  (registration)
+from fedelta.common.aggregation.fedavg import WeightedMean
 
 __all__ = ["AGGREGATORS", "Accumulator", "Aggregator", "WeightedMean", "make_aggregator"]

@@ -8,8 +8,10 @@ from typing import Protocol
 
 import torch
 
+from fedelta.common.codec import wire_form
 from fedelta.common.config import AggregateSettings
 from fedelta.common.delta import Delta, Dense, Entry
+from fedelta.common.quantization import VALUE_TYPES
 from fedelta.common.registry import Registry
 
 
@@ -46,13 +48,19 @@ class Accumulator:
         return self._state[name]
 
     def _merged(self, finish: Callable[[torch.Tensor], torch.Tensor]) -> Delta:
-        """Each tensor's state through ``finish`` (which may reuse it), releasing the state as it goes."""
+        """Each tensor's state through ``finish`` (which may reuse it), in the form the codec sends it as fp32.
+
+        States are released as they are converted, smallest first, so the
+        largest are converted after the others shrank; a dense result is the
+        state itself, not a copy.
+        """
         if not self._count:
             raise ValueError("no delta was added")
+        fp32 = VALUE_TYPES.get("fp32")
         entries: dict[str, Entry] = {}
-        for name in sorted(self._state):
-            entries[name] = Dense(finish(self._state.pop(name)))
-        return Delta(entries)
+        for name in sorted(self._state, key=lambda name: (self._state[name].numel(), name)):
+            entries[name] = wire_form(Dense(finish(self._state.pop(name))), fp32)
+        return Delta(dict(sorted(entries.items())))
 
 
 AggregatorFactory = Callable[[AggregateSettings, int], Aggregator]
@@ -61,7 +69,5 @@ AGGREGATORS: Registry[AggregatorFactory] = Registry("aggregator")
 
 def make_aggregator(settings: AggregateSettings, seed: int) -> Aggregator:
     """A fresh aggregator for one round, as ``aggregate.name`` chooses."""
-    if settings.name not in AGGREGATORS:
-        raise ValueError(f"setting 'aggregate.name': unknown aggregator {settings.name!r}; known: {AGGREGATORS.names()}")
     return AGGREGATORS.get(settings.name)(settings, seed)
 

@@ -21,8 +21,8 @@ import torch
 from fedelta.common.config import AggregateSettings
 from fedelta.common.delta import Delta, Entry, Sparse, seeded_mask
 from fedelta.common.pruning.magnitude import kept_count
-from fedelta.server.aggregation.fedavg import WeightedMean
-from fedelta.server.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, check_weight
+from fedelta.common.aggregation.fedavg import WeightedMean
+from fedelta.common.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, check_weight
 
 Sparsifier = Callable[[str, Entry, float, int], Entry]
 
