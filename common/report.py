@@ -123,10 +123,20 @@ def _markdown(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = round_figure(rows)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def round_figure(rows: list[dict[str, Any]]):  # noqa: ANN201 - a matplotlib Figure
+    """Accuracy per round and upload against dense per round, whole rounds on both axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [row["round"] for row in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -138,6 +148,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     right.bar([r["round"] + 0.2 for r in trained], [r["upload_bytes"] for r in trained], 0.4, label="sent")
     right.set(xlabel="round", ylabel="bytes (log)", yscale="log", title="Upload per round")
     right.legend()
+    for axes in (left, right):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

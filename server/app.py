@@ -12,6 +12,8 @@ from fedelta.common import report
 from fedelta.common.config import Settings
 from fedelta.server import control
 from fedelta.server.coordinator import Coordinator
+from fedelta.server.grid import CountingGrid
+from fedelta.server.progress import RoundProgress, terminal
 from fedelta.server.rounds import RoundDriver
 from fedelta.server.store import VersionStore
 from fedelta.server.strategy import DeltaFedAvg
@@ -25,6 +27,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = Settings.from_run_config(context.run_config)
     out_dir = Path(settings.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    progress = RoundProgress(terminal())
     store = VersionStore(Path(settings.output.state_dir) if settings.output.state_dir else out_dir / "state")
     try:
         coordinator = Coordinator(settings, store, out_dir)
@@ -32,6 +35,7 @@ def main(grid: Grid, context: Context) -> None:
         federation = settings.federation
         strategy = DeltaFedAvg(
             driver,
+            progress,
             fraction_train=federation.fraction_train,
             fraction_evaluate=federation.fraction_train,
             min_train_nodes=federation.min_sites,
@@ -40,17 +44,19 @@ def main(grid: Grid, context: Context) -> None:
         )
         remaining = max(0, settings.rounds - coordinator.rounds.last)
         if coordinator.rounds.last:
-            print(f"resuming after round {coordinator.rounds.last} at version {coordinator.head.id} "
-                  f"({coordinator.head.sha[:12]}); {remaining} of {settings.rounds} rounds left", flush=True)
-        print(report.TABLE_HEADER, flush=True)
+            progress.line(f"resuming after round {coordinator.rounds.last} at version {coordinator.head.id} "
+                          f"({coordinator.head.sha[:12]}); {remaining} of {settings.rounds} rounds left")
+        progress.line(report.TABLE_HEADER)
 
         def finish(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            row = driver.finish(driver.store_round(server_round))
-            print(report.table_row(row), flush=True)
+            server_round = driver.store_round(server_round)
+            progress.phase(server_round, "server evaluating")
+            row = driver.finish(server_round)
+            progress.line(report.table_row(row))
             return MetricRecord({"accuracy": row["accuracy"], "loss": row["loss"]})
 
         strategy.start(
-            grid=grid,
+            grid=CountingGrid(grid, progress.sites_done),
             initial_arrays=ArrayRecord(),
             num_rounds=remaining,
             train_config=ConfigRecord({"genesis-sha": coordinator.genesis_sha}),
@@ -60,4 +66,5 @@ def main(grid: Grid, context: Context) -> None:
         summary = report.write_summary(out_dir, settings.to_run_config())
         log.info("final accuracy %.4f, upload reduction %.1fx", summary["final_accuracy"], summary["upload_reduction"])
     finally:
+        progress.close()
         store.close()

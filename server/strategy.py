@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedelta.common.messages import EvaluateReply, SiteFailure, TrainReply
+from fedelta.server.progress import RoundProgress
 from fedelta.server.rounds import RoundDriver
 
 
@@ -37,9 +38,10 @@ def _reply(message: Message, kind: type[TrainReply] | type[EvaluateReply], recor
 class DeltaFedAvg(FedAvg):
     """FedAvg whose model travels as merged deltas and whose updates are pruned deltas."""
 
-    def __init__(self, driver: RoundDriver, **kwargs: object) -> None:
+    def __init__(self, driver: RoundDriver, progress: RoundProgress, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.driver = driver
+        self.progress = progress
 
     def _with_downlinks(self, messages: Iterable[Message]) -> list[Message]:
         personal = []
@@ -58,18 +60,23 @@ class DeltaFedAvg(FedAvg):
     ) -> Iterable[Message]:
         server_round = self.driver.store_round(server_round)
         self.driver.open(server_round)
-        return self._with_downlinks(super().configure_train(server_round, ArrayRecord(), config, grid))
+        messages = self._with_downlinks(super().configure_train(server_round, ArrayRecord(), config, grid))
+        self.progress.phase(server_round, "sites training", sites=len(messages))
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round = self.driver.store_round(server_round)
-        return self._with_downlinks(super().configure_evaluate(server_round, ArrayRecord(), config, grid))
+        messages = self._with_downlinks(super().configure_evaluate(server_round, ArrayRecord(), config, grid))
+        self.progress.phase(server_round, "sites evaluating", sites=len(messages))
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round = self.driver.store_round(server_round)
+        self.progress.phase(server_round, "committing")
         accepted = 0
         for message in replies:
             accepted += self.driver.trained(server_round, _node(message), _reply(message, TrainReply, "update"))

@@ -4,9 +4,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+ENGINE_LOG = "engine.log"
+
+
+@contextmanager
+def engine_output_to(log: Path | None) -> Iterator[None]:
+    """Inside the block, everything written to this process's stdout and stderr (Flower's log, Ray's
+    warnings, the sites' workers, transformers' bars) goes to ``log``; the ServerApp's own lines still
+    reach the terminal through the descriptor it finds in ``FEDELTA_TERMINAL_FD``. ``None``: change nothing."""
+    from fedelta.server.progress import TERMINAL_FD
+
+    if log is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    os.environ[TERMINAL_FD] = str(saved[1])
+    with open(log, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            os.environ.pop(TERMINAL_FD, None)
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -26,13 +65,18 @@ def _simulate(args: argparse.Namespace) -> int:
     state = Path(settings.output.state_dir) if settings.output.state_dir else out / "state"
     if (out / "metrics.jsonl").exists() and not (state / "store.sqlite").exists():
         raise ValueError(f"{out} already holds a run whose store is not in {state}; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    log = None if args.verbose else out / ENGINE_LOG
     print(f"fedelta: {settings.federation.num_sites} sites, {settings.rounds} rounds, method "
           f"{settings.method.name}, pruner {settings.prune.name} (keep {settings.prune.keep:g}), "
-          f"values {settings.quant.values}; results in {out}", flush=True)
-    run_flower_simulation(overrides, settings.federation.num_sites, verbose=args.verbose)
+          f"values {settings.quant.values}; results in {out}" + (f" (engine log: {log.name})" if log else ""),
+          flush=True)
+    with engine_output_to(log):
+        run_flower_simulation(overrides, settings.federation.num_sites, verbose=args.verbose)
     summary_path = out / "summary.json"
     if not summary_path.is_file():
-        print(f"fedelta: the simulation ended without a summary; see the log above ({out})", file=sys.stderr)
+        where = f"; the last lines of {log}:\n{_tail(log, 30)}" if log else "; see the log above"
+        print(f"fedelta: the simulation ended without a summary{where}", file=sys.stderr)
         return 1
     summary = json.loads(summary_path.read_text())
     print(f"\nfinal accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
@@ -49,14 +93,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "simulate",
         help="run a federation on Flower's Simulation Engine",
         description="Run the fedelta Flower app on the Simulation Engine and write metrics.jsonl, "
-        "summary.json, summary.md and plot.png.",
+        "summary.json, summary.md and plot.png. It prints a start line, one progress bar per round "
+        "(on a terminal) and the round table; Flower's, Ray's and the sites' output goes to OUT/engine.log.",
     )
     simulate.add_argument("--preset", default="default", choices=sorted(PRESETS),
                           help="named settings to start from (default: default)")
     simulate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a setting (see `fedelta methods` and the README), e.g. --set prune.drop=0.99")
+                          help="override a setting (see the README's settings table), e.g. --set prune.drop=0.99")
     simulate.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     simulate.add_argument("--state-dir", help="version store folder (default: OUT/state); a store that "
                           "already holds versions is resumed from its last committed version")
-    simulate.add_argument("--verbose", action="store_true", help="show Flower's debug log")
+    simulate.add_argument("--verbose", action="store_true",
+                          help="show Flower's, Ray's and the sites' output here (with Flower's debug log) "
+                          "instead of writing it to OUT/engine.log")
     simulate.set_defaults(handler=_simulate)

@@ -20,6 +20,10 @@ def test_smoke_simulation_writes_the_documented_results(tmp_path):
     done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "final accuracy" in done.stdout and "round version" in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("fedelta: 2 sites, 2 rounds") and lines[1].startswith("round version")
+    assert "INFO" not in done.stdout + done.stderr  # Flower's, Ray's and the sites' output is in engine.log
+    assert "INFO" in (out / "engine.log").read_text()
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == [0, 1, 2]
