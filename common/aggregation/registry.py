@@ -8,10 +8,8 @@ from typing import Protocol
 
 import torch
 
-from fedelta.common.codec import wire_form
 from fedelta.common.config import AggregateSettings
-from fedelta.common.delta import Delta, Dense, Entry
-from fedelta.common.quantization import VALUE_TYPES
+from fedelta.common.delta import Delta, Dense
 from fedelta.common.registry import Registry
 
 
@@ -48,19 +46,11 @@ class Accumulator:
         return self._state[name]
 
     def _merged(self, finish: Callable[[torch.Tensor], torch.Tensor]) -> Delta:
-        """Each tensor's state through ``finish`` (which may reuse it), in the form the codec sends it as fp32.
-
-        States are released as they are converted, smallest first, so the
-        largest are converted after the others shrank; a dense result is the
-        state itself, not a copy.
-        """
+        """Each tensor's state through ``finish`` (which may reuse it) as a dense entry: the state itself, not a
+        copy, so forming the result needs no memory beyond the states (the codec decides how it travels)."""
         if not self._count:
             raise ValueError("no delta was added")
-        fp32 = VALUE_TYPES.get("fp32")
-        entries: dict[str, Entry] = {}
-        for name in sorted(self._state, key=lambda name: (self._state[name].numel(), name)):
-            entries[name] = wire_form(Dense(finish(self._state.pop(name))), fp32)
-        return Delta(dict(sorted(entries.items())))
+        return Delta({name: Dense(finish(self._state.pop(name))) for name in sorted(self._state)})
 
 
 AggregatorFactory = Callable[[AggregateSettings, int], Aggregator]
