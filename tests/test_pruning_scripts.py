@@ -20,11 +20,13 @@ def _model_dir(folder: Path) -> Path:
     return folder
 
 
-def test_bench_codec_reads_real_shapes_and_reports_every_case(tmp_path):
+def test_bench_codec_reads_real_shapes_and_reports_every_case(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
     folder = _model_dir(tmp_path)
     assert minilm_shapes(folder) == {"enc.weight": (64, 32), "enc.bias": (64,), "classifier.weight": (2, 32),
                                      "classifier.bias": (2,)}
     report = run(scale=1e-3, repeats=1, seed=0, model_dir=folder)
+    assert report["model"] == tmp_path.name
     assert [row["case"] for row in report["rows"]] == [f"{m}/{v}/d={d:g}" for d, m, v in CASES]
     numel = 64 * 32 + 64 + 64 + 2
     for row in report["rows"]:
@@ -43,6 +45,7 @@ def test_bench_codec_reads_real_shapes_and_reports_every_case(tmp_path):
 def test_sweep_quick_mode_writes_a_full_table(tmp_path):
     assert sweep_main(["--quick", "--optimizers", "adamw", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "sweep.json").read_text())
+    assert report["model"] == "tiny-bert"
     cells = report["runs"][0]["cells"]
     assert {(c["drop"], c["pruner"]) for c in cells} == {
         (p, name) for p in (0.5, 0.9, 0.95, 0.99) for name in ("dare", "darex-q", "magnitude", "importance")}

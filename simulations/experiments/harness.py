@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fedelta.common.report import portable_paths
 from fedelta.simulations.experiments.runner import BACKENDS, Outcome, refusal, run_all
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -90,10 +91,13 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
 
 
 def _record(outcome: Outcome) -> dict[str, Any]:
+    """One outcome as ``outcomes.json`` holds it: folders relative to the working folder, never absolute."""
     summary = {k: v for k, v in outcome.summary.items() if k != "config"}
-    return {"label": outcome.run.label, "overrides": outcome.run.overrides, "tags": outcome.run.tags,
-            "refused": outcome.refused, "commit": outcome.revision, "seconds": outcome.seconds, "summary": summary,
-            "rows": outcome.rows}
+    return portable_paths({
+        "label": outcome.run.label, "overrides": outcome.run.overrides, "tags": outcome.run.tags,
+        "refused": outcome.refused, "commit": outcome.revision, "seconds": outcome.seconds, "summary": summary,
+        "rows": outcome.rows,
+    })
 
 
 def run_experiment(module: ModuleType, *, quick: bool, backend: str, runs: Path, results: Path) -> list[Outcome]:
