@@ -9,7 +9,8 @@ from flwr.clientapp import ClientApp
 
 from fedelta.client.site import Site, SiteData, simulated_site_data
 from fedelta.common.config import Settings
-from fedelta.common.data import label_names, load_file, split_site
+from fedelta.common.data import label_names, split_site
+from fedelta.common.tasks import task_for
 from fedelta.common.versions import Downlink
 
 app = ClientApp()
@@ -21,9 +22,9 @@ def _site(context: Context) -> Site:
     if "data-path" in node:
         name = str(node.get("site-name", f"node-{context.node_id}"))
         labels = tuple(str(node["labels"]).split(",")) if "labels" in node else label_names(settings.data)
-        corpus = load_file(Path(str(node["data-path"])), labels)
+        corpus = task_for(settings).load_file(Path(str(node["data-path"])), labels)
         train_idx, test_idx = split_site(list(range(len(corpus))), settings.data.site_test_fraction, settings.seed)
-        data = SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(labels))
+        data = SiteData(corpus.subset(train_idx), corpus.subset(test_idx), len(corpus.label_names))
     else:
         index = int(node["partition-id"])
         name = f"site-{index}"
@@ -60,7 +61,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     site = _site(context)
     reply = site.evaluate_round(_downlink(msg))
-    _say(context, f"{site.name}: now on version {reply.version} ({reply.sha[:12]}), "
-         f"local accuracy {reply.metrics['accuracy']:.4f}")
+    scores = ", ".join(f"local {key} {reply.metrics[key]:.4f}" for key in ("accuracy", "loss", "perplexity")
+                       if key in reply.metrics)
+    _say(context, f"{site.name}: now on version {reply.version} ({reply.sha[:12]}), {scores}")
     content = RecordDict({"ack": ConfigRecord(reply.fields()), "metrics": MetricRecord(reply.metrics)})
     return Message(content=content, reply_to=msg)

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from fedelta.common.processes import Child, flower_command, flower_env, free_port, split_address, stop_all, stop_on_signals
@@ -28,19 +27,20 @@ def diagnose(lines: list[str], ca: Path, name: str) -> str:
     return "the SuperNode stopped; its output is above"
 
 
-def check_data(path: Path, labels: tuple[str, ...]) -> str:
-    """Read the site's data as the ClientApp will; a one-line summary, or a ValueError saying what is wrong."""
-    from fedelta.common.data import load_file
+def check_data(path: Path, labels: tuple[str, ...], task_name: str = "classification") -> str:
+    """Read the site's data as the ClientApp will for task ``task_name``; a one-line summary, or a
+    ValueError saying what is wrong."""
+    from fedelta.common.config import Settings
+    from fedelta.common.tasks import task_for
 
+    task = task_for(Settings().with_overrides({"task.name": task_name}))
     try:
-        corpus = load_file(path, labels)
+        data = task.load_file(path, labels)
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"data file {str(path)!r} cannot be read: {error}") from error
-    if len(corpus) < 2:
+    if len(data) < 2:
         raise ValueError(f"data file {str(path)!r} needs at least 2 rows (a train and a test example)")
-    counts = Counter(corpus.labels)
-    shares = ", ".join(f"{name} {counts.get(i, 0)}" for i, name in enumerate(labels))
-    return f"{len(corpus)} examples ({shares})"
+    return task.describe(data)
 
 
 def _label_set(text: str | None) -> tuple[str, ...]:
@@ -86,10 +86,10 @@ def _site(args: argparse.Namespace) -> int:
     labels = _label_set(args.labels)
     if any("," in label for label in labels):
         raise ValueError(f"label names {list(labels)} must not contain commas")
-    summary = check_data(Path(args.data), labels)
+    summary = check_data(Path(args.data), labels, args.task)
     cache = Path(args.cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    print(f"fedelta site {name}: data {args.data}: {summary}; labels {list(labels)}", flush=True)
+    print(f"fedelta site {name}: data {args.data}: {summary}; task {args.task}, labels {list(labels)}", flush=True)
     print(f"fedelta site {name}: public key {public_key}", flush=True)
     print(f"fedelta site {name}: connecting to {args.superlink} over TLS; cache {cache}", flush=True)
     stop_on_signals()
@@ -119,8 +119,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     site = commands.add_parser(
         "site",
         help="run one edge site: check its data, then start its SuperNode (TLS + key)",
-        description="Check the site's data file (readable; text and label columns; every label in the "
-        "model's label set), then start flower-supernode against the SuperLink over TLS, authenticated "
+        description="Check the site's data file as the federation's task reads it (classification: text and "
+        "label columns, every label in the model's label set; causal-lm: prompt+response, messages or text, "
+        "every row well formed), then start flower-supernode against the SuperLink over TLS, authenticated "
         "with the site's key. The ClientApp reads the data from that file and keeps the site's version "
         "cache and error-feedback residual in --cache-dir. Ctrl-C stops the SuperNode and its children.",
     )
@@ -128,7 +129,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="the SuperLink's address (IPv6 in brackets, e.g. [2001:db8::7]:9092)")
     site.add_argument("--certs", required=True, metavar="DIR", help="folder holding ca.crt (from `fedelta keys`)")
     site.add_argument("--key", required=True, metavar="SITE_KEY", help="this site's private key (keys/sites/NAME)")
-    site.add_argument("--data", required=True, metavar="FILE", help="CSV or JSONL with text,label columns")
+    site.add_argument("--data", required=True, metavar="FILE",
+                      help="CSV or JSONL: text,label columns (classification); prompt,response or messages or "
+                      "text (causal-lm); an optional group column")
+    site.add_argument("--task", default="classification",
+                      help="the federation's task.name (classification or causal-lm, see `fedelta methods`), "
+                      "to check the data file against before connecting (default: classification)")
     site.add_argument("--cache-dir", required=True, metavar="DIR", help="version cache, residual and logs")
     site.add_argument("--name", help="site name in the server's records (default: the key file's name)")
     site.add_argument("--labels", help="the model's label names, comma-separated, in order "

@@ -2,39 +2,41 @@
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fedelta.client.state import SiteState
 from fedelta.common.codec import Limits
 from fedelta.common.config import Settings
-from fedelta.common.data import Corpus, hold_out, load_corpus, partition, split_site
+from fedelta.common.data import hold_out, partition, split_site
 from fedelta.common.delta import Delta, extract_delta, model_params
 from fedelta.common.messages import EvaluateReply, TrainReply
 from fedelta.common.methods import METHODS, MethodContext
 from fedelta.common.methods.lnbias import norm_and_bias_names
-from fedelta.common.model import ModelBundle, load_model
+from fedelta.common.model import ModelBundle
 from fedelta.common.sparsity import base_pattern, formed_off_pattern, lock_pattern, zero_pattern
 from fedelta.common.optimizers import make_optimizer
 from fedelta.common.pruning import PRUNERS, Calibration, PruneRequest
 from fedelta.common.pruning.calibration import calibrate, choose_global_q, with_delta_applied
 from fedelta.common.pruning.recover import recover
 from fedelta.common.seeding import seeded
-from fedelta.common.training import evaluate, train
+from fedelta.common.tasks import Task, task_for
 from fedelta.common.upload import finish_upload, prune_target, upload_seed
 from fedelta.common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
 
 
 @dataclass(frozen=True)
 class SiteData:
-    train: Corpus
-    test: Corpus
+    """A site's examples (of whatever form its task reads): train, test, optional validation split."""
+
+    train: Any
+    test: Any
     num_labels: int
-    validation: Corpus | None = None
+    validation: Any = None
 
     def with_validation(self, fraction: float, seed: int) -> SiteData:
         """A copy whose training examples lose a ``fraction`` to a local validation split."""
@@ -46,7 +48,7 @@ def simulated_site_data(settings: Settings, index: int, num_sites: int) -> SiteD
     """Site ``index``'s share (of ``num_sites``) of the configured corpus, after the server's hold-out."""
     if not 0 <= index < num_sites:
         raise ValueError(f"site index {index} is outside 0..{num_sites - 1}")
-    corpus = load_corpus(settings.data)
+    corpus = task_for(settings).load_data()
     pool, _ = hold_out(corpus, settings.data.test_size, settings.seed)
     shares = partition(corpus, pool, num_sites, settings.data.partition, settings.data.alpha, settings.seed)
     mine = shares[index]
@@ -63,6 +65,7 @@ class Site:
         self.settings = settings
         self.name = name
         self.state = SiteState(cache_dir)
+        self.task: Task = task_for(settings)
         self.pruner = PRUNERS.get(settings.prune.name)
         if self.pruner.needs_labels(settings.prune) and data.validation is None:
             data = data.with_validation(settings.data.site_test_fraction, settings.seed + 1)
@@ -70,7 +73,7 @@ class Site:
 
     def sync(self, downlink: Downlink) -> tuple[ModelBundle, int, str]:
         """Load the model at the downlink's target version, verified by hash, and cache it."""
-        bundle = load_model(self.settings.model.source, self.data.num_labels, self.settings.seed)
+        bundle = self.task.load_model(self.data.num_labels, self.settings.seed)
         params = model_params(bundle.model)
         limits = Limits.for_model(bundle.num_params())
         cached = self.state.load_version()
@@ -88,12 +91,13 @@ class Site:
 
     def method_context(self, head: list[str], genesis_sha: str) -> MethodContext:
         def genesis() -> dict[str, torch.Tensor]:
-            bundle = load_model(self.settings.model.source, self.data.num_labels, self.settings.seed)
+            bundle = self.task.load_model(self.data.num_labels, self.settings.seed)
             return model_params(bundle.model)
 
         settings = self.settings
         options = settings.options_for(settings.method.name)
-        return MethodContext(settings.method, head, genesis_sha, genesis, self.state.memo, options)
+        return MethodContext(settings.method, head, genesis_sha, genesis, self.state.memo, options,
+                             self.task.peft_task_type)
 
     def train_round(self, server_round: int, downlink: Downlink, genesis_sha: str = "") -> TrainReply:
         """Sync, train, prune and encode; every random draw follows the run's seed, the round and the site."""
@@ -113,10 +117,9 @@ class Site:
         lock_pattern(model, pattern)
         before = {name: params[name].clone() for name in attachment.touched}
         optimizer = make_optimizer(model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
-        result = train(
-            model, bundle.tokenizer, self.data.train, optimizer,
-            steps=settings.local.steps, batch_size=settings.local.batch_size,
-            max_length=settings.model.max_length, seed=upload_seed(settings.seed, server_round, self.name),
+        result = self.task.train(
+            bundle, self.data.train, optimizer, steps=settings.local.steps,
+            seed=upload_seed(settings.seed, server_round, self.name),
         )
         formed = formed_off_pattern(attachment.formed(), pattern)
         attachment.merge()
@@ -131,7 +134,7 @@ class Site:
         )
         if recovering:
             pruned = pruned.with_dense(recover(
-                model, bundle.tokenizer, self.data.train, base=before, pruned=pruned.delta, names=recovering,
+                self.task, bundle, self.data.train, base=before, pruned=pruned.delta, names=recovering,
                 head=bundle.head, settings=settings, seed=seed + 1,
             ))
         upload = finish_upload(
@@ -164,12 +167,11 @@ class Site:
 
     def layer_inputs(self, bundle: ModelBundle, seed: int) -> dict[str, torch.Tensor]:
         """Inputs of every linear layer on an unlabelled batch of ``prune.calibration-size`` training texts."""
-        rng = random.Random(seed)
-        texts = rng.sample(self.data.train.texts, min(self.settings.prune.calibration_size, len(self.data.train)))
+        texts = self.task.calibration_texts(bundle, self.data.train, self.settings.prune.calibration_size, seed)
         return dict(calibrate(bundle.model, bundle.tokenizer, texts, max_length=self.settings.model.max_length).inputs)
 
     def global_q(
-        self, bundle: ModelBundle, validation: Corpus, before: dict[str, torch.Tensor], delta: dict[str, torch.Tensor],
+        self, bundle: ModelBundle, validation: Any, before: dict[str, torch.Tensor], delta: dict[str, torch.Tensor],
         seed: int,
     ) -> float:
         """DAREx-q's one q for the whole delta: the grid value scoring best on the ``validation`` split."""
@@ -178,8 +180,7 @@ class Site:
 
         def score(pruned: Delta) -> tuple[float, float]:
             def run() -> tuple[float, float]:
-                result = evaluate(bundle.model, bundle.tokenizer, validation, max_length=self.settings.model.max_length)
-                return result.accuracy, -result.loss
+                return self.task.evaluate(bundle, validation).score()
 
             return with_delta_applied(params, before, pruned, run)
 
@@ -187,11 +188,5 @@ class Site:
 
     def evaluate_round(self, downlink: Downlink) -> EvaluateReply:
         bundle, version, sha = self.sync(downlink)
-        result = evaluate(bundle.model, bundle.tokenizer, self.data.test, max_length=self.settings.model.max_length)
-        metrics = {
-            "num-examples": float(result.examples),
-            "accuracy": result.accuracy,
-            "loss": result.loss,
-            "downlink-bytes": float(downlink.size()),
-        }
+        metrics = {**self.task.evaluate(bundle, self.data.test).metrics(), "downlink-bytes": float(downlink.size())}
         return EvaluateReply(self.name, version, sha, metrics)

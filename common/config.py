@@ -36,6 +36,17 @@ def require_known(name: str, registry: Registry[Any], key: str) -> None:
 
 
 @dataclass(frozen=True)
+class TaskSettings:
+    name: str = "classification"
+    chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        from fedelta.common.tasks import TASKS
+
+        require_known(self.name, TASKS, "task.name")
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     path: str = ""
     max_length: int = 64
@@ -262,6 +273,7 @@ class Settings:
 
     rounds: int = 4
     seed: int = 0
+    task: TaskSettings = field(default_factory=TaskSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
@@ -280,8 +292,15 @@ class Settings:
 
     def __post_init__(self) -> None:
         from fedelta.common.pruning import PRUNERS
+        from fedelta.common.tasks import TASKS
 
         require(self.rounds >= 1, "rounds", "must be >= 1")
+        require(
+            not self.model.sparse_base or TASKS.get(self.task.name).takes_sparse_base,
+            "model.sparse-base",
+            "holds a sparse sequence classifier (fedelta prepare-sparse-base); it cannot start a "
+            f"{self.task.name!r} federation",
+        )
         object.__setattr__(self, "method_options", MappingProxyType(_every_method_options(self.method_options)))
         require(
             not (self.feedback.enabled and PRUNERS.get(self.prune.name).rescales),

@@ -58,9 +58,15 @@ def load_corpus(settings: DataSettings) -> Corpus:
     """``data.path`` when set, else the bundled data set named by ``data.name``."""
     if settings.path:
         return load_file(Path(settings.path))
-    if settings.name == "bbc-news":
-        return load_bbc_news()
-    return load_rotten_tomatoes()
+    return load_bundled(settings.name)
+
+
+def load_bundled(name: str) -> Corpus:
+    """The bundled corpus ``name`` (one of ``data.name``'s values)."""
+    loaders = {"rotten-tomatoes": load_rotten_tomatoes, "bbc-news": load_bbc_news}
+    if name not in loaders:
+        raise ValueError(f"unknown bundled data set {name!r}; known: {', '.join(loaders)}")
+    return loaders[name]()
 
 
 def load_rotten_tomatoes() -> Corpus:
@@ -80,7 +86,7 @@ def load_rotten_tomatoes() -> Corpus:
 def load_bbc_news() -> Corpus:
     """BBC News articles; the label is the topic folder, folders and files in sorted order."""
     root = _package_dir(BBC_PACKAGE) / BBC_DIR
-    topics = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    topics = _bbc_topics()
     texts, labels, groups = [], [], []
     for label, topic in enumerate(topics):
         for file in sorted((root / topic).glob("*.txt")):
@@ -139,9 +145,12 @@ def label_names(settings: DataSettings) -> tuple[str, ...]:
     """The label set of the model these data settings build, without loading a bundled corpus."""
     if settings.path:
         return load_file(Path(settings.path)).label_names
-    if settings.name == "bbc-news":
-        return tuple(sorted(p.name for p in (_package_dir(BBC_PACKAGE) / BBC_DIR).iterdir() if p.is_dir()))
-    return RT_LABELS
+    names = {"rotten-tomatoes": lambda: RT_LABELS, "bbc-news": _bbc_topics}
+    return names[settings.name]()
+
+
+def _bbc_topics() -> tuple[str, ...]:
+    return tuple(sorted(p.name for p in (_package_dir(BBC_PACKAGE) / BBC_DIR).iterdir() if p.is_dir()))
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -139,3 +139,29 @@ def _tiny_model(kind: str, num_labels: int, vocab_size: int, seed: int) -> torch
         return LlamaForSequenceClassification(
             LlamaConfig(num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, **shape)
         )
+
+
+def load_causal_lm(path: str, seed: int) -> tuple[torch.nn.Module, object]:
+    """Version 0 of a causal LM: exactly the pretrained weights (``tiny-llama``: a 2-layer Llama from a config,
+    seeded), and its tokenizer, whose pad token is its end-of-sequence token when it has none."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    resolved = resolve_model_path(path)
+    if resolved in TINY_MODELS:
+        tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                             tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+        with seeded(seed):
+            model = LlamaForCausalLM(config)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer

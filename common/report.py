@@ -14,7 +14,19 @@ ROUND_FIELDS = (
     "round", "version", "version_sha256", "accuracy", "loss", "sites", "upload_bytes",
     "dense_update_bytes", "downlink_bytes", "rejected", "seconds",
 )
-TABLE_HEADER = f"{'round':>5} {'version':>7} {'acc':>6} {'loss':>6} {'sites':>5} {'upload':>10} {'dense':>10} {'reduce':>7} {'down':>10} {'rej':>3} {'secs':>6}"
+# Evaluation metrics a round may carry, with their column in the table: heading, width, format.
+METRIC_COLUMNS = {"accuracy": ("acc", 6, ".3f"), "loss": ("loss", 6, ".3f"), "perplexity": ("ppl", 8, ".2f")}
+CLASSIFIER_METRICS = ("accuracy", "loss")
+
+
+def table_header(metrics: tuple[str, ...] = CLASSIFIER_METRICS) -> str:
+    """The round table's heading, with a column for each of ``metrics``."""
+    scores = " ".join(f"{METRIC_COLUMNS[name][0]:>{METRIC_COLUMNS[name][1]}}" for name in metrics)
+    return (f"{'round':>5} {'version':>7} {scores} {'sites':>5} {'upload':>10} {'dense':>10} {'reduce':>7} "
+            f"{'down':>10} {'rej':>3} {'secs':>6}")
+
+
+TABLE_HEADER = table_header()
 
 
 def portable_path(path: str | Path, start: Path | None = None) -> str:
@@ -45,10 +57,18 @@ def reduction(dense: float, actual: float) -> float:
     return dense / actual if actual else 0.0
 
 
-def table_row(row: Mapping[str, Any]) -> str:
+def _score(row: Mapping[str, Any], name: str) -> str:
+    _, width, form = METRIC_COLUMNS[name]
+    value = row.get(name)
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{form}}"
+
+
+def table_row(row: Mapping[str, Any], metrics: tuple[str, ...] = CLASSIFIER_METRICS) -> str:
+    """One round of the table (a metric the round lacks shows as ``-``)."""
     ratio = reduction(row["dense_update_bytes"], row["upload_bytes"])
+    scores = " ".join(_score(row, name) for name in metrics)
     return (
-        f"{row['round']:>5} {row['version']:>7} {row['accuracy']:>6.3f} {row['loss']:>6.3f} {row['sites']:>5} "
+        f"{row['round']:>5} {row['version']:>7} {scores} {row['sites']:>5} "
         f"{human_bytes(row['upload_bytes']):>10} {human_bytes(row['dense_update_bytes']):>10} "
         f"{(f'{ratio:.1f}x' if ratio else '-'):>7} {human_bytes(row['downlink_bytes']):>10} "
         f"{row['rejected']:>3} {row['seconds']:>6.1f}"
@@ -78,14 +98,22 @@ def read_rows(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def metrics_of(rows: list[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The evaluation metrics these rounds report, in table order (accuracy and loss always have a column)."""
+    return tuple(name for name in METRIC_COLUMNS if name in CLASSIFIER_METRICS or any(name in row for row in rows))
+
+
 def summarize(rows: list[dict[str, Any]], config: Mapping[str, Any]) -> dict[str, Any]:
     trained = [row for row in rows if row["round"] > 0] or rows
     upload = sum(row["upload_bytes"] for row in trained)
     dense = sum(row["dense_update_bytes"] for row in trained)
+    scored = [row["accuracy"] for row in trained if row.get("accuracy") is not None]
     return {
-        "final_accuracy": trained[-1]["accuracy"] if trained else None,
-        "best_accuracy": max((row["accuracy"] for row in trained), default=None),
-        "initial_accuracy": rows[0]["accuracy"] if rows and rows[0]["round"] == 0 else None,
+        "final_accuracy": trained[-1].get("accuracy") if trained else None,
+        "best_accuracy": max(scored, default=None),
+        "initial_accuracy": rows[0].get("accuracy") if rows and rows[0]["round"] == 0 else None,
+        "final_loss": trained[-1]["loss"] if trained else None,
+        "final_perplexity": trained[-1].get("perplexity") if trained else None,
         "rounds": len([row for row in rows if row["round"] > 0]),
         "final_version": trained[-1]["version"] if trained else None,
         "final_version_sha256": trained[-1]["version_sha256"] if trained else None,
@@ -110,8 +138,21 @@ def write_summary(out_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _final_line(summary: Mapping[str, Any]) -> str:
+    if summary["final_loss"] is None:
+        return "- no round finished"
+    parts = []
+    if summary["final_accuracy"] is not None:
+        parts.append(f"final accuracy: **{summary['final_accuracy']:.4f}** (best {summary['best_accuracy']:.4f})")
+    parts.append(f"final loss {summary['final_loss']:.4f}")
+    if summary["final_perplexity"] is not None:
+        parts.append(f"perplexity {summary['final_perplexity']:.2f}")
+    return "- " + "; ".join(parts)
+
+
 def _markdown(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> str:
     config = summary["config"]
+    metrics = metrics_of(rows)
     lines = [
         "# fedelta run",
         "",
@@ -119,19 +160,19 @@ def _markdown(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> str:
         f"(drop {config.get('prune.drop')}), values `{config.get('quant.values')}`, "
         f"{config.get('federation.num-sites')} sites, {summary['rounds']} rounds, seed {config.get('seed')}.",
         "",
-        f"- final accuracy: **{summary['final_accuracy']:.4f}** (best {summary['best_accuracy']:.4f})"
-        if summary["final_accuracy"] is not None else "- no round finished",
+        _final_line(summary),
         f"- upload: {human_bytes(summary['total_upload_bytes'])} vs {human_bytes(summary['total_dense_update_bytes'])}"
         f" dense fp32 — **{summary['upload_reduction']:.1f}x** less",
         f"- downlink: {human_bytes(summary['total_downlink_bytes'])}; rejected updates: {summary['total_rejected']}",
         "",
-        "| round | version | accuracy | loss | sites | upload | dense | reduction | downlink | rejected | seconds |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| round | version | {' | '.join(metrics)} | sites | upload | dense | reduction | downlink | rejected | seconds |",
+        "|---:|---:|" + "---:|" * len(metrics) + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         ratio = reduction(row["dense_update_bytes"], row["upload_bytes"])
+        scores = " | ".join("-" if row.get(name) is None else f"{row[name]:.4f}" for name in metrics)
         lines.append(
-            f"| {row['round']} | {row['version']} | {row['accuracy']:.4f} | {row['loss']:.4f} | {row['sites']} "
+            f"| {row['round']} | {row['version']} | {scores} | {row['sites']} "
             f"| {human_bytes(row['upload_bytes'])} | {human_bytes(row['dense_update_bytes'])} "
             f"| {f'{ratio:.1f}x' if ratio else '-'} | {human_bytes(row['downlink_bytes'])} | {row['rejected']} "
             f"| {row['seconds']:.1f} |"
@@ -157,8 +198,12 @@ def round_figure(rows: list[dict[str, Any]]):  # noqa: ANN201 - a matplotlib Fig
 
     rounds = [row["round"] for row in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(rounds, [row["accuracy"] for row in rows], marker="o")
-    left.set(xlabel="round", ylabel="test accuracy", title="Server held-out accuracy")
+    if any(row.get("accuracy") is not None for row in rows):
+        left.plot(rounds, [row.get("accuracy") for row in rows], marker="o")
+        left.set(xlabel="round", ylabel="test accuracy", title="Server held-out accuracy")
+    else:
+        left.plot(rounds, [row["loss"] for row in rows], marker="o")
+        left.set(xlabel="round", ylabel="response-token loss", title="Server held-out loss")
     left.grid(alpha=0.3)
     trained = [row for row in rows if row["round"] > 0]
     right.bar([r["round"] - 0.2 for r in trained], [r["dense_update_bytes"] for r in trained], 0.4, label="dense fp32")

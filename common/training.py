@@ -1,4 +1,4 @@
-"""Local training and evaluation loops for a sequence classifier on a Corpus."""
+"""The local training loop every task uses, and a sequence classifier's batches and evaluation."""
 
 from __future__ import annotations
 
@@ -36,15 +36,41 @@ def _tokenize(tokenizer: object, texts: list[str], max_length: int) -> dict[str,
     return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
-def _batches(corpus: Corpus, batch_size: int, seed: int) -> Iterator[tuple[list[str], list[int]]]:
-    """Endless shuffled mini-batches (a new permutation per pass)."""
+def shuffled(count: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless shuffled mini-batches of indices into ``count`` examples (a new permutation per pass)."""
     rng = random.Random(seed)
-    order = list(range(len(corpus)))
+    order = list(range(count))
     while True:
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            yield [corpus.texts[i] for i in chosen], [corpus.labels[i] for i in chosen]
+            yield order[start : start + batch_size]
+
+
+def fit(
+    model: torch.nn.Module, batches: Iterator[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer, *,
+    steps: int, seed: int,
+) -> TrainResult:
+    """``steps`` optimizer steps on the loss the model computes for each batch (its ``labels`` included).
+
+    ``seed`` fixes every random draw of the forward pass (dropout), whatever
+    the process did before; torch's global random state is left as it was.
+    """
+    model.train()
+    total_loss, examples = 0.0, 0
+    with seeded(seed), _progress(steps, "train") as bar:
+        for _ in range(steps):
+            batch = next(batches)
+            output = model(**batch)
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            optimizer.step()
+            size = len(batch["input_ids"])
+            total_loss += output.loss.item() * size
+            examples += size
+            bar.update(1)
+            bar.set_postfix(loss=f"{output.loss.item():.3f}")
+    model.eval()
+    return TrainResult(steps=steps, examples=examples, loss=total_loss / examples)
 
 
 def train(
@@ -58,31 +84,16 @@ def train(
     max_length: int,
     seed: int,
 ) -> TrainResult:
-    """``steps`` optimizer steps of cross-entropy on shuffled batches of ``corpus``.
-
-    ``seed`` fixes the batches and every random draw of the forward pass
-    (dropout), whatever the process did before; torch's global random state is
-    left as it was.
-    """
+    """``steps`` optimizer steps of cross-entropy on shuffled batches of a labelled ``corpus``."""
     if len(corpus) == 0:
         raise ValueError("cannot train on an empty data set")
-    model.train()
-    batches = _batches(corpus, batch_size, seed)
-    total_loss, examples = 0.0, 0
-    with seeded(seed), _progress(steps, "train") as bar:
-        for _ in range(steps):
-            texts, labels = next(batches)
-            inputs = _tokenize(tokenizer, texts, max_length)
-            output = model(**inputs, labels=torch.tensor(labels))
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            optimizer.step()
-            total_loss += output.loss.item() * len(labels)
-            examples += len(labels)
-            bar.update(1)
-            bar.set_postfix(loss=f"{output.loss.item():.3f}")
-    model.eval()
-    return TrainResult(steps=steps, examples=examples, loss=total_loss / examples)
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        for chosen in shuffled(len(corpus), batch_size, seed):
+            inputs = _tokenize(tokenizer, [corpus.texts[i] for i in chosen], max_length)
+            yield {**inputs, "labels": torch.tensor([corpus.labels[i] for i in chosen])}
+
+    return fit(model, batches(), optimizer, steps=steps, seed=seed)
 
 
 @torch.no_grad()

@@ -46,14 +46,15 @@ def main(grid: Grid, context: Context) -> None:
         if coordinator.rounds.last:
             progress.line(f"resuming after round {coordinator.rounds.last} at version {coordinator.head.id} "
                           f"({coordinator.head.sha[:12]}); {remaining} of {settings.rounds} rounds left")
-        progress.line(report.TABLE_HEADER)
+        metrics = coordinator.task.metric_names
+        progress.line(report.table_header(metrics))
 
         def finish(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             server_round = driver.store_round(server_round)
             progress.phase(server_round, "server evaluating")
             row = driver.finish(server_round)
-            progress.line(report.table_row(row))
-            return MetricRecord({"accuracy": row["accuracy"], "loss": row["loss"]})
+            progress.line(report.table_row(row, metrics))
+            return MetricRecord({name: row[name] for name in metrics if row.get(name) is not None})
 
         strategy.start(
             grid=CountingGrid(grid, progress.sites_done),
@@ -64,7 +65,8 @@ def main(grid: Grid, context: Context) -> None:
         )
         control.write_status(store, "finished", coordinator.rounds.last + remaining)
         summary = report.write_summary(out_dir, settings.to_run_config())
-        log.info("final accuracy %.4f, upload reduction %.1fx", summary["final_accuracy"], summary["upload_reduction"])
+        log.info("final loss %.4f, accuracy %s, upload reduction %.1fx", summary["final_loss"],
+                 summary["final_accuracy"], summary["upload_reduction"])
     finally:
         progress.close()
         store.close()

@@ -16,12 +16,11 @@ import torch
 from fedelta.common import report
 from fedelta.common.codec import CodecError, Decoded, Limits, decode
 from fedelta.common.config import Settings
-from fedelta.common.data import hold_out, load_corpus
+from fedelta.common.data import hold_out
 from fedelta.common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
 from fedelta.common.methods import METHODS, MethodContext
-from fedelta.common.model import load_model
 from fedelta.common.sparsity import base_pattern
-from fedelta.common.training import evaluate
+from fedelta.common.tasks import task_for
 from fedelta.common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
 from fedelta.server import control
 from fedelta.common.aggregation import Aggregator, make_aggregator
@@ -86,10 +85,11 @@ class Coordinator:
         self.settings = settings
         self.store = store
         self.out_dir = out_dir
-        corpus = load_corpus(settings.data)
+        self.task = task_for(settings)
+        corpus = self.task.load_data()
         _, test_idx = hold_out(corpus, settings.data.test_size, settings.seed)
         self.test = corpus.subset(test_idx)
-        self.bundle = load_model(settings.model.source, len(corpus.label_names), settings.seed)
+        self.bundle = self.task.load_model(len(corpus.label_names), settings.seed)
         self.params = model_params(self.bundle.model)
         self.num_params = self.bundle.num_params()
         self.limits = Limits.for_model(self.num_params)
@@ -103,7 +103,8 @@ class Coordinator:
         self.method = METHODS.get(settings.method.name)
         self._memo: dict[str, dict[str, torch.Tensor]] = {}
         self.context = MethodContext(settings.method, self.bundle.head, self.genesis_sha, self._genesis_params,
-                                     self._remember, settings.options_for(settings.method.name))
+                                     self._remember, settings.options_for(settings.method.name),
+                                     self.task.peft_task_type)
         self.allowed = self.method.touched(self.bundle.model, self.context)
         self.pattern = base_pattern(settings.model.sparse_base, self.context)
         self.resolver = self.method.resolver(self.context, self.params)
@@ -277,7 +278,7 @@ class Coordinator:
         tally, self.tally = self.tally, RoundTally()
         if server_round in self.rounds.finished:
             return self.rounds.finished[server_round]
-        result = evaluate(self.bundle.model, self.bundle.tokenizer, self.test, max_length=self.settings.model.max_length)
+        result = self.task.evaluate(self.bundle, self.test)
         counters = self.rounds.pending.pop(server_round, tally.counters())
         rss = rss_bytes()
         row = {
@@ -286,6 +287,7 @@ class Coordinator:
             "version_sha256": self.head.sha,
             "accuracy": result.accuracy,
             "loss": result.loss,
+            **({} if result.perplexity is None else {"perplexity": result.perplexity}),
             "sites": counters["sites"],
             "upload_bytes": counters["upload_bytes"],
             "dense_update_bytes": 4 * self.num_params * counters["sites"],

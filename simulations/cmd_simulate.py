@@ -48,6 +48,16 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
+def final_scores(summary: dict) -> str:
+    """How the last round scored: accuracy where the task defines it, else loss and perplexity."""
+    if summary["final_accuracy"] is not None:
+        return f"final accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f})"
+    if summary["final_loss"] is None:
+        return "no round finished"
+    perplexity = summary.get("final_perplexity")
+    return f"final loss {summary['final_loss']:.4f}" + ("" if perplexity is None else f", perplexity {perplexity:.2f}")
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from fedelta.common.config import Settings, parse_assignment
     from fedelta.simulations.engine import run_flower_simulation
@@ -79,8 +89,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"fedelta: the simulation ended without a summary{where}", file=sys.stderr)
         return 1
     summary = json.loads(summary_path.read_text())
-    print(f"\nfinal accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
-          f"upload {summary['upload_reduction']:.1f}x smaller than dense fp32")
+    print(f"\n{final_scores(summary)}; upload {summary['upload_reduction']:.1f}x smaller than dense fp32")
     print(f"results: {out}/metrics.jsonl, summary.json, summary.md, plot.png")
     return 0
 

@@ -20,6 +20,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.max-site-examples": 64,
         "model.max-length": 32,
     },
+    # Causal-LM instruction tuning on a 2-layer Llama built from a config: seconds, for tests.
+    "llm-smoke": {
+        "task.name": "causal-lm",
+        "model.path": "tiny-llama",
+        "federation.num-sites": 2,
+        "rounds": 2,
+        "local.steps": 3,
+        "local.batch-size": 8,
+        "local.lr": 1e-3,
+        "data.test-size": 32,
+        "data.max-site-examples": 32,
+        "model.max-length": 48,
+    },
 }
 
 

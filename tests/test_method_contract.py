@@ -1,4 +1,4 @@
-"""The contract every fine-tuning method meets, on tiny BERT and tiny Llama models.
+"""The contract every fine-tuning method meets, on tiny BERT and Llama classifiers and a tiny Llama causal LM.
 
 One row per method, with non-default values of its own options: after merging,
 the model is the base architecture; its outputs equal base weights plus the
@@ -20,7 +20,7 @@ from fedelta.common.methods import METHODS, MethodContext
 from fedelta.common.methods.hiwi import HiWiAdapter
 from fedelta.common.methods.pafi import smallest_positions
 from fedelta.common.methods.svfit import SingularValueShift
-from fedelta.common.model import load_model
+from fedelta.common.model import ModelBundle, load_causal_lm, load_model
 from fedelta.common.optimizers import make_optimizer
 from fedelta.common.upload import make_upload
 from fedelta.common.aggregation import WeightedMean
@@ -35,14 +35,23 @@ ROWS = {
     "svfit": {"svfit.rank": 4},
     "lora": {"lora.rank": 4},
 }
-ARCHITECTURES = ["tiny-bert", "tiny-llama"]
+ARCHITECTURES = ["tiny-bert", "tiny-llama", "tiny-llama-causal"]
+CAUSAL = "tiny-llama-causal"  # a 2-layer Llama causal LM with tied embeddings, no new head
+
+
+def _bundle(kind: str) -> ModelBundle:
+    if kind == CAUSAL:
+        model, tokenizer = load_causal_lm("tiny-llama", seed=0)
+        return ModelBundle(model, tokenizer, head=[])
+    return load_model(kind, num_labels=2, seed=0)
 LIMITS = Limits(max_bytes=64 << 20, max_elements=10_000_000)
 
 
-def _inputs(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _inputs(seed: int, kind: str = "tiny-bert") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 2000, (8, 12), generator=gen)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.randint(0, 2, (8,), generator=gen)
+    labels = ids.clone() if kind == CAUSAL else torch.randint(0, 2, (8,), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, labels
 
 
 def local_round(method_name: str, kind: str, seed: int):
@@ -51,16 +60,17 @@ def local_round(method_name: str, kind: str, seed: int):
         {"model.path": kind, "method.name": method_name, "prune.name": "none", "quant.values": "fp32",
          "local.lr": 1e-2, "local.head-lr": 1e-2, **ROWS[method_name]}
     )
-    bundle = load_model(kind, num_labels=2, seed=0)
+    bundle = _bundle(kind)
     base = {name: value.clone() for name, value in model_params(bundle.model).items()}
     context = MethodContext(settings.method, bundle.head, "genesis", lambda: base,
-                            options=settings.options_for(method_name))
+                            options=settings.options_for(method_name),
+                            peft_task_type="CAUSAL_LM" if kind == CAUSAL else "SEQ_CLS")
     method = METHODS.get(method_name)
     attachment = method.attach(bundle.model, context)
     optimizer = make_optimizer(bundle.model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
     bundle.model.train()
     for step in range(3):
-        inputs, labels = _inputs(seed * 10 + step)
+        inputs, labels = _inputs(seed * 10 + step, kind)
         loss = bundle.model(**inputs, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -78,7 +88,7 @@ def local_round(method_name: str, kind: str, seed: int):
 @pytest.mark.parametrize("method_name", list(ROWS))
 def test_method_contract(method_name, kind):
     bundle, base, context, method, attachment, formed, upload, resolved = local_round(method_name, kind, seed=1)
-    fresh = load_model(kind, num_labels=2, seed=0).model
+    fresh = _bundle(kind).model
 
     # After merging, the architecture is exactly the base's.
     assert [type(m) for _, m in bundle.model.named_modules()] == [type(m) for _, m in fresh.named_modules()]
@@ -92,6 +102,11 @@ def test_method_contract(method_name, kind):
     inputs, _ = _inputs(99)
     with torch.no_grad():
         torch.testing.assert_close(fresh(**inputs).logits, bundle.model(**inputs).logits, rtol=1e-4, atol=1e-5)
+
+    # A tied input/output embedding is one tensor: in the model and in every delta.
+    if kind == CAUSAL:
+        assert bundle.model.lm_head.weight is bundle.model.model.embed_tokens.weight
+        assert "lm_head.weight" not in resolved.names() and "lm_head.weight" not in allowed
 
     # Outside the touched tensors nothing moved, bit for bit.
     for name, value in model_params(bundle.model).items():
@@ -228,3 +243,15 @@ def test_dense_entries_of_lnbias_are_tiny():
     total = sum(p.numel() for p in load_model("tiny-bert", 2, 0).model.parameters())
     assert all(isinstance(e, Dense) for e in resolved.entries.values())
     assert resolved.count() < 0.01 * total
+
+
+@pytest.mark.parametrize("kind, adapted", [
+    ("tiny-bert", "bert.encoder.layer.0.intermediate.dense.bias"),
+    (CAUSAL, "model.layers.0.post_attention_layernorm.weight"),
+])
+def test_hiwi_adapts_ffn_biases_or_on_llama_the_ffn_input_norm_gains(kind, adapted):
+    bundle = _bundle(kind)
+    settings = Settings().with_overrides({"method.name": "hiwi"})
+    context = MethodContext(settings.method, bundle.head, options=settings.options_for("hiwi"))
+    targets = METHODS.get("hiwi").targets(bundle.model, context)
+    assert adapted in targets and len(targets) == 2

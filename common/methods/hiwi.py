@@ -6,6 +6,7 @@ not grow with the adapter width. Built on ``torch.nn.utils.parametrize``.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass
 
@@ -15,7 +16,9 @@ from torch.nn.utils import parametrize
 from fedelta.common.config import require
 from fedelta.common.methods.registry import METHODS, Attachment, FineTuningMethod, MethodContext, matching, parameters_of
 
-DEFAULT_TARGETS = ["*intermediate.dense.bias"]
+# Default targets, the first that matches the model: the FFN intermediate biases (BERT-like models); for
+# models without biases (Llama), the RMSNorm gains of the FFN's input, the per-unit vectors that shape it.
+DEFAULT_TARGETS = (["*intermediate.dense.bias"], ["*post_attention_layernorm.weight"])
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,12 @@ class HiWi(FineTuningMethod):
     options_type = HiWiOptions
 
     def targets(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
-        patterns = context.settings.target_patterns() or DEFAULT_TARGETS
-        return matching([n for n in parameters_of(model) if n not in set(context.head)], patterns, "hiwi")
+        names = [n for n in parameters_of(model) if n not in set(context.head)]
+        patterns = context.settings.target_patterns() or next(
+            (found for found in DEFAULT_TARGETS if any(fnmatch.fnmatchcase(n, p) for n in names for p in found)),
+            DEFAULT_TARGETS[0],
+        )
+        return matching(names, patterns, "hiwi")
 
     def touched(self, model: torch.nn.Module, context: MethodContext) -> list[str]:
         return sorted(set(self.targets(model, context)) | set(context.head))

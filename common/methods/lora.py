@@ -59,7 +59,7 @@ class LoRA(FineTuningMethod):
         modules = target_modules(model, context)
         rank = self.options(context).rank
         config = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules
+            task_type=TaskType[context.peft_task_type], r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules
         )
         peft_model = get_peft_model(model, config)
         trainable = [param for param in peft_model.parameters() if param.requires_grad]

@@ -37,7 +37,8 @@ class MethodContext:
     """What a method may use besides the model: its settings and options, the task head, version 0.
 
     ``options`` is the method's own options (``Settings.options_for(name)``);
-    ``None`` means its defaults.
+    ``None`` means its defaults. ``peft_task_type`` is peft's name for the
+    task the model is built for (``SEQ_CLS``, ``CAUSAL_LM``).
     """
 
     settings: MethodSettings
@@ -46,6 +47,7 @@ class MethodContext:
     genesis: Callable[[], Params] | None = None
     memo: Memo = compute_now
     options: Any = None
+    peft_task_type: str = "SEQ_CLS"
 
     def genesis_params(self) -> Params:
         if self.genesis is None:

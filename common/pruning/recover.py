@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from math import prod
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fedelta.common.config import Settings
-from fedelta.common.data import Corpus
 from fedelta.common.delta import Delta, Entry, model_params
 from fedelta.common.optimizers import AdamR, make_optimizer
 from fedelta.common.quantization import VALUE_TYPES, round_trip
 from fedelta.common.registry import Registry
-from fedelta.common.training import train
+
+if TYPE_CHECKING:
+    from fedelta.common.model import ModelBundle
+    from fedelta.common.tasks import Task
 
 RECOVERY: Registry[Callable[..., dict[str, torch.Tensor]]] = Registry("recovery")
 
@@ -36,9 +39,9 @@ def as_received(entry: Entry, values: str) -> torch.Tensor:
     reference="Zimmer et al. 2023, PERP: Rethinking the Prune-Retrain Paradigm in the Era of LLMs, arXiv:2312.15230",
 )
 def recover(
-    model: torch.nn.Module,
-    tokenizer: object,
-    corpus: Corpus,
+    task: Task,
+    bundle: ModelBundle,
+    data: Any,
     *,
     base: Mapping[str, torch.Tensor],
     pruned: Delta,
@@ -53,6 +56,7 @@ def recover(
     server will decode, and stays fixed. Returns the new deltas of ``names``
     (to be sent dense); the model is left holding the recovered weights.
     """
+    model = bundle.model
     params = model_params(model)
     with torch.no_grad():
         for name, entry in pruned.entries.items():
@@ -66,10 +70,7 @@ def recover(
         optimizer = make_optimizer(model, trainable, head, settings.local, settings.optimizer)
         if isinstance(optimizer, AdamR):  # decay toward the round's base, as in local training
             optimizer.anchor_to({param: base[name] for name, param in model.named_parameters() if name in names})
-        train(
-            model, tokenizer, corpus, optimizer, steps=settings.prune.recover_steps,
-            batch_size=settings.local.batch_size, max_length=settings.model.max_length, seed=seed,
-        )
+        task.train(bundle, data, optimizer, steps=settings.prune.recover_steps, seed=seed)
     finally:
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])

@@ -12,7 +12,8 @@ from fedelta.server.store import StoreError, VersionStore
 
 
 def export_version(store: VersionStore, version_id: int, into: BinaryIO) -> str:
-    """Write ``fedelta-v<N>/`` (config, safetensors weights, tokenizer, fedelta.json) as a zip into ``into``.
+    """Write ``fedelta-v<N>/`` (config, safetensors weights, tokenizer, fedelta.json) as a zip into ``into``:
+    a sequence classifier or a causal LM, as the run's task builds it.
 
     Version 0 is built from the settings the server recorded in the store (as
     every party builds it); the version's snapshot and merged deltas are then
@@ -21,7 +22,7 @@ def export_version(store: VersionStore, version_id: int, into: BinaryIO) -> str:
     from fedelta.common.codec import Limits
     from fedelta.common.config import Settings
     from fedelta.common.delta import model_params, state_hash
-    from fedelta.common.model import load_model
+    from fedelta.common.tasks import task_for
     from fedelta.server.resume import replay_to
 
     version = store.version(version_id)
@@ -29,13 +30,14 @@ def export_version(store: VersionStore, version_id: int, into: BinaryIO) -> str:
     if recorded is None or labels is None:
         raise StoreError(f"{store.root} does not record the settings that build version 0; it cannot be exported")
     settings = Settings.from_run_config(recorded)
-    bundle = load_model(settings.model.source, len(labels), settings.seed)
+    bundle = task_for(settings).load_model(len(labels), settings.seed)
     params = model_params(bundle.model)
     replay_to(store, version.id, params, Limits.for_model(bundle.num_params()))
     if state_hash(params) != version.sha:
         raise StoreError(f"version {version.id} rebuilds to weights other than its recorded hash")
-    bundle.model.config.id2label = dict(enumerate(labels))
-    bundle.model.config.label2id = {label: index for index, label in enumerate(labels)}
+    if bundle.head:  # a classifier names its outputs
+        bundle.model.config.id2label = dict(enumerate(labels))
+        bundle.model.config.label2id = {label: index for index, label in enumerate(labels)}
     name = f"fedelta-v{version.id}"
     with tempfile.TemporaryDirectory(prefix="fedelta-export-") as work:
         folder = Path(work) / name

@@ -1,0 +1,60 @@
+"""Sequence classification: a new seeded head on the pretrained body, labelled text, accuracy and cross-entropy."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from fedelta.common.config import Settings
+from fedelta.common.data import Corpus, load_corpus, load_file
+from fedelta.common.model import ModelBundle, load_model
+from fedelta.common.tasks.registry import TASKS, Evaluation
+from fedelta.common.training import TrainResult, evaluate, train
+
+
+class Classification:
+    """Text in, one of a fixed set of labels out."""
+
+    peft_task_type = "SEQ_CLS"
+    metric_names = ("accuracy", "loss")
+    takes_sparse_base = True
+    export_class = "AutoModelForSequenceClassification"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def load_data(self) -> Corpus:
+        return load_corpus(self.settings.data)
+
+    def load_file(self, path: Path, labels: tuple[str, ...] | None = None) -> Corpus:
+        return load_file(path, labels)
+
+    def load_model(self, num_labels: int, seed: int) -> ModelBundle:
+        return load_model(self.settings.model.source, num_labels, seed)
+
+    def train(self, bundle: ModelBundle, data: Corpus, optimizer: torch.optim.Optimizer, *, steps: int,
+              seed: int) -> TrainResult:
+        return train(bundle.model, bundle.tokenizer, data, optimizer, steps=steps,
+                     batch_size=self.settings.local.batch_size, max_length=self.settings.model.max_length, seed=seed)
+
+    def evaluate(self, bundle: ModelBundle, data: Corpus) -> Evaluation:
+        result = evaluate(bundle.model, bundle.tokenizer, data, max_length=self.settings.model.max_length)
+        return Evaluation(examples=result.examples, loss=result.loss, accuracy=result.accuracy)
+
+    def calibration_texts(self, bundle: ModelBundle, data: Corpus, count: int, seed: int) -> list[str]:
+        return random.Random(seed).sample(data.texts, min(count, len(data)))
+
+    def describe(self, data: Corpus) -> str:
+        counts = Counter(data.labels)
+        shares = ", ".join(f"{name} {counts.get(i, 0)}" for i, name in enumerate(data.label_names))
+        return f"{len(data)} examples ({shares})"
+
+
+TASKS.register(
+    "classification",
+    summary="sequence classification: a seeded head on the pretrained body; text,label data; accuracy and loss",
+    reference="Devlin et al. 2019, BERT (fine-tuning with a task head)",
+)(Classification)
