@@ -1,8 +1,9 @@
-"""Where a site or the server computes (``local.device``), and the precision of its forward and backward passes.
+"""Where a site or the server computes (``local.device``), and the precision of its forward passes.
 
 Weights, optimizer states and deltas stay fp32 on every device. On CUDA, only the
 operations inside :func:`autocast_for` run in bf16 (autocast keeps fp32 master
-weights and casts per operation); on the CPU nothing changes. Weights are loaded,
+weights and casts per operation; the backward pass, called after the block, runs
+each operation's gradient in the dtype its forward used); on the CPU nothing changes. Weights are loaded,
 versions applied and hashed, and a site's delta formed on the CPU in fp32, so the
 sha256 of a version is a function of its fp32 values alone: a site that trains on
 a GPU verifies the same hashes as the server and as a site that trains on the CPU.
@@ -38,7 +39,7 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """Around a forward and backward pass: bf16 autocast with fp32 master weights on CUDA, nothing elsewhere."""
+    """Around a forward pass and its loss: bf16 autocast with fp32 master weights on CUDA, nothing elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
