@@ -3,13 +3,13 @@
 Weights, optimizer states and deltas stay fp32 on every device. On CUDA, only the
 operations inside :func:`autocast_for` run in bf16 (autocast keeps fp32 master
 weights and casts per operation; the backward pass, called after the block, runs
-each operation's gradient in the dtype its forward used); on the CPU nothing changes. Weights are loaded,
-versions applied and hashed, and a site's delta formed on the CPU in fp32, so the
-sha256 of a version is a function of its fp32 values alone: a site that trains on
-a GPU verifies the same hashes as the server and as a site that trains on the CPU.
-The values a GPU site trains differ from a CPU site's (bf16 and GPU kernels round
-differently), so a run's hashes are reproducible on the same kind of device, not
-across devices.
+each gradient in the dtype its forward used); on the CPU nothing changes. Weights
+are loaded, versions applied and hashed, and a site's delta formed on the CPU in
+fp32, so the sha256 of a version is a function of its fp32 values alone: a site
+that trains on a GPU verifies the same hashes as the server and as a site that
+trains on the CPU. The values a GPU site trains differ from a CPU site's (bf16 and
+GPU kernels round differently), so a run's hashes are reproducible on the same
+kind of device, not across devices.
 """
 
 from __future__ import annotations
