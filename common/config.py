@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 PARTITIONERS = ("movie", "dirichlet", "iid")
 DATASETS = ("rotten-tomatoes", "bbc-news")
 Q_MODES = ("unlabelled", "labelled")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -89,6 +90,9 @@ class FederationSettings:
     num_sites: int = 4
     fraction_train: float = 1.0
     min_sites: int = 2
+    cpus_per_site: float = 2.0
+    gpus_per_site: float = 0.0
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         require(self.num_sites >= 1, "federation.num-sites", "must be >= 1")
@@ -97,6 +101,13 @@ class FederationSettings:
             1 <= self.min_sites <= self.num_sites,
             "federation.min-sites",
             f"must be in [1, federation.num-sites={self.num_sites}]",
+        )
+        require(self.cpus_per_site > 0, "federation.cpus-per-site", "must be > 0")
+        require(self.gpus_per_site >= 0, "federation.gpus-per-site", "must be >= 0")
+        require(
+            self.ray_address == self.ray_address.strip(),
+            "federation.ray-address",
+            "must be HOST:PORT of a Ray head, without spaces (\"\" = start a local Ray)",
         )
 
     @property
@@ -111,12 +122,14 @@ class LocalSettings:
     batch_size: int = 16
     lr: float = 1e-4
     head_lr: float = 3e-3
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "local.steps", "must be >= 1")
         require(self.batch_size >= 1, "local.batch-size", "must be >= 1")
         require(0 < self.lr < 1, "local.lr", "must be in (0, 1)")
         require(0 < self.head_lr < 1, "local.head-lr", "must be in (0, 1)")
+        require(self.device in DEVICES, "local.device", f"must be one of {DEVICES}, got {self.device!r}")
 
 
 @dataclass(frozen=True)

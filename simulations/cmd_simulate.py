@@ -59,8 +59,10 @@ def final_scores(summary: dict) -> str:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import torch
+
     from fedelta.common.config import Settings, parse_assignment
-    from fedelta.simulations.engine import run_flower_simulation
+    from fedelta.simulations.engine import refuse_unplaceable_sites, run_flower_simulation
     from fedelta.simulations.presets import preset
 
     overrides = preset(args.preset)
@@ -72,6 +74,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.state_dir:
         overrides["output.state-dir"] = str(Path(args.state_dir).resolve())
     settings = Settings().with_overrides(overrides)
+    refuse_unplaceable_sites(settings, cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count())
     state = Path(settings.output.state_dir) if settings.output.state_dir else out / "state"
     if (out / "metrics.jsonl").exists() and not (state / "store.sqlite").exists():
         raise ValueError(f"{out} already holds a run whose store is not in {state}; choose another --out")
@@ -82,7 +85,7 @@ def _simulate(args: argparse.Namespace) -> int:
           f"values {settings.quant.values}; results in {out}" + (f" (engine log: {log.name})" if log else ""),
           flush=True)
     with engine_output_to(log):
-        run_flower_simulation(overrides, settings.federation.num_sites, verbose=args.verbose)
+        run_flower_simulation(overrides, settings.federation, verbose=args.verbose)
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         where = f"; the last lines of {log}:\n{_tail(log, 30)}" if log else "; see the log above"

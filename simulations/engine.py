@@ -8,6 +8,11 @@ virtual site and the ServerApp get the same fused settings, read from that
 folder and the overrides, as ``flwr run`` would give them. :data:`PRIVATE_API`
 names every private name used here; :func:`missing_private_api` reports the
 ones a Flower upgrade moved (``tests/test_flower_private.py`` runs it).
+
+Where the virtual sites run comes from the ``federation`` settings: each site's
+Ray resources, and a local Ray or the running cluster at ``federation.ray-address``
+(:func:`backend_config`); :func:`refuse_unplaceable_sites` refuses, before Ray
+starts, sites that it could not place.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ import inspect
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fedelta.common.config import require
+
+if TYPE_CHECKING:
+    from fedelta.common.config import FederationSettings, Settings
 
 # (module, attribute, parameters the call here passes): Flower's private API that fedelta relies on.
 PRIVATE_API: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -50,11 +60,53 @@ def missing_private_api() -> list[str]:
     return problems
 
 
-def run_flower_simulation(
-    overrides: dict[str, Any], num_sites: int, *, cpus_per_site: float = 2.0, gpus_per_site: float = 0.0,
-    verbose: bool = False,
-) -> None:
-    """Run the fedelta ServerApp and ``num_sites`` virtual sites (Ray actors) with these settings."""
+def backend_config(federation: FederationSettings) -> dict[str, Any]:
+    """Flower's backend config: each virtual site's Ray resources, and the address of a Ray cluster to join.
+
+    Joining passes Ray nothing but the address: Ray refuses ``num_cpus``, ``num_gpus`` and
+    ``resources`` from a driver that connects to a running cluster, whose nodes declared theirs
+    at ``ray start``.
+    """
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if federation.ray_address:
+        init_args["address"] = federation.ray_address
+    return {
+        "client_resources": {"num_cpus": federation.cpus_per_site, "num_gpus": federation.gpus_per_site},
+        "init_args": init_args,
+    }
+
+
+def refuse_unplaceable_sites(settings: Settings, *, cpus: int, gpus: int) -> None:
+    """Refuse virtual sites that Ray could not give what they ask for, before starting it.
+
+    ``cpus`` and ``gpus`` are this machine's; they bound a local Ray, not a joined cluster.
+    Whatever Ray runs on, a site that reserves no GPU sees none (Ray hides them from it).
+    """
+    federation = settings.federation
+    require(
+        settings.local.device != "cuda" or federation.gpus_per_site > 0,
+        "local.device",
+        "is 'cuda' but federation.gpus-per-site is 0, and Ray hides the GPUs from a site that reserves none; "
+        "set federation.gpus-per-site (0.5 puts two sites on each GPU)",
+    )
+    if federation.ray_address:
+        return
+    require(
+        federation.cpus_per_site <= cpus,
+        "federation.cpus-per-site",
+        f"is {federation.cpus_per_site:g} but this machine has {cpus} CPUs, so the local Ray could run no site; "
+        "lower it, or join a larger Ray cluster with federation.ray-address",
+    )
+    require(
+        federation.gpus_per_site <= gpus,
+        "federation.gpus-per-site",
+        f"is {federation.gpus_per_site:g} but this process sees {gpus} CUDA devices, so the local Ray could run "
+        "no site; lower it, or join a Ray cluster with GPUs with federation.ray-address",
+    )
+
+
+def run_flower_simulation(overrides: dict[str, Any], federation: FederationSettings, *, verbose: bool = False) -> None:
+    """Run the fedelta ServerApp and ``federation.num_sites`` virtual sites (Ray actors) with these settings."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -80,7 +132,7 @@ def run_flower_simulation(
         fused = get_fused_config_from_dir(app_dir, run.override_config)
         context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
         _run_simulation(
-            num_supernodes=num_sites,
+            num_supernodes=federation.num_sites,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             client_app_attr=CLIENT_APP,
             server_app_attr=SERVER_APP,
@@ -88,7 +140,6 @@ def run_flower_simulation(
             app_dir=str(app_dir),
             run=run,
             is_app=True,
-            backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
-                            "init_args": {"include_dashboard": False}},
+            backend_config=backend_config(federation),
             verbose_logging=verbose,
         )

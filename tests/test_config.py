@@ -40,6 +40,10 @@ def test_round_trip_through_flat_mapping():
         ({"lora.alpha": 16}, "unknown setting 'lora.alpha'"),
         ({"full.rank": 1}, "no section 'full'"),
         ({"method.rank": 8}, "unknown setting 'method.rank'"),
+        ({"federation.cpus-per-site": 0}, "federation.cpus-per-site"),
+        ({"federation.gpus-per-site": -0.5}, "federation.gpus-per-site"),
+        ({"federation.ray-address": " head:6379"}, "federation.ray-address"),
+        ({"local.device": "tpu"}, "local.device"),
     ],
 )
 def test_bad_settings_name_the_field(overrides, fragment):
