@@ -14,6 +14,7 @@ from fedelta.common.codec import Limits
 from fedelta.common.config import Settings
 from fedelta.common.data import hold_out, partition, split_site
 from fedelta.common.delta import Delta, extract_delta, model_params
+from fedelta.common.devices import placed, resolve_device
 from fedelta.common.messages import EvaluateReply, TrainReply
 from fedelta.common.methods import METHODS, MethodContext
 from fedelta.common.methods.lnbias import norm_and_bias_names
@@ -116,11 +117,12 @@ class Site:
         pattern = base_pattern(settings.model.sparse_base, context)
         lock_pattern(model, pattern)
         before = {name: params[name].clone() for name in attachment.touched}
-        optimizer = make_optimizer(model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
-        result = self.task.train(
-            bundle, self.data.train, optimizer, steps=settings.local.steps,
-            seed=upload_seed(settings.seed, server_round, self.name),
-        )
+        with placed(model, resolve_device(settings.local.device)):
+            optimizer = make_optimizer(model, attachment.trainable, bundle.head, settings.local, settings.optimizer)
+            result = self.task.train(
+                bundle, self.data.train, optimizer, steps=settings.local.steps,
+                seed=upload_seed(settings.seed, server_round, self.name),
+            )
         formed = formed_off_pattern(attachment.formed(), pattern)
         attachment.merge()
         zero_pattern(model_params(model), pattern)
@@ -188,5 +190,7 @@ class Site:
 
     def evaluate_round(self, downlink: Downlink) -> EvaluateReply:
         bundle, version, sha = self.sync(downlink)
-        metrics = {**self.task.evaluate(bundle, self.data.test).metrics(), "downlink-bytes": float(downlink.size())}
+        with placed(bundle.model, resolve_device(self.settings.local.device)):
+            scores = self.task.evaluate(bundle, self.data.test).metrics()
+        metrics = {**scores, "downlink-bytes": float(downlink.size())}
         return EvaluateReply(self.name, version, sha, metrics)

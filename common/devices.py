@@ -15,7 +15,7 @@ kind of device, not across devices.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -48,3 +48,19 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[None
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """A tokenized batch with every tensor moved to ``device``."""
     return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters are."""
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def placed(model: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
+    """``model`` on ``device`` inside the block and back on the CPU after it (its parameters stay the same
+    objects, so optimizers and references to them stay valid)."""
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to("cpu")

@@ -56,7 +56,7 @@ def lock_pattern(model: torch.nn.Module, pattern: Pattern | None) -> list[Callab
     for name, param in model.named_parameters():
         if pattern and name in pattern and param.requires_grad:
             keep = ~pattern[name]
-            handle = param.register_hook(lambda grad, keep=keep: grad * keep)
+            handle = param.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))
             removers.append(handle.remove)
     return removers
 

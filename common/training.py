@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedelta.common.data import Corpus
+from fedelta.common.devices import autocast_for, device_of, to_device
 from fedelta.common.seeding import seeded
 
 
@@ -50,17 +51,20 @@ def fit(
     model: torch.nn.Module, batches: Iterator[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer, *,
     steps: int, seed: int,
 ) -> TrainResult:
-    """``steps`` optimizer steps on the loss the model computes for each batch (its ``labels`` included).
+    """``steps`` optimizer steps on the loss the model computes for each batch (its ``labels`` included),
+    on the device the model is on (bf16 autocast for the forward pass on CUDA).
 
     ``seed`` fixes every random draw of the forward pass (dropout), whatever
     the process did before; torch's global random state is left as it was.
     """
     model.train()
+    device = device_of(model)
     total_loss, examples = 0.0, 0
     with seeded(seed), _progress(steps, "train") as bar:
         for _ in range(steps):
-            batch = next(batches)
-            output = model(**batch)
+            batch = to_device(next(batches), device)
+            with autocast_for(device):
+                output = model(**batch)
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             optimizer.step()
@@ -104,14 +108,16 @@ def evaluate(
     if len(corpus) == 0:
         return EvalResult(accuracy=0.0, loss=0.0, examples=0)
     model.eval()
+    device = device_of(model)
     order = sorted(range(len(corpus)), key=lambda i: len(corpus.texts[i]))
     correct, total_loss = 0, 0.0
     with _progress(len(order), "eval") as bar:
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             labels = torch.tensor([corpus.labels[i] for i in chosen])
-            inputs = _tokenize(tokenizer, [corpus.texts[i] for i in chosen], max_length)
-            logits = model(**inputs).logits
+            inputs = to_device(_tokenize(tokenizer, [corpus.texts[i] for i in chosen], max_length), device)
+            with autocast_for(device):
+                logits = model(**inputs).logits.float().cpu()
             total_loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
             bar.update(len(chosen))

@@ -18,6 +18,7 @@ from fedelta.common.codec import CodecError, Decoded, Limits, decode
 from fedelta.common.config import Settings
 from fedelta.common.data import hold_out
 from fedelta.common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
+from fedelta.common.devices import placed, resolve_device
 from fedelta.common.methods import METHODS, MethodContext
 from fedelta.common.sparsity import base_pattern
 from fedelta.common.tasks import task_for
@@ -278,7 +279,9 @@ class Coordinator:
         tally, self.tally = self.tally, RoundTally()
         if server_round in self.rounds.finished:
             return self.rounds.finished[server_round]
-        result = self.task.evaluate(self.bundle, self.test)
+        with placed(self.bundle.model, resolve_device(self.settings.local.device)):
+            result = self.task.evaluate(self.bundle, self.test)
+        self.params = model_params(self.bundle.model)
         counters = self.rounds.pending.pop(server_round, tally.counters())
         rss = rss_bytes()
         row = {

@@ -74,7 +74,7 @@ class PaFi(FineTuningMethod):
         for name, positions in masks.items():
             keep = torch.zeros(params[name].numel(), dtype=torch.bool)
             keep[positions] = True
-            params[name].register_hook(lambda grad, keep=keep.reshape(params[name].shape): grad * keep)
+            params[name].register_hook(lambda grad, keep=keep.reshape(params[name].shape): grad * keep.to(grad.device))
         spec = self.spec(context)
 
         def formed() -> dict[str, Entry]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fedelta.common.config import Settings
+from fedelta.common.devices import autocast_for, device_of, to_device
 from fedelta.common.instructions import Conversations, Message, load_bundled_instructions, load_instruction_file
 from fedelta.common.model import ModelBundle, load_causal_lm
 from fedelta.common.tasks.registry import TASKS, Evaluation
@@ -104,7 +105,9 @@ def response_log_likelihoods(model: torch.nn.Module, rows: list[tuple[list[int],
     labels = batch.pop("labels")
     span = max(len(ids) - prompt for ids, prompt in rows) + 1
     keep = {"logits_to_keep": span} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    logits = model(**batch, **keep).logits[:, -span:].float()
+    device = device_of(model)
+    with autocast_for(device):
+        logits = model(**to_device(batch, device), **keep).logits[:, -span:].float().cpu()
     targets = labels[:, -span:]
     scores = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
     counted = targets[:, 1:] != IGNORED
