@@ -10,9 +10,8 @@ the read with one error naming the file, the row and the column.
 
 The bundled labelled corpora become instruction tasks through
 :data:`TEMPLATES`: the prompt asks for the label and the response is the label
-word. When the responses come from a small closed set (at most
-:data:`MAX_CANDIDATES` distinct ones), that set is kept as the candidates that
-evaluation scores by likelihood.
+word. When the responses come from a small closed set, that set is kept as
+the candidates that evaluation scores by likelihood (see :func:`closed_set`).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from fedelta.common.data import Corpus, load_bundled
 
 ROLES = ("system", "user", "assistant")
 MAX_CANDIDATES = 16
+MIN_REPEATS = 4
 FORMS = ("prompt + response", "messages", "text")
 Message = tuple[str, str]
 
@@ -88,10 +88,14 @@ class Conversations:
         return self.candidates
 
 
-def closed_set(responses: list[str]) -> tuple[str, ...]:
-    """The distinct responses, sorted, when there are at most :data:`MAX_CANDIDATES`; else none."""
+def closed_set(prompts: list[tuple[Message, ...]], responses: list[str]) -> tuple[str, ...]:
+    """The distinct responses, sorted, when they are a small closed set: every example has a prompt, there
+    are 2 to :data:`MAX_CANDIDATES` of them, and each comes back at least :data:`MIN_REPEATS` times on
+    average. Otherwise none (open-ended responses have no accuracy)."""
     distinct = sorted(set(responses))
-    return tuple(distinct) if 2 <= len(distinct) <= MAX_CANDIDATES else ()
+    if not all(prompts) or not 2 <= len(distinct) <= MAX_CANDIDATES or len(distinct) * MIN_REPEATS > len(responses):
+        return ()
+    return tuple(distinct)
 
 
 def from_labelled(corpus: Corpus, template: Template) -> Conversations:
@@ -123,7 +127,7 @@ def load_instruction_file(path: Path) -> Conversations:
         prompts.append(prompt)
         responses.append(response)
         groups.append(str(row.get("group") or ""))
-    return Conversations(prompts, responses, groups, closed_set(responses))
+    return Conversations(prompts, responses, groups, closed_set(prompts, responses))
 
 
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:

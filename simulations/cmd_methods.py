@@ -12,8 +12,10 @@ def _methods(args: argparse.Namespace) -> int:
     from fedelta.common.pruning import PRUNERS
     from fedelta.common.pruning.recover import RECOVERY
     from fedelta.common.quantization import VALUE_TYPES
+    from fedelta.common.tasks import TASKS
 
     registries = (
+        ("tasks (task.name)", TASKS),
         ("fine-tuning methods (method.name)", METHODS),
         ("optimizers (optimizer.name)", OPTIMIZERS),
         ("pruners (prune.name)", PRUNERS),
@@ -31,6 +33,6 @@ def _methods(args: argparse.Namespace) -> int:
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``methods`` on the ``fedelta`` command line."""
     methods = commands.add_parser(
-        "methods", help="list fine-tuning methods, optimizers, pruners, recovery, value types and aggregators",
+        "methods", help="list tasks, fine-tuning methods, optimizers, pruners, recovery, value types and aggregators",
     )
     methods.set_defaults(handler=_methods)

@@ -125,11 +125,20 @@ def test_the_three_forms_of_rows_read_with_groups(tmp_path):
     data = load_instruction_file(path)
     assert data.prompts == [(("user", "Say hi"),), (("system", "Be kind."), ("user", "Hello")), ()]
     assert data.responses == ["hi", "Hello!", "Plain notes to continue pre-training on."]
-    assert data.groups == ["clinic-a", "clinic-b", ""] and data.candidates == ("Hello!", "Plain notes to continue pre-training on.", "hi")
+    assert data.groups == ["clinic-a", "clinic-b", ""] and data.candidates == ()
     csv = tmp_path / "chat.csv"
     csv.write_text('messages,group\n"[{""role"": ""user"", ""content"": ""2+2?""}, '
                    '{""role"": ""assistant"", ""content"": ""4""}]",x\n', encoding="utf-8")
     assert load_instruction_file(csv).responses == ["4"]
+
+
+def test_label_like_responses_are_a_closed_set_and_open_ones_are_not(tmp_path):
+    labelled = [{"prompt": f"Review {i}", "response": "yes" if i % 2 else "no"} for i in range(8)]
+    assert load_instruction_file(_write(tmp_path, "labels.jsonl", labelled)).candidates == ("no", "yes")
+    few = labelled[:6]  # 2 answers, 6 rows: under 4 rows per answer on average
+    assert load_instruction_file(_write(tmp_path, "few.jsonl", few)).candidates == ()
+    with_text = labelled + [{"text": "no"}]
+    assert load_instruction_file(_write(tmp_path, "text.jsonl", with_text)).candidates == ()
 
 
 @pytest.mark.parametrize("rows, raw, fragment", [

@@ -122,6 +122,22 @@ def test_fedelta_site_checks_its_data_before_starting_a_supernode(tmp_path):
     assert "Starting Flower SuperNode" not in done.stdout and not (tmp_path / "cache").exists()
 
 
+def test_an_instruction_file_is_checked_as_the_causal_lm_task_reads_it(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "Is it good?", "response": "yes"}\n{"text": "notes"}\n', encoding="utf-8")
+    assert check_data(good, ("rotten", "fresh"), "causal-lm") == "2 examples (1 with a prompt, 1 plain text)"
+    make_keys(tmp_path / "keys", ["s"], [])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Is it good?", "response": "yes"}\n{"prompt": "And this?"}\n', encoding="utf-8")
+    command = [sys.executable, "-m", "fedelta", "site", "--superlink", "127.0.0.1:9", "--certs",
+               str(tmp_path / "keys"), "--key", str(tmp_path / "keys" / "sites" / "s"), "--data", str(bad),
+               "--cache-dir", str(tmp_path / "cache"), "--task", "causal-lm"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    assert done.returncode == 2
+    assert f"data file {str(bad)!r}, row 2, column 'response': must be non-empty text, found missing" in done.stderr
+    assert not (tmp_path / "cache").exists()
+
+
 def test_launch_files_round_trip_through_toml(tmp_path):
     overrides = {"model.path": "tiny-bert", "rounds": 3, "local.lr": 0.001, "feedback.enabled": True,
                  "output.dir": str(tmp_path / 'a "quoted" dir')}

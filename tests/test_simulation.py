@@ -62,9 +62,30 @@ def test_methods_command_lists_every_registry():
     done = subprocess.run([sys.executable, "-m", "fedelta", "methods"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    for name in ("full", "lnbias", "none", "dare", "magnitude", "fedavg", "fp16", "adamw", "adamr", "sgd", "perp"):
+    for name in ("classification", "causal-lm", "full", "lnbias", "none", "dare", "magnitude", "fedavg", "fp16",
+                 "adamw", "adamr", "sgd", "perp"):
         assert f"  {name}" in done.stdout
-    for title in ("optimizers (optimizer.name)", "recovery after pruning (prune.recover-steps)"):
+    for title in ("tasks (task.name)", "optimizers (optimizer.name)", "recovery after pruning (prune.recover-steps)"):
         assert title in done.stdout
     for reference in ("arXiv:1711.05101", "arXiv:2410.09344", "Robbins & Monro 1951", "arXiv:2312.15230"):
         assert reference in done.stdout
+
+
+@pytest.mark.slow
+def test_llm_smoke_simulation_and_its_resumption_end_on_one_hash(tmp_path):
+    out, state = tmp_path / "run", tmp_path / "state"
+    base = [sys.executable, "-m", "fedelta", "simulate", "--preset", "llm-smoke", "--out", str(out),
+            "--state-dir", str(state)]
+    first = subprocess.run(base + ["--set", "rounds=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.splitlines()[1].split()[2:5] == ["acc", "loss", "ppl"]
+    again = subprocess.run(base, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming after round 1 at version 1" in again.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0, 1, 2] and [row["version"] for row in rows] == [0, 1, 2]
+    assert all(row["perplexity"] > 1 and 0 <= row["accuracy"] <= 1 for row in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["task.name"] == "causal-lm" and summary["final_perplexity"] == rows[-1]["perplexity"]
+    for site_dir in sorted((out / "sites").iterdir()):
+        assert SiteState(site_dir).load_version().sha == rows[-1]["version_sha256"]

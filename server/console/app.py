@@ -180,13 +180,19 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
 
 
 def round_charts(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Accuracy and bytes per finished round, as SVG."""
+    """Accuracy (the loss where the task defines no accuracy) and bytes per finished round, as SVG."""
     done = [row for row in rows if row["state"] == "finished"]
     numbers = [row["round"] for row in done]
-    accuracy = line_chart("Accuracy per round", numbers, [
-        Series("server test set", [row["accuracy"] for row in done], ACCURACY_COLORS[0]),
-        Series("sites (mean)", [row.get("site_accuracy") for row in done], ACCURACY_COLORS[1]),
-    ], lambda v: f"{v:.2f}", floor=0.0, ceiling=1.0)
+    if any(row.get("accuracy") is not None for row in done) or not done:
+        accuracy = line_chart("Accuracy per round", numbers, [
+            Series("server test set", [row.get("accuracy") for row in done], ACCURACY_COLORS[0]),
+            Series("sites (mean)", [row.get("site_accuracy") for row in done], ACCURACY_COLORS[1]),
+        ], lambda v: f"{v:.2f}", floor=0.0, ceiling=1.0)
+    else:  # a task without accuracy (open-ended responses): its loss
+        accuracy = line_chart("Loss per round", numbers, [
+            Series("server test set", [row.get("loss") for row in done], ACCURACY_COLORS[0]),
+            Series("sites (mean)", [row.get("site_loss") for row in done], ACCURACY_COLORS[1]),
+        ], lambda v: f"{v:.3f}", floor=0.0)
     traffic = bar_chart("Bytes per round", numbers, [
         Series("upload", [row["upload_bytes"] for row in done], BYTES_COLORS[0]),
         Series("downlink", [row["downlink_bytes"] for row in done], BYTES_COLORS[1]),
