@@ -20,6 +20,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.max-site-examples": 64,
         "model.max-length": 32,
     },
+    # SmolLM2-135M-Instruct (bundled GGUF) tuned as a generative sentiment classifier: Rotten Tomatoes as an
+    # instruction task, 4 sites by movie, full fine-tuning with DARE p = 0.9 and int8 values; about 10 minutes
+    # on 2 CPU cores, scored on 300 held-out reviews by the likelier of " positive" / " negative".
+    "llm": {
+        "task.name": "causal-lm",
+        "task.chat-template": False,
+        "model.path": "smollm2-135m-instruct",
+        "model.max-length": 96,
+        "federation.num-sites": 4,
+        "rounds": 2,
+        "local.steps": 12,
+        "local.batch-size": 8,
+        "local.lr": 5e-5,
+        "prune.name": "dare",
+        "prune.drop": 0.9,
+        "quant.values": "int8",
+        "data.test-size": 300,
+        "data.max-site-examples": 400,
+    },
     # Causal-LM instruction tuning on a 2-layer Llama built from a config: seconds, for tests.
     "llm-smoke": {
         "task.name": "causal-lm",

@@ -11,7 +11,7 @@ from fedelta.common.config import PruneSettings
 from fedelta.common.pruning import PRUNERS
 from fedelta.common.model import model_name
 from fedelta.common.report import human_bytes, portable_path, portable_paths
-from fedelta.simulations.experiments import darex_extreme, frontier, perp, scale, sparse_base
+from fedelta.simulations.experiments import darex_extreme, frontier, llm_frontier, perp, scale, sparse_base
 from fedelta.simulations.experiments.__main__ import update_results_md
 from fedelta.simulations.experiments.harness import frontier as frontier_points
 from fedelta.simulations.experiments.harness import run_experiment
@@ -56,7 +56,7 @@ def test_refused_settings_are_named_not_run():
     assert outcome.refused and not outcome.summary
 
 
-@pytest.mark.parametrize("module", [frontier, darex_extreme, perp], ids=lambda m: m.NAME)
+@pytest.mark.parametrize("module", [frontier, darex_extreme, perp, llm_frontier], ids=lambda m: m.NAME)
 def test_full_mode_plans_hold_only_settings_the_code_accepts(module):
     reasons = {run.label: refusal(run.overrides) for run in module.plan(quick=False)}
     assert reasons and all(not reason or "feedback.enabled" in reason for reason in reasons.values()), reasons
@@ -178,6 +178,20 @@ def test_frontier_quick_mode(tmp_path):
     federated = [o for o in outcomes if "reference" not in o.run.tags]
     best = frontier_points([(o.upload_bytes, o.accuracy) for o in federated])
     assert section.count("| yes |") == len(best)
+
+
+def test_llm_frontier_quick_mode(tmp_path):
+    outcomes, section = _run_quick(llm_frontier, tmp_path)
+    assert [o.run.label for o in outcomes] == [r.label for r in llm_frontier.plan(quick=True)]
+    assert all(o.summary["config"]["task.name"] == "causal-lm" for o in outcomes)
+    start = outcomes[0].rows[0]["accuracy"]
+    assert all(o.rows[0]["accuracy"] == start for o in outcomes if o.rows[0]["version"] == 0)
+    assert f"| reference: zero-shot (version 0) | {start:.3f} |" in section
+    for outcome in outcomes:
+        assert f"| {outcome.run.label} | {outcome.accuracy:.3f} |" in section
+    full_plan = {run.label for run in llm_frontier.plan(quick=False)}
+    assert {"full, none", "full, dare p=0.9", "full, dare p=0.99", "lnbias", "pafi", "lora", "svfit", "hiwi",
+            "reference: centralized full"} == full_plan
 
 
 @pytest.mark.skipif("darex-q" not in PRUNERS, reason="the darex-q pruner is not registered in this code")
