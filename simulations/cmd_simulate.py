@@ -75,6 +75,10 @@ def _simulate(args: argparse.Namespace) -> int:
         overrides["output.state-dir"] = str(Path(args.state_dir).resolve())
     settings = Settings().with_overrides(overrides)
     refuse_unplaceable_sites(settings, cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count())
+    if settings.data.path:  # a bad data file stops here, with the row and column, before anything starts
+        from fedelta.common.tasks import task_for
+
+        task_for(settings).load_data()
     state = Path(settings.output.state_dir) if settings.output.state_dir else out / "state"
     if (out / "metrics.jsonl").exists() and not (state / "store.sqlite").exists():
         raise ValueError(f"{out} already holds a run whose store is not in {state}; choose another --out")

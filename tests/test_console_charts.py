@@ -25,3 +25,17 @@ def test_bar_chart_draws_one_bar_per_value_from_zero():
     svg = bar_chart("bytes", [1, 2], [Series("up", [10.0, 20.0], "#1"), Series("down", [30.0, None], "#2")], str)
     bars = [part for part in svg.split("<rect")[1:] if "<title>" in part]
     assert len(bars) == 3 and "down, round 1: 30.0" in svg
+
+
+def _round(number: int, **scores: float) -> dict:
+    return {"round": number, "state": "finished", "upload_bytes": 10, "downlink_bytes": 20, **scores}
+
+
+def test_rounds_chart_accuracy_where_the_task_has_it_and_else_the_loss():
+    from fedelta.server.console.app import round_charts
+
+    scored = round_charts([_round(0, accuracy=0.5, loss=0.7), _round(1, accuracy=0.8, loss=0.4)])
+    assert "Accuracy per round" in scored["accuracy"] and "Loss per round" not in scored["accuracy"]
+    open_ended = round_charts([_round(0, accuracy=None, loss=2.9, perplexity=18.2),
+                               _round(1, accuracy=None, loss=1.1, perplexity=3.0)])
+    assert "Loss per round" in open_ended["accuracy"] and open_ended["accuracy"].count("<circle") == 2

@@ -58,6 +58,16 @@ def test_cli_rejects_bad_settings_before_starting(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_a_bad_instruction_file_stops_simulate_before_anything_starts(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "q", "response": "a"}\n{"messages": []}\n', encoding="utf-8")
+    command = [sys.executable, "-m", "fedelta", "simulate", "--preset", "llm-smoke", "--set", f"data.path={data}",
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert f"data file {str(data)!r}, row 2, column 'messages': must be a list of at least two messages" in done.stderr
+
+
 def test_methods_command_lists_every_registry():
     done = subprocess.run([sys.executable, "-m", "fedelta", "methods"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60)
