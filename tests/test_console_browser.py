@@ -142,6 +142,10 @@ def test_an_action_form_with_a_wrong_token_is_refused_and_changes_nothing(browse
     form = browser.find_element(By.CSS_SELECTOR, "form[action$='/pause']")
     form.find_element(By.NAME, "token").send_keys("not-the-token")
     form.find_element(By.ID, "pause-button").click()
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.ID, "action-error")))
     assert _text(browser, "#action-error") == "a valid token is required for actions"
     assert [e for e in _problems(browser) if "401" not in e["message"]] == []
     assert live_console.get("/api/actions") == before
