@@ -13,9 +13,11 @@ Layout of the container, before compression:
   plus caller metadata such as ``method`` and ``prune``.
 
 The zstd frame carries its content size and a checksum. :func:`decode` reads
-untrusted bytes: it bounds the decompressed size and the element count before
-allocating anything large, checks every declared structure, and raises
-:class:`CodecError` with what was wrong.
+untrusted bytes: it bounds the decompressed size (and, for uploads, its ratio
+to the bytes sent), the header, the number of entries and the element count
+before allocating anything large, checks every declared structure
+(:mod:`fedelta.common.container`), and raises :class:`CodecError` with what was
+wrong.
 """
 
 from __future__ import annotations
@@ -31,41 +33,25 @@ import safetensors.torch
 import torch
 import zstandard
 
+from fedelta.common.container import (  # noqa: F401  (errors, limits and the format name are part of this module's interface)
+    FORMAT,
+    KINDS,
+    MAX_ENTRIES,
+    UPLOAD_EXPANSION,
+    CodecError,
+    Limits,
+    parse_entries,
+    read_header,
+)
 from fedelta.common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
+from fedelta.common.entries import Shape
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
 from fedelta.common.rice import IndexCodingError, coded_size, decode_indices, encode_indices
 
-FORMAT = "fedelta-delta/2"
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
-TENSOR_PARTS = {
-    "dense": ("values",),
-    "sparse": ("values", "indices"),
-    "seeded": ("values",),
-    "base-mask": ("values",),
-    "low-rank": ("a", "b"),
-    "singular": ("values",),
-}
 SCALES = "scales"
 SAME_WIDTH_INTEGER = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
                       torch.float64: torch.int64}
-MAX_HEADER_BYTES = 64 << 20
-
-
-class CodecError(ValueError):
-    """Bytes that are not a valid fedelta delta."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Hard bounds for decoding untrusted bytes."""
-
-    max_bytes: int
-    max_elements: int
-
-    @classmethod
-    def for_model(cls, num_params: int) -> Limits:
-        """Room for a full fp32 snapshot plus explicit indices, and no more."""
-        return cls(max_bytes=9 * num_params + (16 << 20), max_elements=num_params)
 
 
 @dataclass(frozen=True)
@@ -142,26 +128,28 @@ def auto_level(size: int) -> int:
     return 15 if size < 256 << 10 else 9 if size < 4 << 20 else 3
 
 
-def decode(data: bytes, limits: Limits) -> Decoded:
-    """Parse bytes from :func:`encode`, within ``limits``; raise :class:`CodecError` otherwise."""
+def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = None) -> Decoded:
+    """Parse bytes from :func:`encode`, within ``limits``; raise :class:`CodecError` otherwise.
+
+    ``shapes`` (the model's tensors by name) bounds the entries to one per
+    tensor and makes an entry for a tensor declare that tensor's shape;
+    without it, at most :data:`MAX_ENTRIES` entries. Names outside ``shapes``
+    count against both bounds and are left to the caller's validation.
+    """
+    max_entries = MAX_ENTRIES if shapes is None else len(shapes)
     raw = _decompress(data, limits)
-    header = _read_header(raw)
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CodecError(f"not a {FORMAT} container")
-    if not all(isinstance(v, str) for v in meta.values()):
-        raise CodecError("metadata values must be strings")
+    meta, records = read_header(raw, max_entries)
     value_name = meta.get("values", "")
     if value_name not in VALUE_TYPES or not isinstance(meta.get("base"), str):
-        raise CodecError(f"bad metadata: values={value_name!r}, base={meta.get('base')!r}")
-    described = _parse_entries(meta.get("entries", ""), limits)
+        raise CodecError(f"bad metadata: values={value_name[:20]!r}, base={str(meta.get('base'))[:70]!r}")
+    described = parse_entries(meta.get("entries", ""), limits, max_entries, shapes)
     quantizer = VALUE_TYPES.get(value_name)
     expected = set()
     for n, d in described.items():
-        expected |= {f"{n}/{part}" for part in TENSOR_PARTS[d["kind"]]}
+        expected |= {f"{n}/{part}" for part in KINDS[d["kind"]].parts}
     if quantizer.scaled and described:  # an empty delta has no value tensors, so no scales
         expected.add(SCALES)
-    if set(header) - {"__metadata__"} != expected:
+    if set(records) != expected:
         raise CodecError("tensors in the container do not match the declared entries")
     try:
         tensors = safetensors.torch.load(raw)
@@ -199,66 +187,19 @@ def _decompress(data: bytes, limits: Limits) -> bytes:
         raise CodecError("zstd frame does not declare its content size")
     if frame.content_size > limits.max_bytes:
         raise CodecError(f"declared size {frame.content_size} exceeds the limit of {limits.max_bytes}")
+    bound = limits.expansion_bound(len(data))
+    if bound is not None and frame.content_size > bound:
+        raise CodecError(f"declared size {frame.content_size} is over {bound}: a dense fp32 model plus "
+                         f"{limits.max_expansion} times the {len(data)} bytes sent")
     if not frame.has_checksum:
         raise CodecError("zstd frame carries no checksum")
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limits.max_bytes)
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limits.max_bytes, allow_extra_data=False)
     except zstandard.ZstdError as error:
         raise CodecError(f"corrupt zstd frame: {error}") from error
     if len(raw) != frame.content_size:
         raise CodecError("decompressed size differs from the declared size")
     return raw
-
-
-def _read_header(raw: bytes) -> dict[str, Any]:
-    if len(raw) < 8:
-        raise CodecError("container too short")
-    size = int.from_bytes(raw[:8], "little")
-    if size > min(len(raw) - 8, MAX_HEADER_BYTES):
-        raise CodecError(f"container header of {size} bytes does not fit")
-    try:
-        header = json.loads(raw[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CodecError(f"container header is not JSON: {error}") from error
-    if not isinstance(header, dict):
-        raise CodecError("container header is not a JSON object")
-    return header
-
-
-def _parse_entries(text: str, limits: Limits) -> dict[str, dict[str, Any]]:
-    try:
-        described = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CodecError(f"entries metadata is not JSON: {error}") from error
-    if not isinstance(described, dict):
-        raise CodecError("entries metadata is not an object")
-    total = 0
-    for name, d in described.items():
-        if not isinstance(d, dict) or d.get("kind") not in TENSOR_PARTS:
-            raise CodecError(f"entry {name!r}: unknown kind")
-        shape = d.get("shape")
-        if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-            raise CodecError(f"entry {name!r}: bad shape {shape!r}")
-        if len(shape) > 8:
-            raise CodecError(f"entry {name!r}: too many dimensions")
-        total += prod(shape)
-        if total > limits.max_elements:
-            raise CodecError(f"entries declare more than {limits.max_elements} elements")
-        if d["kind"] == "seeded":
-            seed, keep = d.get("seed"), d.get("keep")
-            if type(seed) is not int or not 0 <= seed < 2**64:
-                raise CodecError(f"entry {name!r}: bad seed {seed!r}")
-            if type(keep) is not float or not 0.0 < keep <= 1.0:
-                raise CodecError(f"entry {name!r}: bad keep {keep!r}")
-        if d["kind"] == "sparse" and (type(d.get("count")) is not int or not 0 <= d["count"] <= prod(shape)):
-            raise CodecError(f"entry {name!r}: bad count {d.get('count')!r}")
-        if d["kind"] in ("low-rank", "singular"):
-            rank = d.get("rank")
-            if len(shape) != 2 or type(rank) is not int or not 0 < rank <= min(shape):
-                raise CodecError(f"entry {name!r}: bad rank {rank!r} for shape {shape}")
-        if d["kind"] == "base-mask" and not isinstance(d.get("spec"), str):
-            raise CodecError(f"entry {name!r}: bad mask spec")
-    return described
 
 
 def _container_tensors(tensors: dict[str, torch.Tensor | Encoded]) -> dict[str, torch.Tensor]:

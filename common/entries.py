@@ -27,6 +27,7 @@ import torch
 Shape = tuple[int, ...]
 
 _MASK64 = (1 << 64) - 1
+MASK_CHUNK = 1 << 20
 
 
 def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
@@ -35,22 +36,33 @@ def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
     Each position ``i`` draws ``splitmix64(key + i * golden)`` from a key mixing
     ``seed`` and ``name``; it is kept when the draw falls below ``keep * 2**64``.
     Only integer arithmetic is involved, so the mask does not depend on the
-    platform or on the version of numpy or torch.
+    platform or on the version of numpy or torch. Draws are made
+    :data:`MASK_CHUNK` positions at a time, so the scratch memory does not grow
+    with the tensor.
     """
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
+    if keep >= 1.0:
+        return torch.ones(numel, dtype=torch.bool)
     key = ((seed & _MASK64) * 0x9E3779B97F4A7C15 + (zlib.crc32(name.encode()) << 32)) & _MASK64
+    threshold = np.uint64(min(int(keep * 2.0**64), _MASK64))
+    mask = np.empty(numel, dtype=np.bool_)
+    for start in range(0, numel, MASK_CHUNK):
+        stop = min(start + MASK_CHUNK, numel)
+        np.less(_splitmix64(start, stop, key), threshold, out=mask[start:stop])
+    return torch.from_numpy(mask)
+
+
+def _splitmix64(start: int, stop: int, key: int) -> np.ndarray:
+    """``splitmix64(key + i * golden)`` for positions ``start <= i < stop``."""
     with np.errstate(over="ignore"):
-        x = np.arange(numel, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key)
+        x = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key)
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
-    if keep >= 1.0:
-        return torch.ones(numel, dtype=torch.bool)
-    threshold = np.uint64(min(int(keep * 2.0**64), _MASK64))
-    return torch.from_numpy(x < threshold)
+    return x
 
 
 @dataclass(frozen=True)

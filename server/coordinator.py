@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedelta.common import report
-from fedelta.common.codec import CodecError, Decoded, Limits, decode
+from fedelta.common.codec import UPLOAD_EXPANSION, Decoded, Limits, decode
 from fedelta.common.config import Settings
 from fedelta.common.data import hold_out
 from fedelta.common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
@@ -29,7 +29,7 @@ from fedelta.server.downlink import MergedEncoder, shortest_downlink
 from fedelta.server.memory import peak_rss_bytes, rss_bytes
 from fedelta.server.resume import reopen_rounds, replay_to, restore
 from fedelta.server.store import Version, VersionStore
-from fedelta.server.validation import Rejected, example_weight, norm_outliers, update_norm, validate_update
+from fedelta.server.validation import example_weight, norm_outliers, rejection_reason, update_norm, validate_update
 
 log = logging.getLogger("fedelta.server")
 # Sites' training metrics whose mean over the round's sites goes into metrics.jsonl as ``site_<key>``.
@@ -73,10 +73,9 @@ class HeldUpload:
 
 
 def upload_limits(model: Limits, max_decoded_bytes: int) -> Limits:
-    """The model's decoding bounds, tightened by ``validate.max-decoded-bytes`` when set."""
-    if not max_decoded_bytes:
-        return model
-    return Limits(max_bytes=min(model.max_bytes, max_decoded_bytes), max_elements=model.max_elements)
+    """The model's decoding bounds with a bounded expansion, tightened by ``validate.max-decoded-bytes`` when set."""
+    max_bytes = min(model.max_bytes, max_decoded_bytes) if max_decoded_bytes else model.max_bytes
+    return replace(model, max_bytes=max_bytes, max_expansion=UPLOAD_EXPANSION)
 
 
 class Coordinator:
@@ -92,6 +91,7 @@ class Coordinator:
         self.test = corpus.subset(test_idx)
         self.bundle = self.task.load_model(len(corpus.label_names), settings.seed)
         self.params = model_params(self.bundle.model)
+        self.shapes = {name: tuple(param.shape) for name, param in self.params.items()}
         self.num_params = self.bundle.num_params()
         self.limits = Limits.for_model(self.num_params)
         self.upload_limits = upload_limits(self.limits, settings.validate.max_decoded_bytes)
@@ -199,24 +199,24 @@ class Coordinator:
         """
         self.tally.upload_bytes += len(payload)
         self.tally.sites += 1
-        self.tally.train_metrics[site] = {
-            key: float(metrics[key]) for key in REPORTED_TRAIN_METRICS if isinstance(metrics.get(key), int | float)
-        }
         try:
+            self.tally.train_metrics[site] = {
+                key: float(metrics[key]) for key in REPORTED_TRAIN_METRICS if isinstance(metrics.get(key), int | float)
+            }
             weight = example_weight(metrics)
-            delta = self._admitted(payload)
+            delta = self.admitted(payload)
             norm = update_norm(delta) if self.settings.validate.max_norm_ratio else 0.0
             self.held.append(HeldUpload(site, payload, weight, norm))
-        except (CodecError, Rejected, ValueError) as error:
-            self._reject(site, server_round, str(error))
+        except Exception as error:  # noqa: BLE001 - whatever an upload provokes rejects it; the round goes on
+            self._reject(site, server_round, rejection_reason(error))
             return False
         finally:
             self.store.record_site_round(site=site, node=node, round=server_round, upload_bytes=len(payload), metrics=metrics)
         return True
 
-    def _admitted(self, payload: bytes) -> Delta:
-        """Decode one upload within limits, resolve method-specific entries, validate against the head."""
-        decoded = decode(payload, self.upload_limits)
+    def admitted(self, payload: bytes) -> Delta:
+        """Decode one upload within limits, resolve method-specific entries, validate against the head (or raise)."""
+        decoded = decode(payload, self.upload_limits, shapes=self.shapes)
         decoded = Decoded(self.resolver.resolve(decoded.delta), decoded.meta)
         validate_update(
             decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed, pattern=self.pattern
@@ -237,7 +237,12 @@ class Coordinator:
             if index in outliers:
                 self._reject(upload.site, server_round, outliers[index])
                 continue
-            aggregator.add(self._admitted(upload.payload), upload.weight, key=f"{server_round}|{upload.site}")
+            try:
+                delta = self.admitted(upload.payload)
+            except Exception as error:  # noqa: BLE001 - as in receive
+                self._reject(upload.site, server_round, rejection_reason(error))
+                continue
+            aggregator.add(delta, upload.weight, key=f"{server_round}|{upload.site}")
 
     def commit(self, server_round: int) -> Version | None:
         """Merge the accepted uploads into the next version, or keep the head if too few.

@@ -13,8 +13,17 @@ from fedelta.common.delta import Delta, check_delta_fits
 from fedelta.common.sparsity import Pattern, violations
 
 
+MAX_REASON_CHARS = 500
+
+
 class Rejected(ValueError):
     """An update that fails validation; the reason is recorded and shown to operators."""
+
+
+def rejection_reason(error: Exception) -> str:
+    """What a rejection records, on one line: a ``ValueError``'s message, or any other error's type and message."""
+    text = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split())[:MAX_REASON_CHARS]
 
 
 def validate_update(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fedelta.common.config import MethodSettings
-from fedelta.common.delta import BaseMask, Delta, Dense, Entry, SingularOffsets, Sparse
+from fedelta.common.delta import BaseMask, Delta, Dense, Entry, SingularOffsets, Sparse, Unresolved
 from fedelta.common.registry import Registry
 
 Params = Mapping[str, torch.Tensor]
@@ -94,24 +94,24 @@ class Resolver:
     bases: Mapping[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def resolve(self, delta: Delta) -> Delta:
-        """Replace mask-valued and singular-offset entries by explicit ones; raise ``ValueError`` if impossible."""
+        """Replace mask-valued and singular-offset entries by explicit ones; raise :class:`Unresolved` if impossible."""
         return Delta({name: self._entry(name, entry) for name, entry in delta.entries.items()})
 
     def _entry(self, name: str, entry: Entry) -> Entry:
         if isinstance(entry, BaseMask):
             positions = self.masks.get(entry.spec, {}).get(name)
             if positions is None:
-                raise ValueError(f"no {entry.spec!r} mask for {name!r}")
+                raise Unresolved(f"no {entry.spec!r} mask for {name!r}")
             if positions.numel() != entry.count:
-                raise ValueError(f"{name!r}: {entry.count} values for a {entry.spec!r} mask of {positions.numel()}")
+                raise Unresolved(f"{name!r}: {entry.count} values for a {entry.spec!r} mask of {positions.numel()}")
             return Sparse(entry.shape, positions, entry.values)
         if isinstance(entry, SingularOffsets):
             basis = self.bases.get(name)
             if basis is None or basis[0].shape[0] != entry.shape[0] or basis[1].shape[1] != entry.shape[1]:
-                raise ValueError(f"no singular basis of shape {entry.shape} for {name!r}")
+                raise Unresolved(f"no singular basis of shape {entry.shape} for {name!r}")
             u, vh = basis
             if entry.count != u.shape[1]:
-                raise ValueError(f"{name!r}: {entry.count} singular-value offsets for rank {u.shape[1]}")
+                raise Unresolved(f"{name!r}: {entry.count} singular-value offsets for rank {u.shape[1]}")
             return Dense(singular_update(u, entry.values, vh))
         return entry
 
