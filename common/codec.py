@@ -33,13 +33,14 @@ import safetensors.torch
 import torch
 import zstandard
 
-from fedelta.common.container import (  # noqa: F401  (errors, limits and the format name are part of this module's interface)
+from fedelta.common.container import (  # noqa: F401  (CodecError, Limits, FORMAT: this module's interface)
     FORMAT,
     KINDS,
     MAX_ENTRIES,
     UPLOAD_EXPANSION,
     CodecError,
     Limits,
+    header_size,
     parse_entries,
     read_header,
 )
@@ -137,7 +138,7 @@ def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = 
     count against both bounds and are left to the caller's validation.
     """
     max_entries = MAX_ENTRIES if shapes is None else len(shapes)
-    raw = _decompress(data, limits)
+    raw = _decompress(data, limits, max_entries)
     meta, records = read_header(raw, max_entries)
     value_name = meta.get("values", "")
     if value_name not in VALUE_TYPES or not isinstance(meta.get("base"), str):
@@ -176,7 +177,8 @@ def _describe(entry: Entry) -> dict[str, Any]:
     raise TypeError(f"cannot encode entry of type {type(entry).__name__}")
 
 
-def _decompress(data: bytes, limits: Limits) -> bytes:
+def _decompress(data: bytes, limits: Limits, max_entries: int) -> bytes:
+    """The frame's content, once its declared size, checksum and container header size pass."""
     if len(data) > limits.max_bytes:
         raise CodecError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes}")
     try:
@@ -194,6 +196,8 @@ def _decompress(data: bytes, limits: Limits) -> bytes:
     if not frame.has_checksum:
         raise CodecError("zstd frame carries no checksum")
     try:
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            header_size(reader.read(8), frame.content_size, max_entries)  # before decompressing it all
         raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limits.max_bytes, allow_extra_data=False)
     except zstandard.ZstdError as error:
         raise CodecError(f"corrupt zstd frame: {error}") from error

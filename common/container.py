@@ -108,17 +108,24 @@ def header_limit(max_entries: int) -> int:
     return HEADER_BYTES + HEADER_BYTES_PER_ENTRY * max_entries
 
 
+def header_size(prefix: bytes, container_bytes: int, max_entries: int) -> int:
+    """The header size a container's first 8 bytes declare, checked against its size and the entries allowed."""
+    if len(prefix) < 8 or container_bytes < 8:
+        raise CodecError("container too short")
+    size, limit = int.from_bytes(prefix[:8], "little"), header_limit(max_entries)
+    if size > container_bytes - 8:
+        raise CodecError(f"container header of {size} bytes does not fit in {container_bytes - 8}")
+    if size > limit:
+        raise CodecError(f"container header of {size} bytes exceeds the {limit} allowed "
+                         f"for at most {max_entries} entries")
+    return size
+
+
 def read_header(raw: bytes, max_entries: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """The container's metadata and its checked tensor records (key -> dtype, shape, data offsets)."""
-    if len(raw) < 8:
-        raise CodecError("container too short")
-    size, limit = int.from_bytes(raw[:8], "little"), header_limit(max_entries)
-    if size > len(raw) - 8:
-        raise CodecError(f"container header of {size} bytes does not fit in {len(raw) - 8}")
-    if size > limit:
-        raise CodecError(f"container header of {size} bytes exceeds the {limit} allowed for at most {max_entries} entries")
+    size = header_size(raw[:8], len(raw), max_entries)
     try:
-        header = loads(raw[8 : 8 + size], max_bytes=limit, max_depth=MAX_JSON_DEPTH)
+        header = loads(raw[8 : 8 + size], max_bytes=header_limit(max_entries), max_depth=MAX_JSON_DEPTH)
     except UntrustedJSONError as error:
         raise CodecError(f"container header: {error}") from error
     if not isinstance(header, dict):

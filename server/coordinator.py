@@ -201,7 +201,8 @@ class Coordinator:
         self.tally.sites += 1
         try:
             self.tally.train_metrics[site] = {
-                key: float(metrics[key]) for key in REPORTED_TRAIN_METRICS if isinstance(metrics.get(key), int | float)
+                key: float(metrics[key])
+                for key in REPORTED_TRAIN_METRICS if isinstance(metrics.get(key), int | float)
             }
             weight = example_weight(metrics)
             delta = self.admitted(payload)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ def federation(model: str, root: Path, seed: int) -> list[Admission]:
     admissions = []
     for coordinator, honest in built:
         others = [upload.payload for other, uploads in built if other is not coordinator for upload in uploads]
-        admissions.append(Admission(coordinator, honest, Target(coordinator.shapes, limits.max_elements, others, shared_bombs)))
+        target = Target(coordinator.shapes, limits.max_elements, others, shared_bombs)
+        admissions.append(Admission(coordinator, honest, target))
     return admissions
 
 
@@ -163,6 +165,44 @@ def mutations(admissions: list[Admission], n: int, seed: int, queue: Any) -> Non
     queue.put(None)
 
 
+@dataclass
+class Tally:
+    """What the fuzzer saw: outcomes with an example of each, CPU and wall time per upload, peak memory growth."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+    cpu: list[float] = field(default_factory=list)
+    max_cpu: float = 0.0
+    slowest: str = ""
+    longest_wall: float = 0.0
+    growth: int = 0
+
+    def add(self, outcome: str, example: str, cpu: float | None = None, wall: float = 0.0, growth: int = 0) -> None:
+        """One outcome; ``cpu`` is ``None`` for a payload that was never made (a mutator error)."""
+        self.counts[outcome] += 1
+        self.examples.setdefault(outcome, example)
+        if cpu is None:
+            return
+        if cpu > self.max_cpu:
+            self.max_cpu, self.slowest = cpu, f"{example.split(':')[0]}: {outcome}"
+        self.cpu.append(cpu)
+        self.longest_wall, self.growth = max(self.longest_wall, wall), max(self.growth, growth)
+
+    def summary(self, seconds: float, drift: int, sampled: bool) -> dict[str, Any]:
+        payloads = sum(self.counts.values()) - self.counts["mutator error"]
+        return {
+            "counts": dict(self.counts), "examples": self.examples, "payloads": payloads,
+            "crashes": sum(count for outcome, count in self.counts.items() if outcome.startswith("crash")),
+            "hangs": sum(cpu > HANG_SECONDS for cpu in self.cpu), "max_rss_growth_mb": self.growth / 2**20,
+            "accepted_bad": self.counts["accepted_bad"],
+            "max_cpu_seconds": self.max_cpu, "slowest_upload": self.slowest,
+            "median_cpu_ms": 1e3 * statistics.median(self.cpu or [0.0]),
+            "p99_cpu_ms": 1e3 * (statistics.quantiles(self.cpu, n=100)[98] if len(self.cpu) > 1 else 0.0),
+            "max_wall_seconds": self.longest_wall, "admission_cpu_seconds": sum(self.cpu), "seconds": seconds,
+            "rss_drift_mb": drift / 2**20, "peak_is_sampled": sampled,
+        }
+
+
 def run(n: int, seed: int, model: str) -> dict[str, Any]:
     """Fuzz ``n`` payloads; the counts by outcome, an example of each, and the summary figures.
 
@@ -184,41 +224,25 @@ def run(n: int, seed: int, model: str) -> dict[str, Any]:
         queue = context.Queue(maxsize=64)
         maker = context.Process(target=mutations, args=(admissions, n, seed, queue), daemon=True)
         maker.start()
-        memory = PeakMemory()
+        memory, tally, started = PeakMemory(), Tally(), time.perf_counter()
         baseline = memory.now()
-        counts: Counter[str] = Counter()
-        examples: dict[str, str] = {}
-        hangs, growth, slowest, longest, busy = 0, 0, 0.0, 0.0, 0.0
-        started = time.perf_counter()
         while (item := queue.get(timeout=MAKER_TIMEOUT)) is not None:
             index, label, mutation, payload = item
             if payload is None:
-                counts["mutator error"] += 1
-                examples.setdefault("mutator error", f"{label} {mutation}")
+                tally.add("mutator error", f"{label} {mutation}")
                 continue
             memory.reset()
             cpu, wall = time.process_time(), time.perf_counter()
             outcome, detail = admit(admissions[index].coordinator, payload)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             del payload, item
-            growth = max(growth, memory.peak() - baseline)
-            hangs += cpu > HANG_SECONDS
-            slowest, longest, busy = max(slowest, cpu), max(longest, wall), busy + cpu
-            counts[outcome] += 1
-            examples.setdefault(outcome, f"{label} {mutation}: {' '.join(detail.split())[:160]}")
-        seconds = time.perf_counter() - started
+            example = f"{label} {mutation}: {' '.join(detail.split())[:160]}"
+            tally.add(outcome, example, cpu, wall, memory.peak() - baseline)
         maker.join()
-        drift = memory.now() - baseline
+        result = tally.summary(time.perf_counter() - started, memory.now() - baseline, not memory.resettable)
         for admission in admissions:
             admission.coordinator.store.close()
-    crashes = sum(count for outcome, count in counts.items() if outcome.startswith("crash"))
-    return {
-        "counts": dict(counts), "examples": examples, "payloads": sum(counts.values()) - counts["mutator error"],
-        "crashes": crashes,
-        "hangs": hangs, "max_rss_growth_mb": growth / 2**20, "accepted_bad": counts["accepted_bad"],
-        "max_cpu_seconds": slowest, "max_wall_seconds": longest, "admission_cpu_seconds": busy, "seconds": seconds,
-        "rss_drift_mb": drift / 2**20, "peak_is_sampled": not memory.resettable,
-    }
+    return result
 
 
 def main() -> None:
@@ -231,7 +255,9 @@ def main() -> None:
     result = run(args.n, args.seed, args.model)
     for outcome, count in sorted(result["counts"].items(), key=lambda item: -item[1]):
         print(f"{count:>8}  {outcome:<26} e.g. {result['examples'][outcome]}")
-    print(f"max_cpu_seconds={result['max_cpu_seconds']:.3f} max_wall_seconds={result['max_wall_seconds']:.3f} "
+    print(f"cpu_ms median={result['median_cpu_ms']:.2f} p99={result['p99_cpu_ms']:.2f}; "
+          f"max_cpu_seconds={result['max_cpu_seconds']:.3f} ({result['slowest_upload']}) "
+          f"max_wall_seconds={result['max_wall_seconds']:.3f} "
           f"admission_cpu_seconds={result['admission_cpu_seconds']:.0f} seconds={result['seconds']:.0f} "
           f"rss_drift_mb={result['rss_drift_mb']:.1f}"
           + (" (peak sampled after each upload)" if result["peak_is_sampled"] else ""))

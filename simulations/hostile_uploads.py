@@ -80,7 +80,8 @@ def _low_rank(params, allowed, head, resolver, gen) -> dict[str, Entry]:  # noqa
     for name in matrices:
         rows, cols = params[name].shape
         rank = min(4, rows, cols)
-        out[name] = LowRank(torch.randn(rank, cols, generator=gen) * 1e-2, torch.randn(rows, rank, generator=gen) * 1e-2)
+        a, b = torch.randn(rank, cols, generator=gen), torch.randn(rows, rank, generator=gen)
+        out[name] = LowRank(a * 1e-2, b * 1e-2)
     return out
 
 
@@ -98,7 +99,9 @@ def _singular_offsets(params, allowed, head, resolver, gen) -> dict[str, Entry]:
     }
 
 
-FORMERS: dict[str, Callable[..., dict[str, Entry]]] = {"lora": _low_rank, "pafi": _mask_values, "svfit": _singular_offsets}
+FORMERS: dict[str, Callable[..., dict[str, Entry]]] = {
+    "lora": _low_rank, "pafi": _mask_values, "svfit": _singular_offsets,
+}
 
 
 # The container, opened and sealed again.

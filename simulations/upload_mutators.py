@@ -54,6 +54,8 @@ def _storage(opened: Opened) -> str:
 
 
 def flip_bits(payload: bytes, rng: np.random.Generator, target: Target) -> bytes:
+    if not payload:
+        return payload
     data = bytearray(payload)
     for _ in range(int(rng.integers(1, 9))):
         bit = int(rng.integers(len(data) * 8))
@@ -62,7 +64,7 @@ def flip_bits(payload: bytes, rng: np.random.Generator, target: Target) -> bytes
 
 
 def truncate(payload: bytes, rng: np.random.Generator, target: Target) -> bytes:
-    return payload[: int(rng.integers(len(payload)))]
+    return payload[: int(rng.integers(len(payload)))] if payload else payload
 
 
 def append_bytes(payload: bytes, rng: np.random.Generator, target: Target) -> bytes:
@@ -85,7 +87,7 @@ def unchanged(payload: bytes, rng: np.random.Generator, target: Target) -> bytes
 
 
 def on_container(edit: Edit) -> Mutator:
-    """A mutator editing the opened container; bit flips where the payload does not open or ``edit`` has nothing to edit."""
+    """A mutator editing the opened container; bit flips where it does not open or ``edit`` has nothing to edit."""
 
     @functools.wraps(edit)
     def mutator(payload: bytes, rng: np.random.Generator, target: Target) -> bytes:

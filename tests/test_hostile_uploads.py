@@ -37,7 +37,8 @@ def _dense(name: str, shape: str, record_shape: str = "[4]", data: bytes = bytes
 
 def _zero_sized(count: int) -> bytes:
     entries = json.dumps({f"z.{i}": {"kind": "dense", "shape": [0]} for i in range(count)})
-    records = ", ".join(f'"z.{i}/values": {{"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}' for i in range(count))
+    record = '{"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}'
+    records = ", ".join(f'"z.{i}/values": {record}' for i in range(count))
     return _container(entries, records)
 
 
@@ -94,7 +95,8 @@ def test_more_entries_than_model_tensors_are_refused():
         ('{"w": {"kind": "dense", "shape": [4], "seed": 1}}',
          "entry 'w': fields ['kind', 'seed', 'shape'], expected ['kind', 'shape']"),
         ('{"w": {"kind": "sparse", "shape": [4], "count": 1.0}}', "entry 'w': count 1.0 is not of type int"),
-        ('{"w": {"kind": "seeded", "shape": [4], "seed": 1, "keep": NaN}}', "entries metadata: NaN is not a JSON number"),
+        ('{"w": {"kind": "seeded", "shape": [4], "seed": 1, "keep": NaN}}',
+         "entries metadata: NaN is not a JSON number"),
         ('{"w": {"kind": "seeded", "shape": [4], "seed": 1, "keep": 1e999}}',
          "entries metadata: number '1e999' is out of range"),
         ('{"w": {"kind": "seeded", "shape": [4], "seed": -1, "keep": 0.5}}', "entry 'w': seed -1 out of range"),
@@ -120,7 +122,8 @@ def test_an_entry_for_a_model_tensor_must_declare_its_shape():
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ('{"dtype": "F64", "shape": [4], "data_offsets": [0, 16]}', "tensor 'w/values': dtype 'F64' is not one the codec writes"),
+        ('{"dtype": "F64", "shape": [4], "data_offsets": [0, 16]}',
+         "tensor 'w/values': dtype 'F64' is not one the codec writes"),
         ('{"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]}',
          "tensor 'w/values': dtype ['F32'] is not one the codec writes"),
         ('{"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}', "tensor 'w/values': bad data offsets [16, 0]"),
@@ -232,7 +235,7 @@ def test_receive_answers_every_mutated_upload_with_true_or_false(hostile, index,
 
 
 def _round(settings, root, uploads):
-    """Receive ``uploads`` (site, payload) in round 1 and commit: which were admitted, the head's hash, the merged delta."""
+    """Receive ``uploads`` (site, payload) in round 1, then commit: which were admitted, head hash, merged delta."""
     with open_federation(settings, root) as (coordinator, _):
         admitted = [coordinator.receive(node=str(index), site=site, server_round=1, payload=payload,
                                         metrics=HONEST_METRICS) for index, (site, payload) in enumerate(uploads)]
@@ -270,3 +273,14 @@ def test_an_upload_that_fails_its_second_decode_at_commit_is_rejected_not_raised
         reasons = coordinator.store.rejections()
     assert version is not None and coordinator.tally.rejected == 1
     assert reasons == [("site-z", 1, "corrupt zstd frame: decompression error: did not decompress full frame")]
+
+
+def test_the_fuzzer_counts_every_payload_and_finds_no_crash():
+    from fedelta.simulations.fuzz_upload import run
+
+    result = run(60, seed=1, model="tiny-bert")
+
+    assert result["payloads"] == sum(result["counts"].values()) == 60
+    assert result["crashes"] == result["accepted_bad"] == result["hangs"] == 0
+    assert set(result["counts"]) <= {"accepted", "rejected by the decoder", "rejected by the resolver",
+                                     "rejected by validation"}
