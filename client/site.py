@@ -12,7 +12,7 @@ import torch
 from fedelta.client.state import SiteState
 from fedelta.common.codec import Limits
 from fedelta.common.config import Settings
-from fedelta.common.data import hold_out, partition, split_site
+from fedelta.common.data import site_shares, split_site
 from fedelta.common.delta import Delta, extract_delta, model_params
 from fedelta.common.devices import placed, resolve_device
 from fedelta.common.messages import EvaluateReply, TrainReply
@@ -50,9 +50,7 @@ def simulated_site_data(settings: Settings, index: int, num_sites: int) -> SiteD
     if not 0 <= index < num_sites:
         raise ValueError(f"site index {index} is outside 0..{num_sites - 1}")
     corpus = task_for(settings).load_data()
-    pool, _ = hold_out(corpus, settings.data.test_size, settings.seed)
-    shares = partition(corpus, pool, num_sites, settings.data.partition, settings.data.alpha, settings.seed)
-    mine = shares[index]
+    mine = site_shares(corpus, settings.data, num_sites, settings.seed)[index]
     if settings.data.max_site_examples:
         mine = mine[: settings.data.max_site_examples]
     train_idx, test_idx = split_site(mine, settings.data.site_test_fraction, settings.seed + index)

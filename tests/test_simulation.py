@@ -68,6 +68,37 @@ def test_a_bad_instruction_file_stops_simulate_before_anything_starts(tmp_path):
     assert f"data file {str(data)!r}, row 2, column 'messages': must be a list of at least two messages" in done.stderr
 
 
+def test_a_file_without_groups_under_the_movie_partition_stops_simulate_before_anything_starts(tmp_path):
+    data = tmp_path / "labels.jsonl"  # the hostile tester's file: labels 0/1, no group column
+    data.write_text("".join(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n" for i in range(60)))
+    command = [sys.executable, "-m", "fedelta", "simulate", "--preset", "smoke", "--set", f"data.path={data}",
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.strip().splitlines() == [
+        "fedelta: error: data.partition = movie gives each site whole groups (the data's 'group' column), so it "
+        "needs at least 2 groups for 2 sites, and the data has no group column; use --set data.partition=iid or "
+        "dirichlet, or add a 'group' column"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting, reason", [
+    ("output.site-cache=/dev/null/sites", "fedelta: every site failed in every round (4 failures in 1 round); "
+                                          "the first: "),
+    ("validate.max-decoded-bytes=1", "fedelta: no round committed a version (1 round, 2 rejected updates or "
+                                     "failed sites); the first: payload of "),
+], ids=["every-site-fails", "no-upload-accepted"])
+def test_simulate_that_commits_nothing_exits_1_with_one_line_why(tmp_path, setting, reason):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedelta", "simulate", "--preset", "smoke", "--set", "rounds=1",
+               "--set", setting, "--out", str(out)]
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "final accuracy" not in done.stdout and (out / "summary.json").is_file()
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(reason) and line.endswith(f"; see {out / 'engine.log'}")
+
+
 def test_methods_command_lists_every_registry():
     done = subprocess.run([sys.executable, "-m", "fedelta", "methods"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60)

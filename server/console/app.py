@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import hmac
+import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from fedelta.common.report import human_bytes
 from fedelta.server import control
 from fedelta.server.console import queries
 from fedelta.server.console.charts import Series, bar_chart, line_chart
+from fedelta.server.console.limits import (
+    EXPORTS_PER_MINUTE, LOOPBACK_HOSTS, MAX_REQUEST_BYTES, MAX_VERSION_ID, RateLimit, bearer_token, host_name,
+    json_object,
+)
 from fedelta.server.store import StoreError, VersionStore
 
 PAGES = {"overview": "Overview", "rounds": "Rounds", "sites": "Sites", "versions": "Versions",
@@ -29,21 +35,28 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 ACCURACY_COLORS, BYTES_COLORS = ("#2563eb", "#f59e0b"), ("#0d9488", "#7c3aed")
+BUSY_EXPORT_RETRY_SECONDS = 10
 
 
 class Refused(Exception):
-    """An action the console will not pass on, with the HTTP status to answer."""
+    """A request the console will not serve, with the HTTP status (and headers) to answer."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
-def create_app(state_dir: Path, token: str | None) -> Flask:
-    """The console over the store in ``state_dir``; actions need ``token`` (none: actions are off)."""
+def create_app(state_dir: Path, token: str | None, *, hosts: Collection[str] = LOOPBACK_HOSTS,
+               exports_per_minute: int = EXPORTS_PER_MINUTE) -> Flask:
+    """The console over the store in ``state_dir``, answering requests for ``hosts`` only; actions
+    need ``token`` (none: actions are off), and so do exports when it is set."""
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     state_dir = Path(state_dir)
+    hosts = frozenset(host_name(name) for name in hosts)
     exporting = threading.Lock()  # one export at a time: each rebuilds a whole model
+    export_rate = RateLimit(exports_per_minute)
 
     @contextmanager
     def reader(writable: bool = False) -> Iterator[VersionStore]:
@@ -61,19 +74,42 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
         return render_template(f"{name}.html", page=name, pages=PAGES, state_dir=state_dir,
                                server=read(queries.server_state), actions_enabled=token is not None, **context)
 
-    def act(action: str, supplied: str | None, version: int | None) -> dict[str, Any]:
+    def versions_page(**context: Any) -> str:
+        return page("versions", versions=read(queries.versions), exports_need_token=token is not None, **context)
+
+    def check_token(supplied: str | None, needed_for: str) -> None:
+        if token is None or not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
+            raise Refused(401, f"a valid token is required for {needed_for}")
+
+    def authorize_action(supplied: str | None) -> None:
         if token is None:
             raise Refused(403, "actions are off: the console was started without --token-file")
-        if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
-            raise Refused(401, "a valid token is required for actions")
+        check_token(supplied, "actions")
+
+    def act(action: str, version: int | None) -> dict[str, Any]:
         with reader(writable=True) as store:
             head = store.head()
-            if version is not None and (head is None or version > head.id):
-                raise Refused(400, f"no committed version {version} (the head is {head.id if head else 'none'})")
+            if version is not None and (head is None or not 0 <= version <= head.id):
+                raise Refused(404, f"no committed version {version} (the head is {head.id if head else 'none'})")
             try:
                 return queries.control_row(control.request(store, action, version))
             except ValueError as error:
                 raise Refused(400, str(error)) from None
+
+    @app.before_request
+    def within_limits() -> Response | None:
+        """Refuse a request for another host (DNS rebinding) or with a large body, before reading any body."""
+        name = host_name(request.headers.get("Host", ""))
+        if name not in hosts:
+            return _plain(403, f"this console answers only for its allowed hosts, not {name[:100]!r}; "
+                          "start it with --allowed-host NAME to reach it by another name")
+        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            return _plain(413, f"a request may carry at most {MAX_REQUEST_BYTES} bytes")
+        return None
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_: RequestEntityTooLarge) -> Response:
+        return _plain(413, f"a request may carry at most {MAX_REQUEST_BYTES} bytes")
 
     @app.after_request
     def secure(response: Response) -> Response:
@@ -88,11 +124,13 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
                                title="The store cannot be read", message=str(error)), 503
 
     @app.errorhandler(Refused)
-    def refused(error: Refused) -> tuple[Any, int]:
+    def refused(error: Refused) -> tuple[Any, int, dict[str, str]]:
         if request.path.startswith("/api/"):
-            return jsonify(ok=False, error=str(error)), error.status
+            return jsonify(ok=False, error=str(error)), error.status, error.headers
+        if request.endpoint == "export":
+            return versions_page(error=str(error)), error.status, error.headers
         return page("actions", controls=read(queries.controls), versions=read(queries.versions),
-                    error=str(error)), error.status
+                    error=str(error)), error.status, error.headers
 
     app.jinja_env.filters.update(bytes=_bytes, pct=_pct, ratio=_ratio, ago=_ago, when=_when, num=_num)
 
@@ -117,7 +155,7 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
 
     @app.get("/versions")
     def versions() -> str:
-        return page("versions", versions=read(queries.versions))
+        return versions_page()
 
     @app.get("/rejections")
     def rejections() -> str:
@@ -134,20 +172,24 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
 
     @app.post("/api/actions/<action>")
     def api_act(action: str) -> tuple[Any, int]:
-        bearer = request.headers.get("Authorization", "")
-        body = request.get_json(silent=True) or {}
+        authorize_action(bearer_token(request.headers))
+        try:
+            body = json_object(request.get_data(cache=False))
+        except ValueError as error:
+            raise Refused(400, str(error)) from None
         version = body.get("version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise Refused(400, "version must be an integer")
-        made = act(action, bearer.removeprefix("Bearer ").strip() if bearer.startswith("Bearer ") else None, version)
+        made = act(action, version)
         return jsonify(ok=True, control=made), 202
 
     @app.post("/actions/<action>")
     def form_act(action: str) -> Any:
+        authorize_action(request.form.get("token"))
         raw = request.form.get("version", "").strip()
         if raw and not raw.isdecimal():
             raise Refused(400, f"version must be a whole number, not {raw!r}")
-        made = act(action, request.form.get("token"), int(raw) if raw else None)
+        made = act(action, int(raw) if raw else None)
         return redirect(url_for("actions", requested=made["id"]), code=303)
 
     @app.get("/versions/<int:version_id>/delta")
@@ -160,16 +202,23 @@ def create_app(state_dir: Path, token: str | None) -> Flask:
         response.set_etag(version.blob)
         return response
 
-    @app.get("/versions/<int:version_id>/export.zip")
+    @app.route("/versions/<int:version_id>/export.zip", methods=["GET", "POST"])
     def export(version_id: int) -> Response:
         from fedelta.server.console.export import export_version
 
+        if token is not None:
+            check_token(bearer_token(request.headers) or request.form.get("token"), "exports")
+        read(lambda store: _version_or_404(store, version_id))
+        wait = export_rate.admit(request.remote_addr or "")
+        if wait:
+            raise Refused(429, f"at most {exports_per_minute} exports a minute from one address; try again in "
+                          f"{math.ceil(wait)} s", {"Retry-After": str(math.ceil(wait))})
         if not exporting.acquire(blocking=False):
-            abort(429, "an export is already being built; try again when it is done")
+            raise Refused(429, "an export is already being built; try again when it is done",
+                          {"Retry-After": str(BUSY_EXPORT_RETRY_SECONDS)})
         try:
             archive = tempfile.TemporaryFile()
             with reader() as store:
-                _version_or_404(store, version_id)
                 name = export_version(store, version_id, archive)
         finally:
             exporting.release()
@@ -208,10 +257,20 @@ def _api(read: Callable[[Callable[[VersionStore], Any]], Any], query: Callable[[
 
 
 def _version_or_404(store: VersionStore, version_id: int) -> Any:
+    if not 0 <= version_id <= MAX_VERSION_ID:
+        abort(404, f"no version {version_id}")
     try:
         return store.version(version_id)
     except KeyError:
         abort(404, f"no version {version_id}")
+
+
+def _plain(status: int, message: str) -> Response:
+    """A refusal made before any work: JSON under /api/, else plain text."""
+    response = jsonify(ok=False, error=message) if request.path.startswith("/api/") else Response(
+        message + "\n", mimetype="text/plain")
+    response.status_code = status
+    return response
 
 
 def _bytes(count: float | None) -> str:
