@@ -33,8 +33,9 @@ import safetensors.torch
 import torch
 import zstandard
 
-from fedelta.common.container import (  # noqa: F401  (CodecError, Limits, FORMAT: this module's interface)
+from fedelta.common.container import (  # noqa: F401  (errors, limits, formats: this module's interface)
     FORMAT,
+    PREVIOUS_FORMAT,
     KINDS,
     MAX_ENTRIES,
     UPLOAD_EXPANSION,
@@ -44,7 +45,9 @@ from fedelta.common.container import (  # noqa: F401  (CodecError, Limits, FORMA
     parse_entries,
     read_header,
 )
-from fedelta.common.delta import BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, seeded_mask
+from fedelta.common.delta import (
+    BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, kept_count, seeded_positions,
+)
 from fedelta.common.entries import Shape
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
 from fedelta.common.rice import IndexCodingError, coded_size, decode_indices, encode_indices
@@ -143,7 +146,7 @@ def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = 
     value_name = meta.get("values", "")
     if value_name not in VALUE_TYPES or not isinstance(meta.get("base"), str):
         raise CodecError(f"bad metadata: values={value_name[:20]!r}, base={str(meta.get('base'))[:70]!r}")
-    described = parse_entries(meta.get("entries", ""), limits, max_entries, shapes)
+    described = parse_entries(meta.get("entries", ""), limits, max_entries, shapes, meta["format"])
     quantizer = VALUE_TYPES.get(value_name)
     expected = set()
     for n, d in described.items():
@@ -284,10 +287,10 @@ def _build(name: str, d: dict[str, Any], values_of: _Values) -> Entry:
             raise CodecError(f"entry {name!r}: indices and values disagree")
         indices = decode_index_gaps(gaps.numpy(), d["count"], prod(shape))
         return Sparse(shape, torch.from_numpy(indices), values)
-    positions = seeded_mask(d["seed"], name, prod(shape), d["keep"]).nonzero().reshape(-1)
-    if positions.numel() != values.numel():
-        raise CodecError(f"entry {name!r}: {values.numel()} values for a mask of {positions.numel()}")
-    return SeededMask(shape, name, d["seed"], d["keep"], values, positions)
+    count = kept_count(prod(shape), d["keep"])
+    if values.numel() != count:
+        raise CodecError(f"entry {name!r}: {values.numel()} values for a mask of {count}")
+    return SeededMask(shape, name, d["seed"], d["keep"], values, seeded_positions(d["seed"], name, prod(shape), d["keep"]))
 
 
 def encode_index_gaps(indices: np.ndarray) -> np.ndarray:

@@ -19,7 +19,12 @@ from typing import Any
 from fedelta.common.entries import Shape
 from fedelta.common.untrusted_json import UntrustedJSONError, loads
 
-FORMAT = "fedelta-delta/2"
+FORMAT = "fedelta-delta/3"
+# The previous format: the same container, but seeded masks were drawn position by position over the
+# whole tensor. Its other entry kinds read the same (stores written by it stay readable); its seeded
+# entries are refused.
+PREVIOUS_FORMAT = "fedelta-delta/2"
+READABLE_FORMATS = (FORMAT, PREVIOUS_FORMAT)
 MAX_ENTRIES = 4096
 HEADER_BYTES = 64 << 10
 HEADER_BYTES_PER_ENTRY = 2 << 10
@@ -63,12 +68,14 @@ class Limits:
 class Kind:
     """An entry kind: its container tensors, its parameters (name -> JSON type) and their range check.
 
-    ``check(declared, shape)`` returns what is wrong with the parameters, or ``""``.
+    ``check(declared, shape)`` returns what is wrong with the parameters, or ``""``;
+    ``formats`` are the container formats whose entries of this kind mean what this reader makes of them.
     """
 
     parts: tuple[str, ...]
     fields: Mapping[str, type] = field(default_factory=dict)
     check: Callable[[Mapping[str, Any], list[int]], str] = lambda declared, shape: ""
+    formats: tuple[str, ...] = READABLE_FORMATS
 
 
 def _seeded(declared: Mapping[str, Any], shape: list[int]) -> str:
@@ -96,7 +103,7 @@ def _masked(declared: Mapping[str, Any], shape: list[int]) -> str:
 KINDS = {
     "dense": Kind(("values",)),
     "sparse": Kind(("values", "indices"), {"count": int}, _sparse),
-    "seeded": Kind(("values",), {"seed": int, "keep": float}, _seeded),
+    "seeded": Kind(("values",), {"seed": int, "keep": float}, _seeded, formats=(FORMAT,)),
     "base-mask": Kind(("values",), {"spec": str}, _masked),
     "low-rank": Kind(("a", "b"), {"rank": int}, _ranked),
     "singular": Kind(("values",), {"rank": int}, _ranked),
@@ -131,7 +138,7 @@ def read_header(raw: bytes, max_entries: int) -> tuple[dict[str, str], dict[str,
     if not isinstance(header, dict):
         raise CodecError("container header is not a JSON object")
     meta = header.pop("__metadata__", None)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise CodecError(f"not a {FORMAT} container")
     if not all(isinstance(value, str) for value in meta.values()):
         raise CodecError("metadata values must be strings")
@@ -166,13 +173,14 @@ def _check_records(records: Mapping[str, Any], data_bytes: int) -> None:
 
 
 def parse_entries(
-    text: str, limits: Limits, max_entries: int, shapes: Mapping[str, Shape] | None = None
+    text: str, limits: Limits, max_entries: int, shapes: Mapping[str, Shape] | None = None, form: str = FORMAT
 ) -> dict[str, dict[str, Any]]:
     """The declared entries by name, each checked: kind, exactly its fields, their types and ranges.
 
     At most ``max_entries`` entries and ``limits.max_elements`` elements over
     all of them; no dimension above ``limits.max_elements``; an entry for a
-    tensor in ``shapes`` declares exactly that tensor's shape.
+    tensor in ``shapes`` declares exactly that tensor's shape; no kind that
+    the container's format ``form`` wrote differently.
     """
     try:
         described = loads(text.encode("utf-8", "surrogatepass"), max_bytes=header_limit(max_entries),
@@ -185,13 +193,15 @@ def parse_entries(
         raise CodecError(f"{len(described)} entries, more than the limit of {max_entries}")
     total = 0
     for name, declared in described.items():
-        total += prod(_check_entry(name, declared, limits, shapes))
+        total += prod(_check_entry(name, declared, limits, shapes, form))
         if total > limits.max_elements:
             raise CodecError(f"entries declare more than {limits.max_elements} elements")
     return described
 
 
-def _check_entry(name: str, declared: Any, limits: Limits, shapes: Mapping[str, Shape] | None) -> list[int]:
+def _check_entry(
+    name: str, declared: Any, limits: Limits, shapes: Mapping[str, Shape] | None, form: str
+) -> list[int]:
     if not _is_text(name):
         raise CodecError(f"entry {_shown(name)}: the name is not text")
     if len(name) > MAX_NAME_CHARS:
@@ -201,6 +211,9 @@ def _check_entry(name: str, declared: Any, limits: Limits, shapes: Mapping[str, 
     kind = KINDS.get(declared["kind"]) if isinstance(declared.get("kind"), str) else None
     if kind is None:
         raise CodecError(f"entry {_shown(name)}: unknown kind {_shown(declared.get('kind'))}")
+    if form not in kind.formats:
+        raise CodecError(f"entry {_shown(name)}: a {declared['kind']} entry of {form}, which this version of "
+                         f"fedelta ({FORMAT}) no longer reads; the sender must update fedelta")
     wanted = {"kind", "shape", *kind.fields}
     if set(declared) != wanted:
         raise CodecError(f"entry {_shown(name)}: fields {_shown(sorted(declared))}, expected {sorted(wanted)}")

@@ -18,7 +18,9 @@ from fedelta.common.entries import (  # noqa: F401  (the entry kinds are part of
     Sparse,
     UNRESOLVED_KINDS,
     Unresolved,
+    kept_count,
     seeded_mask,
+    seeded_positions,
 )
 
 

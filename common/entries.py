@@ -27,42 +27,86 @@ import torch
 Shape = tuple[int, ...]
 
 _MASK64 = (1 << 64) - 1
-MASK_CHUNK = 1 << 20
+_GOLDEN = 0x9E3779B97F4A7C15
+FEISTEL_ROUNDS = 4
+MASK_CHUNK = 1 << 16
 
 
-def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
-    """Bernoulli(keep) mask over ``numel`` positions, identical on every machine.
+def kept_count(numel: int, keep: float) -> int:
+    """k = round(keep * numel), at least 1 for a non-empty tensor."""
+    return min(numel, max(1, round(keep * numel))) if numel else 0
 
-    Each position ``i`` draws ``splitmix64(key + i * golden)`` from a key mixing
-    ``seed`` and ``name``; it is kept when the draw falls below ``keep * 2**64``.
-    Only integer arithmetic is involved, so the mask does not depend on the
-    platform or on the version of numpy or torch. Draws are made
-    :data:`MASK_CHUNK` positions at a time, so the scratch memory does not grow
-    with the tensor.
+
+def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
+    """The :func:`kept_count` ``(numel, keep)`` flat positions a seeded mask keeps, increasing (int64).
+
+    The positions are the images of ``0 .. k-1`` under a pseudo-random
+    permutation of ``0 .. numel-1`` keyed by ``seed`` and ``name``: a balanced
+    Feistel network over the smallest even number of bits that holds
+    ``numel``, whose round function is ``splitmix64``, walked along its cycle
+    until it lands below ``numel``. Each position is kept with probability
+    ``k / numel``, every party derives the same ``k`` positions, and only
+    integer arithmetic is involved, so they do not depend on the platform or
+    on the version of numpy or torch. Time and memory grow with ``k``, not
+    ``numel``: the permutation is evaluated :data:`MASK_CHUNK` positions at a
+    time into the result, which is then sorted in place.
     """
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
-    if keep >= 1.0:
-        return torch.ones(numel, dtype=torch.bool)
-    key = ((seed & _MASK64) * 0x9E3779B97F4A7C15 + (zlib.crc32(name.encode()) << 32)) & _MASK64
-    threshold = np.uint64(min(int(keep * 2.0**64), _MASK64))
-    mask = np.empty(numel, dtype=np.bool_)
-    for start in range(0, numel, MASK_CHUNK):
-        stop = min(start + MASK_CHUNK, numel)
-        np.less(_splitmix64(start, stop, key), threshold, out=mask[start:stop])
-    return torch.from_numpy(mask)
+    count = kept_count(numel, keep)
+    if count == numel:
+        return torch.arange(numel, dtype=torch.int64)
+    bits = max(2, (numel - 1).bit_length())
+    half = (bits + 1) // 2
+    key = ((seed & _MASK64) * _GOLDEN + (zlib.crc32(name.encode()) << 32)) & _MASK64
+    round_keys = [np.uint64(_splitmix64_int(key + r * _GOLDEN)) for r in range(FEISTEL_ROUNDS)]
+    out = np.empty(count, dtype=np.int64)
+    bound = np.uint64(numel)
+    for start in range(0, count, MASK_CHUNK):
+        images = _feistel(np.arange(start, min(start + MASK_CHUNK, count), dtype=np.uint64), half, round_keys)
+        outside = np.flatnonzero(images >= bound)
+        while outside.size:
+            images[outside] = _feistel(images[outside], half, round_keys)
+            outside = outside[images[outside] >= bound]
+        out[start : start + images.size] = images
+    out.sort()
+    return torch.from_numpy(out)
 
 
-def _splitmix64(start: int, stop: int, key: int) -> np.ndarray:
-    """``splitmix64(key + i * golden)`` for positions ``start <= i < stop``."""
+def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
+    """The boolean mask over ``numel`` positions that is true at :func:`seeded_positions`."""
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[seeded_positions(seed, name, numel, keep)] = True
+    return mask
+
+
+def _splitmix64_int(x: int) -> int:
+    """The splitmix64 finalizer of one 64-bit integer."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer of each element of ``x`` (uint64, modified in place and returned)."""
     with np.errstate(over="ignore"):
-        x = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key)
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
     return x
+
+
+def _feistel(x: np.ndarray, half: int, round_keys: list[np.uint64]) -> np.ndarray:
+    """A keyed permutation of ``0 .. 2**(2*half) - 1``, applied to each element of ``x`` (uint64)."""
+    shift, low_bits = np.uint64(half), np.uint64((1 << half) - 1)
+    left, right = x >> shift, x & low_bits
+    with np.errstate(over="ignore"):
+        for round_key in round_keys:
+            left, right = right, left ^ (_splitmix64(right + round_key) & low_bits)
+    return (left << shift) | right
 
 
 @dataclass(frozen=True)
@@ -115,7 +159,7 @@ class Sparse:
 
 @dataclass(frozen=True)
 class SeededMask:
-    """Values at the positions of :func:`seeded_mask` ``(seed, name, keep)``."""
+    """Values at :func:`seeded_positions` ``(seed, name, numel, keep)``."""
 
     shape: Shape
     name: str
@@ -131,8 +175,7 @@ class SeededMask:
     def positions(self) -> torch.Tensor:
         if self._positions is not None:
             return self._positions
-        mask = seeded_mask(self.seed, self.name, prod(self.shape), self.keep)
-        return mask.nonzero().reshape(-1)
+        return seeded_positions(self.seed, self.name, prod(self.shape), self.keep)
 
     def flat_values(self) -> torch.Tensor:
         return self.values

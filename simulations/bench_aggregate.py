@@ -57,7 +57,7 @@ def write_payloads(folder: Path, count: int, density: float, seed: int) -> None:
 
     from fedelta.common.codec import encode
     from fedelta.common.delta import Delta, Sparse
-    from fedelta.common.pruning.magnitude import kept_count
+    from fedelta.common.delta import kept_count
 
     rng = np.random.default_rng(seed)
     for k in range(count):

@@ -6,7 +6,7 @@ import sys
 from math import prod
 from pathlib import Path
 
-from fedelta.common.pruning.magnitude import kept_count
+from fedelta.common.delta import kept_count
 from fedelta.simulations.bench_aggregate import minilm_shapes
 
 PROJECT = Path(__file__).resolve().parent.parent

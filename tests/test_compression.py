@@ -13,7 +13,7 @@ from fedelta.common.delta import Dense, SeededMask, Sparse, seeded_mask
 from fedelta.common.pruning import PRUNERS, Calibration, PruneRequest, prune_delta
 from fedelta.common.pruning.calibration import capture_inputs, choose_global_q, q_grid
 from fedelta.common.pruning.darex_q import output_preserving_q
-from fedelta.common.pruning.magnitude import kept_count
+from fedelta.common.delta import kept_count
 from fedelta.common.quantization import VALUE_TYPES, round_trip
 from fedelta.common.upload import make_upload, prune_target
 

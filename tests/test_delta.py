@@ -1,8 +1,11 @@
+import tracemalloc
+
 import pytest
 import torch
 
 from fedelta.common.delta import (
-    Delta, Dense, SeededMask, Sparse, apply_delta, extract_delta, revert_delta, seeded_mask, state_hash,
+    Delta, Dense, SeededMask, Sparse, apply_delta, extract_delta, kept_count, revert_delta, seeded_mask,
+    seeded_positions, state_hash,
 )
 
 
@@ -68,6 +71,45 @@ def test_seeded_mask_is_deterministic_and_seed_dependent():
     assert not torch.equal(a, seeded_mask(8, "x", 10_000, 0.3))
     assert not torch.equal(a, seeded_mask(7, "y", 10_000, 0.3))
     assert seeded_mask(7, "x", 100, 1.0).all()
+
+
+def test_seeded_positions_are_pinned_by_the_wire_format():
+    # Every party must derive these exact positions from (seed, name, numel, keep): a change here
+    # is a change of the wire format (container.FORMAT).
+    assert seeded_positions(7, "x", 1000, 0.01).tolist() == [55, 172, 371, 402, 496, 508, 645, 690, 782, 828]
+    assert seeded_positions(2**40 + 3, "model.layers.0.mlp.up_proj.weight", 576 * 1536, 0.001)[:8].tolist() == [
+        1568, 3075, 3353, 5015, 6430, 9094, 10176, 10315]
+
+
+@pytest.mark.parametrize("numel", [1, 2, 3, 5, 17, 64, 1000, 4097, 65_537, 300_001])
+@pytest.mark.parametrize("keep", [1e-4, 0.01, 0.3, 0.999])
+def test_seeded_positions_are_k_distinct_increasing_positions_in_range(numel, keep):
+    positions = seeded_positions(11, "w", numel, keep)
+    assert positions.dtype == torch.int64 and positions.numel() == kept_count(numel, keep)
+    assert bool((positions[1:] > positions[:-1]).all()) and 0 <= int(positions[0]) and int(positions[-1]) < numel
+
+
+def test_seeded_positions_keep_every_position_equally_often():
+    numel, keep, seeds = 97, 0.2, 4000
+    hits = torch.zeros(numel)
+    for seed in range(seeds):
+        hits[seeded_positions(seed, "w", numel, keep)] += 1
+    expected = seeds * kept_count(numel, keep) / numel  # 783.5 per position
+    # binomial std about 25; 5 std covers every one of 97 positions with room to spare
+    assert float((hits - expected).abs().max()) < 5 * (expected * (1 - keep)) ** 0.5
+
+
+def test_seeded_positions_take_memory_for_the_kept_entries_only():
+    numel, keep = 40_000_000, 0.001
+    tracemalloc.start()
+    try:
+        positions = seeded_positions(3, "big", numel, keep)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    kept = positions.numel()
+    # the int64 result plus working space for one chunk of the permutation, not a byte per position
+    assert peak <= 8 * kept + (4 << 20) and peak < numel // 4
 
 
 def test_extract_names_only_the_trained_tensors():

@@ -5,7 +5,7 @@ import torch
 
 from fedelta.common.delta import Dense, SeededMask, Sparse
 from fedelta.common.pruning import PRUNERS, PruneRequest, prune_delta
-from fedelta.common.pruning.magnitude import kept_count
+from fedelta.common.delta import kept_count
 
 
 def test_registry_lists_foundation_pruners_and_refuses_duplicates():

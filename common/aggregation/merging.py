@@ -19,8 +19,7 @@ from math import prod
 import torch
 
 from fedelta.common.config import AggregateSettings
-from fedelta.common.delta import Delta, Entry, Sparse, seeded_mask
-from fedelta.common.pruning.magnitude import kept_count
+from fedelta.common.delta import Delta, Entry, Sparse, kept_count, seeded_positions
 from fedelta.common.aggregation.fedavg import WeightedMean
 from fedelta.common.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, check_weight
 
@@ -45,11 +44,11 @@ def trim(name: str, entry: Entry, density: float, seed: int) -> Entry:
 
 
 def dare(name: str, entry: Entry, density: float, seed: int) -> Entry:
-    """DARE: keep each carried value with probability ``density``, rescaled by 1/density."""
+    """DARE: keep a seeded ``density`` fraction of the carried values, rescaled by 1/density."""
     positions, values = carried(entry)
     if density >= 1.0:
         return Sparse(entry.shape, positions, values)
-    keep = seeded_mask(seed, name, values.numel(), density)
+    keep = seeded_positions(seed, name, values.numel(), density)
     return Sparse(entry.shape, positions[keep], values[keep] / density)
 
 

@@ -3,13 +3,14 @@
 
 import torch
 
-from fedelta.common.delta import Entry, SeededMask, seeded_mask
+from fedelta.common.delta import Entry, SeededMask
+from fedelta.common.delta import seeded_positions as mask_positions
 from fedelta.common.pruning.registry import PruneRequest, pruner
 
 
 def seeded_positions(name: str, delta: torch.Tensor, request: PruneRequest) -> torch.Tensor:
-    """Flat positions DARE keeps for tensor ``name``: a Bernoulli(keep) mask from the request's seed."""
-    return seeded_mask(request.seed, name, delta.numel(), request.keep).nonzero().reshape(-1)
+    """Flat positions DARE keeps for tensor ``name``: a seeded random keep-fraction of them."""
+    return mask_positions(request.seed, name, delta.numel(), request.keep)
 
 
 def rescaled(name: str, delta: torch.Tensor, request: PruneRequest, positions: torch.Tensor, q: float) -> SeededMask:

@@ -2,13 +2,8 @@
 
 import torch
 
-from fedelta.common.delta import Entry, Sparse
+from fedelta.common.delta import Entry, Sparse, kept_count
 from fedelta.common.pruning.registry import PruneRequest, pruner
-
-
-def kept_count(numel: int, keep: float) -> int:
-    """k = round(keep * numel), at least 1 for a non-empty tensor."""
-    return min(numel, max(1, round(keep * numel))) if numel else 0
 
 
 def top_k(delta: torch.Tensor, score: torch.Tensor, keep: float) -> Sparse:
