@@ -1,4 +1,4 @@
-"""Memory and time of the server's streaming aggregation on MiniLM's tensor shapes.
+"""Memory and time of the server's streaming aggregation on a model's tensor shapes (MiniLM's or a 1.2B Llama's).
 
 ``python -m fedelta.simulations.bench_aggregate --json`` writes S synthetic sparse
 deltas (explicit indices, density 0.01, fp16 values, encoded as sites send
@@ -24,34 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-MINILM = {"layers": 6, "hidden": 384, "intermediate": 1536, "vocab": 30522, "positions": 512, "labels": 2}
+from fedelta.simulations.shapes import SHAPES, Shapes
+
 BASE_SHA = "0" * 64
 
 
-def minilm_shapes() -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of all-MiniLM-L6-v2 with a 2-label classification head."""
-    h, f = MINILM["hidden"], MINILM["intermediate"]
-    shapes: dict[str, tuple[int, ...]] = {
-        "bert.embeddings.word_embeddings.weight": (MINILM["vocab"], h),
-        "bert.embeddings.position_embeddings.weight": (MINILM["positions"], h),
-        "bert.embeddings.token_type_embeddings.weight": (2, h),
-        "bert.embeddings.LayerNorm.weight": (h,), "bert.embeddings.LayerNorm.bias": (h,),
-        "bert.pooler.dense.weight": (h, h), "bert.pooler.dense.bias": (h,),
-        "classifier.weight": (MINILM["labels"], h), "classifier.bias": (MINILM["labels"],),
-    }
-    for i in range(MINILM["layers"]):
-        layer = f"bert.encoder.layer.{i}"
-        for part in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
-            shapes[f"{layer}.{part}.weight"], shapes[f"{layer}.{part}.bias"] = (h, h), (h,)
-        shapes[f"{layer}.intermediate.dense.weight"], shapes[f"{layer}.intermediate.dense.bias"] = (f, h), (f,)
-        shapes[f"{layer}.output.dense.weight"], shapes[f"{layer}.output.dense.bias"] = (h, f), (h,)
-        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[f"{layer}.{norm}.weight"], shapes[f"{layer}.{norm}.bias"] = (h,), (h,)
-    return shapes
-
-
-def write_payloads(folder: Path, count: int, density: float, seed: int) -> None:
-    """``count`` encoded sparse deltas over every MiniLM tensor, one file each."""
+def write_payloads(folder: Path, count: int, density: float, seed: int, shapes: Shapes) -> None:
+    """``count`` encoded sparse deltas over every tensor of ``shapes``, one file each."""
     import numpy as np
     import torch
 
@@ -62,7 +41,7 @@ def write_payloads(folder: Path, count: int, density: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for k in range(count):
         entries = {}
-        for name, shape in minilm_shapes().items():
+        for name, shape in shapes.items():
             numel = int(np.prod(shape))
             chosen = np.sort(rng.choice(numel, size=kept_count(numel, density), replace=False, shuffle=False))
             values = torch.from_numpy(rng.standard_normal(chosen.size).astype(np.float32) * 1e-3)
@@ -82,7 +61,7 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[str, Any]:
+def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: Shapes) -> dict[str, Any]:
     """One S, in this (fresh) process."""
     import gc
 
@@ -96,7 +75,7 @@ def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[s
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
-    base = {name: torch.randn(shape, generator=generator) for name, shape in minilm_shapes().items()}
+    base = {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
     model_bytes = sum(4 * p.numel() for p in base.values())
     limits = Limits.for_model(model_bytes // 4)
     gc.collect()
@@ -143,20 +122,21 @@ def measure(sites: int, folder: Path, aggregator: str, density: float) -> dict[s
     }
 
 
-def run(site_counts: list[int], density: float, aggregator: str) -> dict[str, Any]:
+def run(site_counts: list[int], density: float, aggregator: str, shapes_name: str = "minilm") -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedelta-bench-") as tmp:
         folder = Path(tmp)
-        write_payloads(folder, max(site_counts), density, seed=0)
+        write_payloads(folder, max(site_counts), density, seed=0, shapes=SHAPES[shapes_name](None))
         for sites in site_counts:
             command = [sys.executable, "-m", "fedelta.simulations.bench_aggregate", "--child", str(sites),
-                       "--payloads", str(folder), "--density", str(density), "--aggregator", aggregator]
+                       "--payloads", str(folder), "--density", str(density), "--aggregator", aggregator,
+                       "--shapes", shapes_name]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"S={sites} failed: {done.stderr[-2000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {"model": "all-MiniLM-L6-v2 shapes (synthetic values)", "aggregator": aggregator, "density": density,
-            "rows": rows}
+    return {"model": f"{shapes_name} shapes (synthetic values)", "shapes": shapes_name, "aggregator": aggregator,
+            "density": density, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,14 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", default="4,16,64", help="comma-separated numbers of sites (default: 4,16,64)")
     parser.add_argument("--density", type=float, default=0.01, help="fraction of each tensor a delta carries")
     parser.add_argument("--aggregator", default="fedavg", help="aggregate.name (default: fedavg)")
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="minilm",
+                        help="tensor shapes of the base and the deltas: minilm (22.7M parameters) or llama-1b (1.24B; "
+                             "the base alone takes 5 GB)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--payloads", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.payloads, args.aggregator, args.density)))
+        print(json.dumps(measure(args.child, args.payloads, args.aggregator, args.density, SHAPES[args.shapes](None))))
         return 0
-    report = run([int(s) for s in args.sites.split(",")], args.density, args.aggregator)
+    report = run([int(s) for s in args.sites.split(",")], args.density, args.aggregator, args.shapes)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

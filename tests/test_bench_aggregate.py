@@ -7,7 +7,7 @@ from math import prod
 from pathlib import Path
 
 from fedelta.common.delta import kept_count
-from fedelta.simulations.bench_aggregate import minilm_shapes
+from fedelta.simulations.shapes import minilm_shapes
 
 PROJECT = Path(__file__).resolve().parent.parent
 
