@@ -21,8 +21,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ CREATE TABLE IF NOT EXISTS controls (
 """
 VERSION_COLUMNS = "id, parent, sha256, round, kind, blob, blob_bytes, snapshot, snapshot_bytes, residual, created"
 CONTROL_COLUMNS = "id, action, version, requested, settled, ok, outcome, result"
+# Terminal escape sequences (CSI, OSC, and two-byte ones) that a stored reason must not carry.
+ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
 log = logging.getLogger("fedelta.store")
 
 
@@ -298,10 +302,11 @@ class VersionStore:
             )
 
     def record_rejection(self, *, site: str, round: int, reason: str) -> None:
+        """A refused update or a site's error; the reason is stored as :func:`plain_text`."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO rejections (site, round, reason, created) VALUES (?, ?, ?, ?)",
-                (site, round, reason, time.time()),
+                (site, round, plain_text(reason), time.time()),
             )
 
     def rejections(self) -> list[tuple[str, int, str]]:
@@ -419,6 +424,18 @@ def _control(row: tuple[Any, ...]) -> Control:
     """A row of the ``controls`` table as its record (SQLite keeps ``ok`` as 0 or 1)."""
     control_id, action, version, requested, settled, ok, outcome, result = row
     return Control(control_id, action, version, requested, settled, None if ok is None else bool(ok), outcome, result)
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences or control and format characters; its lines (a
+    traceback's, say) are kept, each without trailing space."""
+    lines = ESCAPES.sub("", text).replace("\r\n", "\n").split("\n")
+    return "\n".join(_plain_line(line) for line in lines).strip("\n")
+
+
+def _plain_line(line: str) -> str:
+    return "".join(" " if char.isspace() else char for char in line
+                   if char.isspace() or unicodedata.category(char)[0] != "C").rstrip()
 
 
 def _lock_folder(root: Path) -> TextIO:

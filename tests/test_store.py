@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from fedelta.server.store import Control, Rejection, SiteNode, SiteRound, StoreError, VersionStore
+from fedelta.server.store import Control, Rejection, SiteNode, SiteRound, StoreError, VersionStore, plain_text
 
 
 def test_versions_chain_and_blobs(tmp_path):
@@ -101,3 +101,13 @@ def test_a_store_attaches_by_a_relative_path(tmp_path, monkeypatch):
     finally:
         reader.close()
         owner.close()
+
+
+def test_a_rejection_reason_is_stored_as_plain_text_with_its_lines(tmp_path):
+    store = VersionStore(tmp_path)
+    coloured = ("\x1b[31mTraceback\x1b[0m (most recent call last):\r\n  File \"x.py\"\x07\u200b\n"
+                "ValueError:\tbad \x1b]0;title\x07\n\n")
+    store.record_rejection(site="site-a", round=1, reason=coloured)
+    assert store.rejections() == [
+        ("site-a", 1, "Traceback (most recent call last):\n  File \"x.py\"\nValueError: bad")]
+    assert plain_text("one line") == "one line"
