@@ -136,7 +136,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="the federation's task.name (classification or causal-lm, see `fedelta methods`), "
                       "to check the data file against before connecting (default: classification)")
     site.add_argument("--cache-dir", required=True, metavar="DIR", help="version cache, residual and logs")
-    site.add_argument("--name", help="site name in the server's records (default: the key file's name)")
+    site.add_argument("--name", help="the site name its replies carry (default: the key file's name); the server "
+                      "records a site under the name its key was registered with and rejects uploads "
+                      "that claim another")
     site.add_argument("--labels", help="the model's label names, comma-separated, in order "
                       "(default: those of the default data set, rotten,fresh)")
     site.add_argument("--runtime-port", type=int,

@@ -26,7 +26,7 @@ from fedelta.common.pruning.calibration import calibrate, choose_global_q, with_
 from fedelta.common.pruning.recover import recover
 from fedelta.common.seeding import seeded
 from fedelta.common.tasks import Task, task_for
-from fedelta.common.upload import finish_upload, prune_target, upload_seed
+from fedelta.common.upload import finish_upload, prune_target, upload_binding, upload_seed
 from fedelta.common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
 
 
@@ -138,7 +138,8 @@ class Site:
                 head=bundle.head, settings=settings, seed=seed + 1,
             ))
         upload = finish_upload(
-            pruned, settings, base=sha, limits=Limits.for_model(bundle.num_params()), formed=formed, resolver=resolver
+            pruned, settings, base=sha, limits=Limits.for_model(bundle.num_params()), formed=formed, resolver=resolver,
+            binding=upload_binding(server_round, self.name),
         )
         self.state.save_residual(upload.residual)
         metrics = {

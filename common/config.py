@@ -257,6 +257,8 @@ class StoreSettings:
 class ValidateSettings:
     max_norm_ratio: float = 10.0
     max_decoded_bytes: int = 0
+    max_weight_ratio: float = 4.0
+    max_weight_growth: float = 2.0
 
     def __post_init__(self) -> None:
         require(
@@ -264,6 +266,10 @@ class ValidateSettings:
             "validate.max-norm-ratio",
             "must be 0 (off) or >= 1",
         )
+        require(self.max_weight_ratio == 0 or self.max_weight_ratio >= 1, "validate.max-weight-ratio",
+                "must be 0 (off) or >= 1")
+        require(self.max_weight_growth == 0 or self.max_weight_growth >= 1, "validate.max-weight-growth",
+                "must be 0 (off) or >= 1")
         require(self.max_decoded_bytes >= 0, "validate.max-decoded-bytes", "must be >= 0 (0 = from the model size)")
 
 

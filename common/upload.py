@@ -41,6 +41,11 @@ class Pruned:
         return Pruned({**self.target, **replaced}, Delta(entries), self.stats)
 
 
+def upload_binding(server_round: int, site: str) -> dict[str, str]:
+    """The header metadata that binds an upload to the round it answers and the site that sends it."""
+    return {"round": str(server_round), "site": site}
+
+
 def upload_seed(run_seed: int, server_round: int, site: str) -> int:
     """A 63-bit seed for one site's pruning mask in one round."""
     digest = hashlib.sha256(f"{run_seed}|{server_round}|{site}".encode()).digest()
@@ -71,16 +76,19 @@ def finish_upload(
     limits: Limits,
     formed: Mapping[str, Entry] | None = None,
     resolver: Resolver | None = None,
+    binding: Mapping[str, str] | None = None,
 ) -> Upload:
     """Encode the pruned delta plus the method's ``formed`` entries, and form the new residual.
 
+    ``binding`` (:func:`upload_binding`) goes into the header, so the server can
+    refuse the bytes when they arrive in another round or from another site.
     ``sent`` is the decoded upload (mask and singular entries unresolved). The
     residual is computed against the decoded bytes, resolved, so
     ``delta + residual_old == sent + residual_new`` holds for exactly what the
     server will apply.
     """
     entries = {**pruned.delta.entries, **(formed or {})}
-    meta = {"method": settings.method.name, "prune": f"{settings.prune.name}:{settings.prune.keep:g}"}
+    meta = {"method": settings.method.name, "prune": f"{settings.prune.name}:{settings.prune.keep:g}", **(binding or {})}
     payload = encode(Delta(entries), base=base, values=settings.quant.values, meta=meta)
     sent = decode(payload, limits).delta
     new_residual: dict[str, torch.Tensor] = {}

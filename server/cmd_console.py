@@ -56,8 +56,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="serve the operations console (web pages and a JSON API) over a server's state folder",
         description="Serve a web console over the version store that a running (or finished) server "
         "writes: overview, rounds with charts, sites, versions (delta download, Hugging Face export), "
-        "rejections, a JSON API under /api/ and /healthz. Pause, resume, rollback and exports need the "
-        "token from --token-file; the server acts on actions between rounds. Requests for a Host name "
+        "rejections, a JSON API under /api/ and /healthz. Pause, resume, rollback, blocking or unblocking a "
+        "site, and exports need the token from --token-file; the server acts on actions between rounds (a "
+        "blocked site is not sampled and its uploads are rejected until it is unblocked). Requests for a Host name "
         "not allowed (--allowed-host) get 403, bodies over 16 KiB 413.",
     )
     console.add_argument("--state-dir", required=True, help="the server's state folder (output.state-dir, or OUT/state)")

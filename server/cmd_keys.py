@@ -42,7 +42,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     keys.add_argument("--out", required=True, help="folder to create (refused if it already holds a CA)")
     keys.add_argument("--sites", type=int, help="number of sites, named site-1 .. site-N")
-    keys.add_argument("--name", action="append", help="a site name instead of site-K (repeat per site)")
+    keys.add_argument("--name", action="append", help="a site name instead of site-K (repeat per site); the "
+                      "server records each site under the name its key is registered with")
     keys.add_argument("--add", action="append", metavar="NAME",
                       help="add a site's key pair to an existing folder (repeatable)")
     keys.add_argument("--host", action="append", metavar="HOST",

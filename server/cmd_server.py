@@ -137,7 +137,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "server",
         help="run the server: a SuperLink (TLS, site authentication) and the fedelta run on it",
         description="Start flower-superlink with TLS and SuperNode authentication, register every site "
-        "listed in CERTS/sites.csv, and submit the fedelta app to it (flwr run). The version store lives "
+        "listed in CERTS/sites.csv under its name (the name the server records the site under, whatever its "
+        "replies claim), and submit the fedelta app to it (flwr run). The version store lives "
         "in --state-dir; run the same command again after a crash and the run continues from the last "
         "committed version. It exits 1 with a one-line reason when the run wrote no summary or none of "
         "its rounds committed a version. Ctrl-C stops everything this command started.",

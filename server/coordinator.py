@@ -1,12 +1,12 @@
 """The server's state across rounds, free of Flower: the current weights, the store,
-per-site downlinks, validation and streaming aggregation, commits, and round records.
+per-site downlinks, who each node is, validation and streaming aggregation, commits, and round records.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,15 @@ from fedelta.common.sparsity import base_pattern
 from fedelta.common.tasks import task_for
 from fedelta.common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
 from fedelta.server import control
-from fedelta.common.aggregation import Aggregator, make_aggregator
 from fedelta.server.downlink import MergedEncoder, shortest_downlink
+from fedelta.server.identity import Identities, node_name
 from fedelta.server.memory import peak_rss_bytes, rss_bytes
+from fedelta.server.merge import HeldUpload, History, Merged, Share, merge
 from fedelta.server.resume import reopen_rounds, replay_to, restore
 from fedelta.server.store import Version, VersionStore
-from fedelta.server.validation import example_weight, norm_outliers, rejection_reason, update_norm, validate_update
+from fedelta.server.validation import (
+    Rejected, check_binding, check_sender, example_weight, rejection_reason, update_norm, validate_update,
+)
 
 log = logging.getLogger("fedelta.server")
 # Sites' training metrics whose mean over the round's sites goes into metrics.jsonl as ``site_<key>``.
@@ -45,6 +48,7 @@ class RoundTally:
     upload_bytes: int = 0
     downlink_bytes: int = 0
     rejected: int = 0
+    clipped: int = 0
     site_metrics: dict[str, float] = field(default_factory=dict)
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -59,17 +63,7 @@ class RoundTally:
 
     def counters(self) -> dict[str, int]:
         return {"sites": self.sites, "upload_bytes": self.upload_bytes,
-                "downlink_bytes": self.downlink_bytes, "rejected": self.rejected}
-
-
-@dataclass(frozen=True)
-class HeldUpload:
-    """An update that passed validation, kept as its bytes until the round is committed."""
-
-    site: str
-    payload: bytes
-    weight: float
-    norm: float
+                "downlink_bytes": self.downlink_bytes, "rejected": self.rejected, "clipped": self.clipped}
 
 
 def upload_limits(model: Limits, max_decoded_bytes: int) -> Limits:
@@ -110,8 +104,9 @@ class Coordinator:
         self.pattern = base_pattern(settings.model.sparse_base, self.context)
         self.resolver = self.method.resolver(self.context, self.params)
         self.tally = RoundTally()
-        self.aggregator: Aggregator = make_aggregator(settings.aggregate, settings.seed)
         self.held: list[HeldUpload] = []
+        self.identities = Identities()
+        self.blocked = frozenset(store.blocked_sites())
         store.write_meta("settings", settings.to_run_config())
         store.write_meta("labels", list(corpus.label_names))
         control.write_status(store, "starting", self.rounds.last)
@@ -123,7 +118,22 @@ class Coordinator:
     def between_rounds(self, server_round: int) -> None:
         """Act on the operator's pending controls before round ``server_round`` starts (waiting while paused)."""
         control.between_rounds(self.store, server_round, self.rollback_to)
+        self.blocked = frozenset(self.store.blocked_sites())
         self.tally.started = time.perf_counter()
+
+    def register_nodes(self, names: Mapping[str, str]) -> None:
+        """Bind each node id to the name the transport knows it by (its key's registered name)."""
+        for node, name in names.items():
+            if name:
+                self.identities.register(node, name)
+
+    def identify(self, node: str, claim: str) -> str:
+        """The site ``node`` is (see :mod:`fedelta.server.identity`); ``claim`` is what its reply says."""
+        return self.identities.identify(node, claim)
+
+    def shut_out(self, node: str) -> bool:
+        """Whether ``node`` is bound to a site the operator blocked (it is then not asked to take part)."""
+        return self.identities.site_of(node) in self.blocked
 
     def rollback_to(self, version_id: int, server_round: int) -> Version:
         """Commit a new head whose weights are those of committed version ``version_id``.
@@ -181,7 +191,8 @@ class Coordinator:
     def site_failed(self, node: str, reason: str, server_round: int) -> None:
         """A site could not run its round; it gets a full snapshot next time."""
         self.needs_snapshot.add(node)
-        self.store.record_rejection(site=f"node-{node}", round=server_round, reason=f"site error: {reason}")
+        site = self.identities.site_of(node) or node_name(node)
+        self.store.record_rejection(site=site, round=server_round, reason=f"site error: {reason}")
         self.tally.rejected += 1
 
     def acknowledge(self, node: str, site: str, version: int, sha: str) -> None:
@@ -190,60 +201,79 @@ class Coordinator:
         if known:
             self.needs_snapshot.discard(node)
 
-    def receive(self, *, node: str, site: str, server_round: int, payload: bytes, metrics: dict[str, float]) -> bool:
-        """Decode, resolve and validate one upload and hold it for :meth:`commit`; a rejected one is recorded.
+    def receive(
+        self, *, node: str, site: str, server_round: int, payload: bytes, metrics: dict[str, float],
+        claim: str | None = None,
+    ) -> bool:
+        """Decode, resolve and validate one upload from ``site`` and hold it for :meth:`commit`; a rejected
+        one is recorded.
 
-        The upload is held as its bytes (with its norm when ``validate.max-norm-ratio``
-        is on); :meth:`commit` adds the held uploads in site-name order, so the
-        merged delta does not depend on the order in which sites replied.
+        ``site`` is who the server knows the sender to be; ``claim`` (what its
+        reply says) must agree. A blocked site, a second upload of a site in
+        the round, an upload bound to another round or site, and an empty one
+        are rejected. The upload is held as its bytes with its norm;
+        :meth:`commit` adds the held uploads in site-name order, so the merged
+        delta does not depend on the order in which sites replied.
         """
         self.tally.upload_bytes += len(payload)
         self.tally.sites += 1
+        again = any(upload.site == site for upload in self.held)
         try:
+            check_sender(node, site, claim, blocked=site in self.blocked, again=again)
             self.tally.train_metrics[site] = {
                 key: float(metrics[key])
                 for key in REPORTED_TRAIN_METRICS if isinstance(metrics.get(key), int | float)
             }
             weight = example_weight(metrics)
-            delta = self.admitted(payload)
-            norm = update_norm(delta) if self.settings.validate.max_norm_ratio else 0.0
+            decoded = self._validated(payload)
+            check_binding(decoded.meta, server_round, site)
+            norm = update_norm(decoded.delta)
+            if not norm:
+                raise Rejected("empty update: no entries, or every value zero")
             self.held.append(HeldUpload(site, payload, weight, norm))
         except Exception as error:  # noqa: BLE001 - whatever an upload provokes rejects it; the round goes on
             self._reject(site, server_round, rejection_reason(error))
             return False
         finally:
-            self.store.record_site_round(site=site, node=node, round=server_round, upload_bytes=len(payload), metrics=metrics)
+            if not again:
+                self.store.record_site_round(site=site, node=node, round=server_round, upload_bytes=len(payload),
+                                             metrics=metrics)
         return True
 
     def admitted(self, payload: bytes) -> Delta:
         """Decode one upload within limits, resolve method-specific entries, validate against the head (or raise)."""
+        return self._validated(payload).delta
+
+    def _validated(self, payload: bytes) -> Decoded:
         decoded = decode(payload, self.upload_limits, shapes=self.shapes)
         decoded = Decoded(self.resolver.resolve(decoded.delta), decoded.meta)
         validate_update(
             decoded, base_sha=self.head.sha, params=self.params, allowed=self.allowed, pattern=self.pattern
         )
-        return decoded.delta
+        return decoded
 
     def _reject(self, site: str, server_round: int, reason: str) -> None:
         self.store.record_rejection(site=site, round=server_round, reason=reason)
         self.tally.rejected += 1
         log.warning("rejected update from %s in round %d: %s", site, server_round, reason)
 
-    def _aggregate_held(self, aggregator: Aggregator, server_round: int) -> None:
-        """Drop norm outliers (when the check is on), then decode the held uploads again and add them by site name."""
-        held, self.held = sorted(self.held, key=lambda upload: upload.site), []
-        ratio = self.settings.validate.max_norm_ratio
-        outliers = norm_outliers([upload.norm for upload in held], ratio) if ratio else {}
-        for index, upload in enumerate(held):
-            if index in outliers:
-                self._reject(upload.site, server_round, outliers[index])
-                continue
-            try:
-                delta = self.admitted(upload.payload)
-            except Exception as error:  # noqa: BLE001 - as in receive
-                self._reject(upload.site, server_round, rejection_reason(error))
-                continue
-            aggregator.add(delta, upload.weight, key=f"{server_round}|{upload.site}")
+    def _merge(self, server_round: int) -> Merged | None:
+        held, self.held = self.held, []
+        history = History(self.store.merged_weights(server_round), self.store.merged_contributions(server_round))
+        return merge(held, history, self.settings, admit=self.admitted,
+                     reject=lambda site, reason: self._reject(site, server_round, reason), server_round=server_round)
+
+    def _count_clips(self, shares: Sequence[Share], server_round: int) -> None:
+        for share in shares:
+            if share.note:
+                self.tally.clipped += 1
+                log.warning("round %d, site %s: %s", server_round, share.upload.site, share.note)
+
+    def _record_shares(self, shares: Sequence[Share], server_round: int) -> None:
+        """Each merged upload's weight and weighted norm: the history later rounds' bounds come from."""
+        for share in shares:
+            self.store.record_merged(site=share.upload.site, round=server_round, weight=share.weight,
+                                     contribution=share.contribution, note=share.note)
 
     def commit(self, server_round: int) -> Version | None:
         """Merge the accepted uploads into the next version, or keep the head if too few.
@@ -251,13 +281,13 @@ class Coordinator:
         The weights move by exactly what the stored (and sent) blob decodes to;
         if the store cannot commit, they are moved back.
         """
-        aggregator, self.aggregator = self.aggregator, make_aggregator(self.settings.aggregate, self.settings.seed)
-        self._aggregate_held(aggregator, server_round)
-        if aggregator.count < self.settings.federation.min_sites:
-            log.warning("round %d: %d accepted updates < federation.min-sites; no new version", server_round, aggregator.count)
+        merged = self._merge(server_round)
+        if merged is None:
+            log.warning("round %d: fewer accepted updates than federation.min-sites; no new version", server_round)
             return None
+        self._count_clips(merged.shares, server_round)
         version_id = self.head.id + 1
-        blob, residual = self.encoder.encode(aggregator.result(), base=self.head.sha, seed=version_id)
+        blob, residual = self.encoder.encode(merged.delta, base=self.head.sha, seed=version_id)
         undo = apply_delta(self.params, decode(blob, self.limits).delta)
         try:
             sha = state_hash(self.params)
@@ -271,6 +301,7 @@ class Coordinator:
         except BaseException:
             revert_delta(self.params, undo)
             raise
+        self._record_shares(merged.shares, server_round)
         self.encoder.residual = residual
         self._snapshots = {} if snapshot is None else {self.head.id: snapshot}
         self.resolver = self.method.resolver(self.context, self.params)

@@ -7,6 +7,12 @@ committed as the next version, each site gets the downlink to the new head and
 answers with an evaluation reply (acknowledged again), and the round finishes
 (the head is evaluated on the server's test set and the round recorded).
 
+A reply is taken as coming from the site its node is bound to (see
+:mod:`fedelta.server.identity`: the name the node's key was registered under,
+which the strategy passes from Flower, else the name it first claimed); the
+name the reply gives is only a claim that must agree. A node bound to a site
+the operator blocked is not asked to take part.
+
 The Flower strategy (:mod:`fedelta.server.strategy`) calls these steps from
 Flower's hooks; :meth:`RoundDriver.run_round` calls them in order on sites in
 this process (the in-process experiment backend and the tests).
@@ -57,6 +63,14 @@ class RoundDriver:
         self.coordinator.between_rounds(server_round)
         self._evaluations = {}
 
+    def register(self, names: Mapping[str, str]) -> None:
+        """What the transport says each node is: node id -> the name its key was registered under ("" = none)."""
+        self.coordinator.register_nodes(names)
+
+    def shut_out(self, node: str) -> bool:
+        """Whether ``node`` belongs to a site the operator blocked: it is not sent this round's messages."""
+        return self.coordinator.shut_out(node)
+
     def downlink(self, node: str) -> Downlink:
         """What ``node`` receives to reach the head from the version it last acknowledged."""
         return self.coordinator.downlink_for(node)
@@ -66,9 +80,11 @@ class RoundDriver:
         if isinstance(reply, SiteFailure):
             self.coordinator.site_failed(node, reply.reason, server_round)
             return False
-        self.coordinator.acknowledge(node, reply.site, reply.version, reply.sha)
+        site = self.coordinator.identify(node, reply.site)
+        self.coordinator.acknowledge(node, site, reply.version, reply.sha)
         return self.coordinator.receive(
-            node=node, site=reply.site, server_round=server_round, payload=reply.payload, metrics=reply.metrics
+            node=node, site=site, claim=reply.site, server_round=server_round, payload=reply.payload,
+            metrics=reply.metrics,
         )
 
     def commit(self, server_round: int) -> Version | None:
@@ -80,8 +96,9 @@ class RoundDriver:
         if isinstance(reply, SiteFailure):
             self.coordinator.site_failed(node, reply.reason, server_round)
             return
-        self.coordinator.acknowledge(node, reply.site, reply.version, reply.sha)
-        self._evaluations[reply.site] = reply
+        site = self.coordinator.identify(node, reply.site)
+        self.coordinator.acknowledge(node, site, reply.version, reply.sha)
+        self._evaluations[site] = reply
 
     def site_means(self) -> dict[str, float]:
         """The sites' local test metrics, averaged by their test examples, in site-name order."""
@@ -103,8 +120,15 @@ class RoundDriver:
         return self.coordinator.finish_round(server_round)
 
     def run_round(self, server_round: int, sites: Mapping[str, SiteLink]) -> dict[str, Any]:
-        """One whole round with sites in this process (``sites`` maps node ids to sites); its metrics row."""
+        """One whole round with sites in this process (``sites`` maps node ids to sites); its metrics row.
+
+        These sites are this process's own, so each node is bound to its site's
+        name as a registered key would be; sites the operator blocked (by the
+        time the round opens) sit the round out.
+        """
         self.open(server_round)
+        self.register({node: site.name for node, site in sites.items()})
+        sites = {node: site for node, site in sites.items() if not self.shut_out(node)}
         for node, site in sites.items():
             self.trained(server_round, node, _train(site, server_round, self.downlink(node), self.genesis_sha))
         self.commit(server_round)

@@ -11,7 +11,8 @@ A lock file keeps a second server off the same folder.
 
 This is the only module that speaks SQL: the server, its control loop and the
 console ask the store by named methods, which return records (``Version``,
-``Control``, ``SiteRound``, ``SiteNode``, ``Rejection``) or plain values.
+``Control``, ``SiteRound``, ``SiteNode``, ``Rejection``) or plain values. A
+store of the previous schema (2) is migrated when a server opens it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from typing import Any, TextIO
 
 from fedelta.common.atomic import write_bytes_atomic
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     id INTEGER PRIMARY KEY, parent INTEGER REFERENCES versions(id), sha256 TEXT NOT NULL,
@@ -44,7 +47,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 );
 CREATE TABLE IF NOT EXISTS site_rounds (
     site TEXT NOT NULL, round INTEGER NOT NULL, node TEXT NOT NULL, upload_bytes INTEGER NOT NULL,
-    metrics TEXT NOT NULL, PRIMARY KEY (site, round)
+    metrics TEXT NOT NULL, weight REAL, contribution REAL, note TEXT, PRIMARY KEY (site, round)
 );
 CREATE TABLE IF NOT EXISTS sites (
     node TEXT PRIMARY KEY, site TEXT, version INTEGER, last_seen REAL NOT NULL
@@ -56,11 +59,24 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS controls (
     id INTEGER PRIMARY KEY, action TEXT NOT NULL, version INTEGER, requested REAL NOT NULL,
-    settled REAL, ok INTEGER, outcome TEXT, result INTEGER
+    settled REAL, ok INTEGER, outcome TEXT, result INTEGER, site TEXT
 );
 """
+# What turns a store of an older schema into this one, by the schema it starts from.
+MIGRATIONS = {
+    2: (
+        "ALTER TABLE site_rounds ADD COLUMN weight REAL",
+        "ALTER TABLE site_rounds ADD COLUMN contribution REAL",
+        "ALTER TABLE site_rounds ADD COLUMN note TEXT",
+        "ALTER TABLE controls ADD COLUMN site TEXT",
+    ),
+}
 VERSION_COLUMNS = "id, parent, sha256, round, kind, blob, blob_bytes, snapshot, snapshot_bytes, residual, created"
-CONTROL_COLUMNS = "id, action, version, requested, settled, ok, outcome, result"
+CONTROL_COLUMNS = "id, action, version, requested, settled, ok, outcome, result, site"
+SITE_ROUND_COLUMNS = "site, round, node, upload_bytes, metrics, weight, contribution, note"
+BLOCKING = ("block", "unblock")
+# Terminal escape sequences (CSI, OSC, and two-byte ones) that a stored reason must not carry.
+ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
 log = logging.getLogger("fedelta.store")
 
 
@@ -91,17 +107,26 @@ class Control:
     ok: bool | None = None
     outcome: str | None = None
     result: int | None = None
+    site: str | None = None
 
 
 @dataclass(frozen=True)
 class SiteRound:
-    """What one site sent in one round: its node, the bytes it uploaded and its training metrics."""
+    """What one site sent in one round: its node, the bytes it uploaded and its training metrics.
+
+    Once the round is committed, an upload that went into the merged delta also
+    has the weight it was given, its weighted norm (``contribution``) and a
+    note saying why the weight differs from the reported ``num-examples``.
+    """
 
     site: str
     round: int
     node: str
     upload_bytes: int
     metrics: dict[str, Any]
+    weight: float | None = None
+    contribution: float | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,11 +167,21 @@ class VersionStore:
         schema = self._db.execute("PRAGMA user_version").fetchone()[0]
         empty = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
         if schema != SCHEMA_VERSION and not empty:
-            self.close()
-            raise StoreError(f"{self.root} holds a store of schema {schema}, not {SCHEMA_VERSION}; use a new state folder")
+            self._migrate(schema)
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._collect_garbage()
+
+    def _migrate(self, schema: int) -> None:
+        """Bring a store of an older schema to this one in one transaction, or refuse it."""
+        if schema not in MIGRATIONS:
+            self.close()
+            raise StoreError(f"{self.root} holds a store of schema {schema}, not {SCHEMA_VERSION}; use a new state folder")
+        with self._transaction():
+            for statement in MIGRATIONS[schema]:
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        log.info("migrated the store in %s from schema %d to %d", self.root, schema, SCHEMA_VERSION)
 
     @classmethod
     def attach(cls, root: Path, *, writable: bool = False) -> VersionStore:
@@ -298,11 +333,34 @@ class VersionStore:
             )
 
     def record_rejection(self, *, site: str, round: int, reason: str) -> None:
+        """A refused update or a site's error; the reason is stored as :func:`plain_text`."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO rejections (site, round, reason, created) VALUES (?, ?, ?, ?)",
-                (site, round, reason, time.time()),
+                (site, round, plain_text(reason), time.time()),
             )
+
+    def record_merged(self, *, site: str, round: int, weight: float, contribution: float, note: str = "") -> None:
+        """The weight and weighted norm an upload went into the merged delta with, and why the weight was clipped."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE site_rounds SET weight = ?, contribution = ?, note = ? WHERE site = ? AND round = ?",
+                (weight, contribution, note or None, site, round),
+            )
+
+    def merged_weights(self, before: int) -> dict[str, float]:
+        """Each site's largest weight in a merged delta of a round before ``before``."""
+        rows = self._db.execute(
+            "SELECT site, MAX(weight) FROM site_rounds WHERE round < ? AND weight IS NOT NULL GROUP BY site", (before,)
+        )
+        return dict(rows.fetchall())
+
+    def merged_contributions(self, before: int) -> list[float]:
+        """The weighted norms of every upload merged in a round before ``before``."""
+        rows = self._db.execute(
+            "SELECT contribution FROM site_rounds WHERE round < ? AND contribution IS NOT NULL", (before,)
+        )
+        return [value for (value,) in rows]
 
     def rejections(self) -> list[tuple[str, int, str]]:
         """(site, round, reason) of every rejection, oldest first."""
@@ -315,8 +373,9 @@ class VersionStore:
 
     def site_rounds(self) -> list[SiteRound]:
         """What each site sent in each round, in round order."""
-        rows = self._db.execute("SELECT site, round, node, upload_bytes, metrics FROM site_rounds ORDER BY round")
-        return [SiteRound(site, round, node, sent, json.loads(metrics)) for site, round, node, sent, metrics in rows]
+        rows = self._db.execute(f"SELECT {SITE_ROUND_COLUMNS} FROM site_rounds ORDER BY round")
+        return [SiteRound(site, round, node, sent, json.loads(metrics), *merged)
+                for site, round, node, sent, metrics, *merged in rows]
 
     def sites_uploaded_after(self, round: int) -> list[str]:
         """Names of the sites that sent an update in a round after ``round``, sorted."""
@@ -341,11 +400,12 @@ class VersionStore:
         row = self._db.execute("SELECT version FROM sites WHERE node = ?", (node,)).fetchone()
         return None if row is None else row[0]
 
-    def add_control(self, action: str, version: int | None = None) -> Control:
+    def add_control(self, action: str, version: int | None = None, site: str | None = None) -> Control:
         """The operator's request as recorded, pending until the server settles it."""
         with self._transaction():
             control_id = self._db.execute(
-                "INSERT INTO controls (action, version, requested) VALUES (?, ?, ?)", (action, version, time.time())
+                "INSERT INTO controls (action, version, requested, site) VALUES (?, ?, ?, ?)",
+                (action, version, time.time(), site),
             ).lastrowid
         return self.control(control_id)
 
@@ -368,6 +428,15 @@ class VersionStore:
             " ORDER BY id", tuple(actions),
         )
         return [_control(row) for row in rows]
+
+    def blocked_sites(self) -> list[str]:
+        """Sites whose newest carried-out block or unblock request is a block, sorted."""
+        rows = self._db.execute(
+            "SELECT site, action FROM controls WHERE ok = 1 AND site IS NOT NULL AND action IN (?, ?) ORDER BY id",
+            BLOCKING,
+        )
+        newest = dict(rows.fetchall())
+        return sorted(site for site, action in newest.items() if action == BLOCKING[0])
 
     def settle_control(self, control_id: int, *, ok: bool, outcome: str, result: int | None = None) -> None:
         """Record what the server made of a request: done or refused, why, and the version it made."""
@@ -417,8 +486,21 @@ class VersionStore:
 
 def _control(row: tuple[Any, ...]) -> Control:
     """A row of the ``controls`` table as its record (SQLite keeps ``ok`` as 0 or 1)."""
-    control_id, action, version, requested, settled, ok, outcome, result = row
-    return Control(control_id, action, version, requested, settled, None if ok is None else bool(ok), outcome, result)
+    control_id, action, version, requested, settled, ok, outcome, result, site = row
+    return Control(control_id, action, version, requested, settled, None if ok is None else bool(ok), outcome, result,
+                   site)
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences or control and format characters; its lines (a
+    traceback's, say) are kept, each without trailing space."""
+    lines = ESCAPES.sub("", text).replace("\r\n", "\n").split("\n")
+    return "\n".join(_plain_line(line) for line in lines).strip("\n")
+
+
+def _plain_line(line: str) -> str:
+    return "".join(" " if char.isspace() else char for char in line
+                   if char.isspace() or unicodedata.category(char)[0] != "C").rstrip()
 
 
 def _lock_folder(root: Path) -> TextIO:

@@ -1,11 +1,13 @@
 """FedAvg over sparse deltas: per-site downlinks out, encoded updates in.
 
 Sampling and the round loop are Flower's; this subclass only changes what a
-message carries (each site's own downlink instead of the full model) and hands
-every reply to the round driver (:mod:`fedelta.server.rounds`), which owns the
-protocol. Flower numbers this process's rounds 1..N; a server resumed on its
-store maps them to the federation's rounds, which is what sites see as
-``server-round``.
+message carries (each site's own downlink instead of the full model), which
+nodes sampling sees (:class:`~fedelta.server.grid.EligibleGrid`: it tells the
+round driver the name each node's key was registered under and leaves out the
+nodes of sites the operator blocked), and hands every reply to the round
+driver (:mod:`fedelta.server.rounds`), which owns the protocol. Flower numbers
+this process's rounds 1..N; a server resumed on its store maps them to the
+federation's rounds, which is what sites see as ``server-round``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedelta.common.messages import EvaluateReply, SiteFailure, TrainReply
+from fedelta.server.grid import EligibleGrid
 from fedelta.server.progress import RoundProgress
 from fedelta.server.rounds import RoundDriver
 
@@ -43,6 +46,10 @@ class DeltaFedAvg(FedAvg):
         self.driver = driver
         self.progress = progress
 
+    def _eligible(self, grid: Grid) -> Grid:
+        """``grid`` as sampling sees it: the nodes of blocked sites left out, every node's registered name told."""
+        return EligibleGrid(grid, self.driver.register, self.driver.shut_out)
+
     def _with_downlinks(self, messages: Iterable[Message]) -> list[Message]:
         personal = []
         for message in messages:
@@ -60,7 +67,9 @@ class DeltaFedAvg(FedAvg):
     ) -> Iterable[Message]:
         server_round = self.driver.store_round(server_round)
         self.driver.open(server_round)
-        messages = self._with_downlinks(super().configure_train(server_round, ArrayRecord(), config, grid))
+        messages = self._with_downlinks(
+            super().configure_train(server_round, ArrayRecord(), config, self._eligible(grid))
+        )
         self.progress.phase(server_round, "sites training", sites=len(messages))
         return messages
 
@@ -68,7 +77,9 @@ class DeltaFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round = self.driver.store_round(server_round)
-        messages = self._with_downlinks(super().configure_evaluate(server_round, ArrayRecord(), config, grid))
+        messages = self._with_downlinks(
+            super().configure_evaluate(server_round, ArrayRecord(), config, self._eligible(grid))
+        )
         self.progress.phase(server_round, "sites evaluating", sites=len(messages))
         return messages
 

@@ -21,6 +21,7 @@ from fedelta.common.codec import encode
 from fedelta.common.delta import BaseMask, Delta, Entry, LowRank, SingularOffsets
 from fedelta.common.methods.registry import Resolver, weight_matrices
 from fedelta.common.pruning import PruneRequest, prune_delta
+from fedelta.common.upload import upload_binding
 
 VALUE_NAMES = ("fp32", "fp16", "bf16", "int8", "ternary")
 PRUNERS = ("none", "dare", "magnitude")
@@ -47,9 +48,10 @@ class Target:
 
 def honest_uploads(
     method: str, params: Mapping[str, torch.Tensor], allowed: Sequence[str], head: Sequence[str],
-    resolver: Resolver, base: str, seed: int = 0,
+    resolver: Resolver, base: str, seed: int = 0, server_round: int = 1,
 ) -> list[Honest]:
-    """Uploads of ``method`` for every value type (and every pruner for plain deltas), on weights with hash ``base``."""
+    """Uploads of ``method`` for every value type (and every pruner for plain deltas), on weights with hash ``base``,
+    each bound to ``server_round`` and to its label as the site that sends it."""
     gen = torch.Generator().manual_seed(seed)
     formed = FORMERS.get(method, _nothing)(params, allowed, head, resolver, gen)
     rest = {name: _delta_like(name, params[name], gen) for name in sorted(set(allowed) - set(formed))}
@@ -57,8 +59,9 @@ def honest_uploads(
     for pruner in PRUNERS if not formed else ("dare",):
         pruned = prune_delta(rest, pruner, PruneRequest(keep=0.1, seed=seed + 1), min_size=100)
         for values in VALUE_NAMES:
-            payload = encode(Delta({**pruned.entries, **formed}), base=base, values=values, meta={"method": method})
-            uploads.append(Honest(f"{method}/{pruner}/{values}", payload))
+            label = f"{method}/{pruner}/{values}"
+            meta = {"method": method, **upload_binding(server_round, label)}
+            uploads.append(Honest(label, encode(Delta({**pruned.entries, **formed}), base=base, values=values, meta=meta)))
     return uploads
 
 

@@ -7,7 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedelta.client.site import Site, simulated_site_data
+from fedelta.common.codec import Limits, decode, encode
 from fedelta.common.config import Settings
+from fedelta.common.delta import Delta, Dense, Sparse
+from fedelta.common.upload import upload_binding
 from fedelta.server.coordinator import Coordinator
 from fedelta.server.rounds import RoundDriver
 from fedelta.server.store import VersionStore
@@ -59,3 +62,18 @@ def run_rounds(coordinator: Coordinator, sites: list[Site], rounds: range) -> No
     driver = RoundDriver(coordinator)
     for server_round in rounds:
         driver.run_round(server_round, {node_of(site): site for site in sites})
+
+
+def rebound(payload: bytes, limits: Limits, server_round: int, site: str, *, scale: float = 1.0,
+            values: str = "") -> bytes:
+    """The same upload bound to another round and site (what a site re-encoding another's upload sends), its
+    values times ``scale`` (sent as ``values``, default: as they came)."""
+    decoded = decode(payload, limits)
+    entries = decoded.delta.entries
+    if scale != 1.0:
+        entries = {name: Dense((entry.to_dense().double() * scale).float()) if entry.positions() is None
+                   else Sparse(entry.shape, entry.positions(), (entry.flat_values().double() * scale).float())
+                   for name, entry in entries.items()}
+    meta = {key: value for key, value in decoded.meta.items() if key in ("method", "prune")}
+    return encode(Delta(entries), base=decoded.base, values=values or decoded.meta["values"],
+                  meta={**meta, **upload_binding(server_round, site)})

@@ -87,6 +87,7 @@ def _sites(driver: Any, console: LiveConsole) -> None:
     assert [_text(driver, f"#site-{s['site']} td.bytes") for s in sites] == [human_bytes(s["upload_bytes"]) for s in sites]
     assert [_text(driver, f"#site-{s['site']} td.rounds") for s in sites] == [str(ROUNDS)] * 2
     assert all(_text(driver, f"#site-{s['site']} td.version") == f"v{ROUNDS + 1} current" for s in sites)
+    assert [_text(driver, f"#site-{s['site']} td.blocked") for s in sites] == ["no"] * len(sites)
 
 
 def _versions(driver: Any, console: LiveConsole) -> None:
@@ -105,6 +106,9 @@ def _actions(driver: Any, console: LiveConsole) -> None:
     outcomes = [c["outcome"] for c in console.get("/api/actions")]
     assert [row.split(" ", 1)[0] for row in _all(driver, "#controls-table tbody tr")] == ["3", "2", "1"]
     assert all(outcome in page for outcome, page in zip(outcomes, _all(driver, "#controls-table tbody tr")))
+    for action in ("block", "unblock"):
+        form = f"form[action$='/actions/{action}']"
+        assert _all(driver, f"{form} input[name=site]") == [""] and _all(driver, f"{form} input[name=token]") == [""]
 
 
 PAGES: dict[str, tuple[str, Callable[[Any, LiveConsole], None]]] = {

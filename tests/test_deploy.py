@@ -6,7 +6,8 @@ its faults on a fixed schedule, and the tests check what it recorded:
 - as round 1 starts, an unregistered key, a foreign CA and a plain-text
   SuperNode try to join and are turned away;
 - site-3 is SIGKILLed while it trains in round 1; the round commits with the
-  other two (``federation.min-sites = 2``); site-3 is started again on its cache;
+  other two (``federation.min-sites = 2``); site-3 is started again on its cache
+  with its own key but ``--name site-1``, so its replies claim site-1's name;
 - the whole server (SuperLink, ServerApp) is SIGKILLed during round 2 and
   started again on the same state folder; it resumes at version 1 and finishes,
   with site-3 caught up from the version it holds.
@@ -190,7 +191,8 @@ def federation(tmp_path_factory) -> Federation:
         wait_until(lambda: running_clientapp(sites["site-3"].process.pid), 180, "site-3 training in round 1")
         kill_tree(sites["site-3"].process.pid, signal.SIGKILL, 1.0)
         wait_until(lambda: len(rows()) >= 2, 240, "round 1 without site-3")
-        restarted = launcher.start("site-3-again", site_command("site-3", keys / "sites" / "site-3", keys))
+        restarted = launcher.start("site-3-again", site_command("site-3", keys / "sites" / "site-3", keys,
+                                                                "--name", "site-1"))
         wait_until(lambda: "SuperNode ID" in restarted.text(), 120, "site-3 back online")
         wait_until(lambda: any(running_clientapp(site.process.pid) for site in (*sites.values(), restarted)), 120,
                    "round 2 under way")
@@ -235,11 +237,24 @@ def test_a_killed_site_is_left_out_and_catches_up_by_hash(federation):
     assert federation.site_rounds[1] == {"site-1", "site-2"}
     assert federation.rows[1]["sites"] == 2
     with sqlite3.connect(f"file:{federation.state / 'store.sqlite'}?mode=ro", uri=True) as db:
-        reasons = db.execute("SELECT round, reason FROM rejections").fetchall()
-    assert len(reasons) == 1 and reasons[0][0] == 1 and "Node Unavailable" in reasons[0][1]
+        reasons = db.execute("SELECT round, reason FROM rejections WHERE round = 1").fetchall()
+    assert len(reasons) == 1 and "Node Unavailable" in reasons[0][1]
     assert federation.site_rounds[2] == set(SITES)
     version_1 = federation.rows[1]["version_sha256"][:12]
-    assert f"site-3: trained on version 1 ({version_1})" in federation.restarted_site_log
+    assert f"site-1: trained on version 1 ({version_1})" in federation.restarted_site_log  # it claims site-1's name
+
+
+def test_a_registered_site_claiming_another_sites_name_is_recorded_under_its_own(federation):
+    with sqlite3.connect(f"file:{federation.state / 'store.sqlite'}?mode=ro", uri=True) as db:
+        nodes = {site: node for node, site in db.execute("SELECT node, site FROM sites")}
+        uploads = {site: (node, weight) for site, node, weight in
+                   db.execute("SELECT site, node, weight FROM site_rounds WHERE round = 2")}
+        reasons = set(db.execute("SELECT site, reason FROM rejections WHERE round = 2").fetchall())
+    forger = nodes["site-3"]
+    assert uploads["site-3"] == (forger, None) and uploads["site-1"][0] == nodes["site-1"] != forger
+    assert reasons == {("site-3", f"node {forger} claims to be site 'site-1', but it is 'site-3'")}
+    assert {site for site, (_, weight) in uploads.items() if weight is not None} == {"site-1", "site-2"}
+    assert federation.rows[2]["version"] == 2 and federation.rows[2]["rejected"] == 1
 
 
 def test_a_killed_server_resumes_from_its_last_committed_version(federation):

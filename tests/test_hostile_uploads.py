@@ -9,7 +9,7 @@ import torch
 import zstandard
 from conftest import TINY
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
-from rounds import open_federation
+from rounds import open_federation, rebound
 
 from fedelta.common.codec import FORMAT, CodecError, Limits, decode
 from fedelta.common.config import Settings
@@ -224,9 +224,10 @@ def test_an_unexpected_error_becomes_a_rejection_naming_its_type(hostile, monkey
 @given(index=st.integers(min_value=0, max_value=10**6), seed=st.integers(min_value=0, max_value=2**63))
 def test_receive_answers_every_mutated_upload_with_true_or_false(hostile, index, seed):
     coordinator, honest, target = hostile
-    _, payload = mutate(honest[index % len(honest)].payload, np.random.default_rng(seed), target)
+    source = honest[index % len(honest)]
+    _, payload = mutate(source.payload, np.random.default_rng(seed), target)
     before = len(coordinator.held)
-    admitted = coordinator.receive(node="9", site="hostile", server_round=1, payload=payload, metrics=HONEST_METRICS)
+    admitted = coordinator.receive(node="9", site=source.label, server_round=1, payload=payload, metrics=HONEST_METRICS)
     assert admitted is (len(coordinator.held) == before + 1)
     if not admitted:
         reason = coordinator.store.rejections()[-1][2]
@@ -250,7 +251,9 @@ def test_a_round_that_received_mutated_uploads_commits_exactly_the_merge_of_what
         target = Target(coordinator.shapes, coordinator.upload_limits.max_elements)
     honest = [(site.name, reply.payload) for site, reply in zip(sites, replies)]
     rng = np.random.default_rng(7)
-    mutants = [(f"hostile-{i:03d}", mutate(honest[i % 2][1], rng, target)[1]) for i in range(300)]
+    bound = [(f"hostile-{i:03d}", rebound(honest[i % 2][1], coordinator.limits, 1, f"hostile-{i:03d}"))
+             for i in range(300)]
+    mutants = [(site, mutate(payload, rng, target)[1]) for site, payload in bound]
 
     admitted, sha, merged = _round(tiny_settings, tmp_path / "with", honest + mutants)
     kept = [upload for upload, ok in zip(mutants, admitted[2:]) if ok]

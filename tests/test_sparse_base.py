@@ -12,6 +12,7 @@ from fedelta.common.methods.registry import weight_matrices
 from fedelta.common.model import load_model
 from fedelta.common.sparse_base import REPORT_FILE, SparseBaseRequest, cubic_sparsity, prepare_sparse_base
 from fedelta.common.sparsity import pattern_of
+from fedelta.common.upload import upload_binding
 
 SPARSITY = 0.8
 METHODS = ("full", "lnbias", "pafi", "hiwi", "svfit", "lora")
@@ -79,9 +80,10 @@ def test_the_server_rejects_an_update_writing_into_a_pruned_position(sparse_base
         head = coordinator.head.sha
         metrics = {"num-examples": 10.0}
         assert coordinator.receive(node="0", site="keeps", server_round=1, metrics=metrics,
-                                   payload=encode(Delta({name: Dense(inside)}), base=head))
+                                   payload=encode(Delta({name: Dense(inside)}), base=head, meta=upload_binding(1, "keeps")))
         assert not coordinator.receive(node="1", site="writes", server_round=1, metrics=metrics,
-                                       payload=encode(Delta({name: Dense(outside)}), base=head))
+                                       payload=encode(Delta({name: Dense(outside)}), base=head,
+                                                      meta=upload_binding(1, "writes")))
         (site, _, reason), = coordinator.store.rejections()
         assert site == "writes" and "pruned positions" in reason and name in reason
         assert all(train_all(coordinator, sites, 2))

@@ -1,8 +1,21 @@
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from fedelta.server.store import Control, Rejection, SiteNode, SiteRound, StoreError, VersionStore
+from fedelta.server.store import Control, Rejection, SiteNode, SiteRound, StoreError, VersionStore, plain_text
+
+# The two tables schema 3 changed, as schema 2 made them, with a row each.
+SCHEMA_2 = """
+CREATE TABLE site_rounds (site TEXT NOT NULL, round INTEGER NOT NULL, node TEXT NOT NULL,
+    upload_bytes INTEGER NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (site, round));
+CREATE TABLE controls (id INTEGER PRIMARY KEY, action TEXT NOT NULL, version INTEGER, requested REAL NOT NULL,
+    settled REAL, ok INTEGER, outcome TEXT, result INTEGER);
+INSERT INTO site_rounds VALUES ('site-a', 1, 'n1', 10, '{}');
+INSERT INTO controls (action, requested, ok) VALUES ('pause', 0, 1);
+PRAGMA user_version = 2;
+"""
 
 
 def test_versions_chain_and_blobs(tmp_path):
@@ -101,3 +114,58 @@ def test_a_store_attaches_by_a_relative_path(tmp_path, monkeypatch):
     finally:
         reader.close()
         owner.close()
+
+
+def test_a_rejection_reason_is_stored_as_plain_text_with_its_lines(tmp_path):
+    store = VersionStore(tmp_path)
+    coloured = ("\x1b[31mTraceback\x1b[0m (most recent call last):\r\n  File \"x.py\"\x07\u200b\n"
+                "ValueError:\tbad \x1b]0;title\x07\n\n")
+    store.record_rejection(site="site-a", round=1, reason=coloured)
+    assert store.rejections() == [
+        ("site-a", 1, "Traceback (most recent call last):\n  File \"x.py\"\nValueError: bad")]
+    assert plain_text("one line") == "one line"
+
+
+def test_blocks_are_the_newest_carried_out_block_or_unblock_per_site(tmp_path):
+    store = VersionStore(tmp_path)
+    for action, site, ok in (("block", "a", True), ("block", "b", True), ("unblock", "a", True),
+                             ("block", "c", False), ("unblock", "b", False), ("block", "d", None)):
+        made = store.add_control(action, site=site)
+        if ok is not None:
+            store.settle_control(made.id, ok=ok, outcome="")
+    assert store.blocked_sites() == ["b"]
+    assert store.control(1).site == "a"
+
+
+def test_merged_weights_and_contributions_are_those_of_earlier_rounds(tmp_path):
+    store = VersionStore(tmp_path)
+    for round, site, weight in ((1, "a", 4.0), (2, "a", 8.0), (2, "b", None), (3, "a", 16.0)):
+        store.record_site_round(site=site, node=site, round=round, upload_bytes=1, metrics={})
+        if weight is not None:
+            store.record_merged(site=site, round=round, weight=weight, contribution=weight / 2, note="clipped")
+    assert store.merged_weights(3) == {"a": 8.0} and store.merged_weights(1) == {}
+    assert sorted(store.merged_contributions(3)) == [2.0, 4.0]
+    assert store.site_rounds()[0] == SiteRound("a", 1, "a", 1, {}, 4.0, 2.0, "clipped")
+
+
+def _old_store(root: Path, script: str) -> Path:
+    root.mkdir()
+    with closing(sqlite3.connect(root / "store.sqlite")) as db:
+        db.executescript(script)
+    return root
+
+
+def test_a_store_of_schema_2_is_migrated_with_its_rows_and_an_older_one_is_refused(tmp_path):
+    two = _old_store(tmp_path / "two", SCHEMA_2)
+    store = VersionStore(two)
+    assert store.site_rounds() == [SiteRound("site-a", 1, "n1", 10, {})]
+    assert store.controls() == [Control(1, "pause", None, 0.0, None, True, None, None, None)]
+    store.add_control("block", site="site-a")
+    store.close()
+    reopened = VersionStore(two)
+    assert reopened.controls()[-1].site == "site-a"
+    reopened.close()
+
+    one = _old_store(tmp_path / "one", "CREATE TABLE versions (id INTEGER PRIMARY KEY); PRAGMA user_version = 1;")
+    with pytest.raises(StoreError, match="schema 1, not 3"):
+        VersionStore(one)

@@ -86,13 +86,13 @@ def create_app(state_dir: Path, token: str | None, *, hosts: Collection[str] = L
             raise Refused(403, "actions are off: the console was started without --token-file")
         check_token(supplied, "actions")
 
-    def act(action: str, version: int | None) -> dict[str, Any]:
+    def act(action: str, version: int | None, site: str | None = None) -> dict[str, Any]:
         with reader(writable=True) as store:
             head = store.head()
             if version is not None and (head is None or not 0 <= version <= head.id):
                 raise Refused(404, f"no committed version {version} (the head is {head.id if head else 'none'})")
             try:
-                return queries.control_row(control.request(store, action, version))
+                return queries.control_row(control.request(store, action, version, site))
             except ValueError as error:
                 raise Refused(400, str(error)) from None
 
@@ -177,10 +177,12 @@ def create_app(state_dir: Path, token: str | None, *, hosts: Collection[str] = L
             body = json_object(request.get_data(cache=False))
         except ValueError as error:
             raise Refused(400, str(error)) from None
-        version = body.get("version")
+        version, site = body.get("version"), body.get("site")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise Refused(400, "version must be an integer")
-        made = act(action, version)
+        if site is not None and not isinstance(site, str):
+            raise Refused(400, "site must be a string")
+        made = act(action, version, site)
         return jsonify(ok=True, control=made), 202
 
     @app.post("/actions/<action>")
@@ -189,7 +191,7 @@ def create_app(state_dir: Path, token: str | None, *, hosts: Collection[str] = L
         raw = request.form.get("version", "").strip()
         if raw and not raw.isdecimal():
             raise Refused(400, f"version must be a whole number, not {raw!r}")
-        made = act(action, int(raw) if raw else None)
+        made = act(action, int(raw) if raw else None, request.form.get("site", "").strip() or None)
         return redirect(url_for("actions", requested=made["id"]), code=303)
 
     @app.get("/versions/<int:version_id>/delta")

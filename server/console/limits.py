@@ -10,7 +10,7 @@ from typing import Any
 
 from fedelta.common.untrusted_json import UntrustedJSONError, loads
 
-MAX_REQUEST_BYTES = 16 * 1024  # an action carries a token and a version: a few hundred bytes
+MAX_REQUEST_BYTES = 16 * 1024  # an action carries a token and a version or a site name: a few hundred bytes
 MAX_JSON_DEPTH = 8
 MAX_VERSION_ID = 2**63 - 1  # SQLite's largest integer: a larger id names no version
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")

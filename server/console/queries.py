@@ -94,14 +94,15 @@ def overview(store: VersionStore) -> dict[str, Any]:
 
 
 def sites(store: VersionStore) -> list[dict[str, Any]]:
-    """Per site: when it was last seen, what it holds, what it sent, its mean training metrics, rejections."""
+    """Per site: when it was last seen, what it holds, what it sent, its mean training metrics, rejections,
+    and whether the operator blocked it (a blocked site is listed even before it is first seen)."""
     head = store.head()
     found: dict[str, dict[str, Any]] = {}
 
     def entry(name: str) -> dict[str, Any]:
         return found.setdefault(name, {
             "site": name, "nodes": [], "last_seen": None, "version": None, "behind": None, "rounds": 0,
-            "last_round": None, "upload_bytes": 0, "mean_metrics": {}, "rejections": 0,
+            "last_round": None, "upload_bytes": 0, "mean_metrics": {}, "rejections": 0, "blocked": False,
         })
 
     for node in store.site_nodes():
@@ -120,6 +121,8 @@ def sites(store: VersionStore) -> list[dict[str, Any]]:
     aliases = {f"node-{node}": name for name, site in found.items() for node in site["nodes"]}
     for name, _, _ in store.rejections():
         entry(aliases.get(name, name))["rejections"] += 1
+    for name in store.blocked_sites():
+        entry(name)["blocked"] = True
     for name, site in found.items():
         site["mean_metrics"] = {key: sum(values) / len(values) for key, values in sorted(sums[name].items())}
         if head is not None and site["version"] is not None:
