@@ -30,6 +30,7 @@ _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 FEISTEL_ROUNDS = 4
 MASK_CHUNK = 1 << 16
+STRAGGLERS = 16  # points still walking when a vectorized pass is no longer worth its fixed cost
 
 
 def kept_count(numel: int, keep: float) -> int:
@@ -49,28 +50,56 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     integer arithmetic is involved, so they do not depend on the platform or
     on the version of numpy or torch. Time and memory grow with ``k``, not
     ``numel``: the permutation is evaluated :data:`MASK_CHUNK` positions at a
-    time into the result, which is then sorted in place.
+    time (the last few walks one by one in Python integers, which is cheaper
+    than another pass over a handful of them), into a result of 4-byte
+    integers where they suffice, sorted in place.
     """
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     count = kept_count(numel, keep)
     if count == numel:
         return torch.arange(numel, dtype=torch.int64)
-    bits = max(2, (numel - 1).bit_length())
-    half = (bits + 1) // 2
+    half = (max(2, (numel - 1).bit_length()) + 1) // 2
     key = ((seed & _MASK64) * _GOLDEN + (zlib.crc32(name.encode()) << 32)) & _MASK64
-    round_keys = [np.uint64(_splitmix64_int(key + r * _GOLDEN)) for r in range(FEISTEL_ROUNDS)]
-    out = np.empty(count, dtype=np.int64)
-    bound = np.uint64(numel)
+    round_keys = [_splitmix64_int(key + r * _GOLDEN) for r in range(FEISTEL_ROUNDS)]
+    if count <= STRAGGLERS:
+        return torch.tensor(sorted(_walk_int(point, numel, half, round_keys) for point in range(count)), dtype=torch.int64)
+    out = np.empty(count, dtype=np.int32 if numel <= np.iinfo(np.int32).max else np.int64)
     for start in range(0, count, MASK_CHUNK):
-        images = _feistel(np.arange(start, min(start + MASK_CHUNK, count), dtype=np.uint64), half, round_keys)
-        outside = np.flatnonzero(images >= bound)
-        while outside.size:
-            images[outside] = _feistel(images[outside], half, round_keys)
-            outside = outside[images[outside] >= bound]
+        images = _walk(np.arange(start, min(start + MASK_CHUNK, count), dtype=np.uint64), numel, half, round_keys)
         out[start : start + images.size] = images
     out.sort()
-    return torch.from_numpy(out)
+    return torch.from_numpy(out.astype(np.int64, copy=False))
+
+
+def _walk(points: np.ndarray, numel: int, half: int, round_keys: list[int]) -> np.ndarray:
+    """Each of ``points`` through the permutation, again and again until it lands below ``numel``."""
+    array_keys = [np.uint64(k) for k in round_keys]
+    images, bound = _feistel(points, half, array_keys), np.uint64(numel)
+    outside = np.flatnonzero(images >= bound)
+    while outside.size > STRAGGLERS:
+        images[outside] = _feistel(images[outside], half, array_keys)
+        outside = outside[images[outside] >= bound]
+    for index in outside.tolist():
+        images[index] = _walk_int(int(images[index]), numel, half, round_keys, first=False)
+    return images
+
+
+def _walk_int(point: int, numel: int, half: int, round_keys: list[int], first: bool = True) -> int:
+    """:func:`_walk` of one integer (``first=False``: ``point`` is already one step along)."""
+    image = _feistel_int(point, half, round_keys) if first else point
+    while image >= numel:
+        image = _feistel_int(image, half, round_keys)
+    return image
+
+
+def _feistel_int(x: int, half: int, round_keys: list[int]) -> int:
+    """:func:`_feistel` of one integer."""
+    low_bits = (1 << half) - 1
+    left, right = x >> half, x & low_bits
+    for round_key in round_keys:
+        left, right = right, left ^ (_splitmix64_int(right + round_key) & low_bits)
+    return (left << half) | right
 
 
 def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
