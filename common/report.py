@@ -12,7 +12,7 @@ from fedelta.common.atomic import write_bytes_atomic
 
 ROUND_FIELDS = (
     "round", "version", "version_sha256", "accuracy", "loss", "sites", "upload_bytes",
-    "dense_update_bytes", "downlink_bytes", "rejected", "seconds",
+    "dense_update_bytes", "downlink_bytes", "rejected", "seconds", "phases",
 )
 # Evaluation metrics a round may carry, with their column in the table: heading, width, format.
 METRIC_COLUMNS = {"accuracy": ("acc", 6, ".3f"), "loss": ("loss", 6, ".3f"), "perplexity": ("ppl", 8, ".2f")}

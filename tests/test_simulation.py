@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rounds import assert_phases_add_up
+
 from fedelta.client.state import SiteState
 from fedelta.common.report import ROUND_FIELDS
 
@@ -34,6 +36,9 @@ def test_smoke_simulation_writes_the_documented_results(tmp_path):
     assert all(row["sites"] == 2 and row["rejected"] == 0 for row in trained)
     assert all(0 < row["upload_bytes"] < row["dense_update_bytes"] for row in trained)
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
+    for row in rows:  # where each round's time went: the phases add up to its seconds
+        assert_phases_add_up(row)
+    assert all(set(row["site_phases"]) == {"setup", "sync", "train", "encode", "evaluate"} for row in trained)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["total_upload_bytes"] == sum(row["upload_bytes"] for row in trained)
