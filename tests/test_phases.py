@@ -1,5 +1,5 @@
 """Where a round's time goes: phases that add up to the round's seconds, from the sites' reports and the server's
-clock, in metrics.jsonl."""
+clock, in metrics.jsonl, summary.md, phases.png and the console."""
 
 import pytest
 from rounds import assert_phases_add_up, open_federation, run_rounds
@@ -8,6 +8,7 @@ from fedelta.common import phases as phase_module
 from fedelta.common import report
 from fedelta.common.phases import PHASES, SITE_PHASES, site_metric
 from fedelta.server.clock import RoundClock
+from fedelta.server.console.app import create_app, round_charts
 
 
 @pytest.fixture
@@ -80,6 +81,7 @@ def test_an_in_process_round_reports_phases_that_add_up_in_every_result(tiny_set
         run_rounds(coordinator, sites, range(1, 2))
         uploads = coordinator.store.site_rounds()
     out = tmp_path / "out"
+    summary = report.write_summary(out, tiny_settings.to_run_config())
     rows = report.read_rows(out)
 
     for row in rows:
@@ -96,3 +98,43 @@ def test_an_in_process_round_reports_phases_that_add_up_in_every_result(tiny_set
     assert set(trained["site_phases"]) == {"sync", "train", "encode", "evaluate"}
     assert trained["site_phases"]["train"] == pytest.approx(trained["phases"]["site_train"] / 2)
     assert not any(key.startswith("site_seconds") for key in trained)
+
+    assert summary["phase_seconds"] == pytest.approx({name: initial["phases"][name] + trained["phases"][name]
+                                                      for name in PHASES})
+    markdown = (out / "summary.md").read_text()
+    table = markdown.split("## Where the time went")[1]
+    assert "| round | site_sync | site_train | site_encode | site_evaluate |" in table
+    assert f"| 1 | {trained['phases']['site_sync']:.2f} |" in table and "| share |" in table
+    assert (out / "phases.png").read_bytes()[:4] == b"\x89PNG"
+
+    console = create_app(tmp_path / "state", None).test_client()
+    api_rows = console.get("/api/rounds").get_json()
+    assert [row["phases"] for row in api_rows] == [row["phases"] for row in rows]
+    page = console.get("/rounds").get_data(as_text=True)
+    assert "Seconds per round, by phase" in page and "site_train, round 1: " in page
+
+
+def test_the_rounds_chart_stacks_each_rounds_phases_and_skips_those_that_never_occurred():
+    rows = [{"round": n, "state": "finished", "upload_bytes": 1, "downlink_bytes": 1, "accuracy": 0.5,
+             "phases": dict.fromkeys(PHASES, 0.0) | {"site_train": 2.0 + n, "commit": 0.5}} for n in (1, 2)]
+
+    svg = round_charts(rows)["phases"]
+
+    blocks = [part for part in svg.split("<rect")[1:] if "<title>" in part]
+    assert len(blocks) == 4 and "site_train, round 2: 4.0 s" in svg and "commit, round 1: 0.5 s" in svg
+    assert ">transport<" not in svg and ">site_train<" in svg
+
+
+def test_the_phase_plot_puts_only_whole_rounds_on_its_axis():
+    import matplotlib.pyplot as plt
+
+    rows = [{"round": n, "phases": dict.fromkeys(PHASES, 0.5)} for n in range(3)]
+    figure = report.phase_figure(rows)
+    try:
+        figure.canvas.draw()
+        (axes,) = figure.axes
+        ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+        assert ticks and all(float(tick).is_integer() for tick in ticks)
+        assert len(axes.get_legend().get_texts()) == len(PHASES)
+    finally:
+        plt.close(figure)

@@ -48,7 +48,8 @@ def test_smoke_simulation_writes_the_documented_results(tmp_path):
     assert summary["final_accuracy"] == trained[-1]["accuracy"]
     assert summary["config"]["model.path"] == "tiny-bert"
     assert (out / "summary.md").read_text().startswith("# fedelta run")
-    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plot.png").read_bytes()[:4] == (out / "phases.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Where the time went" in (out / "summary.md").read_text()
 
     final_sha = trained[-1]["version_sha256"]
     for site_dir in sorted((out / "sites").iterdir()):
