@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 from fedelta.client.site import Site, SiteData, simulated_site_data
 from fedelta.common.config import Settings
 from fedelta.common.data import label_names, split_site
+from fedelta.common.phases import Stopwatch
 from fedelta.common.tasks import task_for
 from fedelta.common.versions import Downlink
 
@@ -17,6 +18,7 @@ app = ClientApp()
 
 
 def _site(context: Context) -> Site:
+    """This node's site, built anew for each message (settings, data, partition)."""
     settings = Settings.from_run_config(context.run_config)
     node = context.node_config
     if "data-path" in node:
@@ -46,23 +48,31 @@ def _downlink(msg: Message) -> Downlink:
     return Downlink.from_fields(msg.content["downlink"])
 
 
+def _built(context: Context) -> tuple[Site, dict[str, float]]:
+    """This node's site and the seconds building it took, as the reply metric of phase ``setup``."""
+    watch = Stopwatch()
+    site = _site(context)
+    watch.lap("setup")
+    return site, watch.site_metrics()
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    site = _site(context)
+    site, setup = _built(context)
     config = msg.content["config"]
     reply = site.train_round(int(config["server-round"]), _downlink(msg), str(config.get("genesis-sha", "")))
     _say(context, f"{site.name}: trained on version {reply.version} "
          f"({reply.sha[:12]}), loss {reply.metrics['train-loss']:.4f}, upload {len(reply.payload):,} bytes")
-    content = RecordDict({"update": ConfigRecord(reply.fields()), "metrics": MetricRecord(reply.metrics)})
+    content = RecordDict({"update": ConfigRecord(reply.fields()), "metrics": MetricRecord({**reply.metrics, **setup})})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    site = _site(context)
+    site, setup = _built(context)
     reply = site.evaluate_round(_downlink(msg))
     scores = ", ".join(f"local {key} {reply.metrics[key]:.4f}" for key in ("accuracy", "loss", "perplexity")
                        if key in reply.metrics)
     _say(context, f"{site.name}: now on version {reply.version} ({reply.sha[:12]}), {scores}")
-    content = RecordDict({"ack": ConfigRecord(reply.fields()), "metrics": MetricRecord(reply.metrics)})
+    content = RecordDict({"ack": ConfigRecord(reply.fields()), "metrics": MetricRecord({**reply.metrics, **setup})})
     return Message(content=content, reply_to=msg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from fedelta.common.messages import EvaluateReply, TrainReply
 from fedelta.common.methods import METHODS, MethodContext
 from fedelta.common.methods.lnbias import norm_and_bias_names
 from fedelta.common.model import ModelBundle
+from fedelta.common.phases import Stopwatch
 from fedelta.common.sparsity import base_pattern, formed_off_pattern, lock_pattern, zero_pattern
 from fedelta.common.optimizers import make_optimizer
 from fedelta.common.pruning import PRUNERS, Calibration, PruneRequest
@@ -104,9 +104,10 @@ class Site:
             return self._train_round(server_round, downlink, genesis_sha)
 
     def _train_round(self, server_round: int, downlink: Downlink, genesis_sha: str) -> TrainReply:
-        started = time.perf_counter()
+        watch = Stopwatch()
         settings = self.settings
         bundle, version, sha = self.sync(downlink)
+        watch.lap("sync")
         model, params = bundle.model, model_params(bundle.model)
         method = METHODS.get(settings.method.name)
         context = self.method_context(bundle.head, genesis_sha)
@@ -121,6 +122,7 @@ class Site:
                 bundle, self.data.train, optimizer, steps=settings.local.steps,
                 seed=upload_seed(settings.seed, server_round, self.name),
             )
+        watch.lap("train")
         formed = formed_off_pattern(attachment.formed(), pattern)
         attachment.merge()
         zero_pattern(model_params(model), pattern)
@@ -142,6 +144,7 @@ class Site:
             binding=upload_binding(server_round, self.name),
         )
         self.state.save_residual(upload.residual)
+        watch.lap("encode")
         metrics = {
             "num-examples": float(len(self.data.train)),
             "train-loss": result.loss,
@@ -150,7 +153,8 @@ class Site:
             "kept-values": float(upload.sent.count()),
             **upload.metrics,
             "downlink-bytes": float(downlink.size()),
-            "seconds": time.perf_counter() - started,
+            "seconds": watch.elapsed(),
+            **watch.site_metrics(),
         }
         return TrainReply(self.name, version, sha, upload.payload, metrics)
 
@@ -188,8 +192,12 @@ class Site:
         return choose_global_q(delta, PruneRequest(prune.keep, seed), score, min_size=prune.min_size)
 
     def evaluate_round(self, downlink: Downlink) -> EvaluateReply:
+        """Sync to the downlink's version and score it on the local test split."""
+        watch = Stopwatch()
         bundle, version, sha = self.sync(downlink)
+        watch.lap("sync")
         with placed(bundle.model, resolve_device(self.settings.local.device)):
             scores = self.task.evaluate(bundle, self.data.test).metrics()
-        metrics = {**scores, "downlink-bytes": float(downlink.size())}
+        watch.lap("evaluate")
+        metrics = {**scores, "downlink-bytes": float(downlink.size()), **watch.site_metrics()}
         return EvaluateReply(self.name, version, sha, metrics)

@@ -1,4 +1,5 @@
-"""Run results on disk: metrics.jsonl rows, the per-round table, summary.json/.md, plot.png, and portable paths."""
+"""Run results on disk: metrics.jsonl rows, the per-round table, summary.json/.md, plot.png, phases.png, and
+portable paths."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from fedelta.common.atomic import write_bytes_atomic
+from fedelta.common.phases import PHASE_COLORS, PHASES
 
 ROUND_FIELDS = (
     "round", "version", "version_sha256", "accuracy", "loss", "sites", "upload_bytes",
-    "dense_update_bytes", "downlink_bytes", "rejected", "seconds",
+    "dense_update_bytes", "downlink_bytes", "rejected", "seconds", "phases",
 )
 # Evaluation metrics a round may carry, with their column in the table: heading, width, format.
 METRIC_COLUMNS = {"accuracy": ("acc", 6, ".3f"), "loss": ("loss", 6, ".3f"), "perplexity": ("ppl", 8, ".2f")}
@@ -123,18 +125,21 @@ def summarize(rows: list[dict[str, Any]], config: Mapping[str, Any]) -> dict[str
         "upload_reduction": reduction(dense, upload),
         "total_rejected": sum(row["rejected"] for row in trained),
         "total_seconds": sum(row["seconds"] for row in rows),
+        "phase_seconds": phase_totals(rows),
         "config": dict(config),
     }
 
 
 def write_summary(out_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    """summary.json, summary.md and plot.png from metrics.jsonl in ``out_dir``."""
+    """summary.json, summary.md, plot.png and phases.png from metrics.jsonl in ``out_dir``."""
     rows = read_rows(out_dir)
     summary = summarize(rows, config)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out_dir / "summary.md").write_text(_markdown(rows, summary), encoding="utf-8")
     if rows:
-        _plot(rows, out_dir / "plot.png")
+        _plot(round_figure(rows), out_dir / "plot.png")
+    if any(row.get("phases") for row in rows):
+        _plot(phase_figure(rows), out_dir / "phases.png")
     return summary
 
 
@@ -177,15 +182,62 @@ def _markdown(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> str:
             f"| {f'{ratio:.1f}x' if ratio else '-'} | {human_bytes(row['downlink_bytes'])} | {row['rejected']} "
             f"| {row['seconds']:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _phase_lines(rows, summary)) + "\n"
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def phase_totals(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Seconds per phase over the rounds that report phases (every phase, 0 where it did not occur)."""
+    return {name: sum(row.get("phases", {}).get(name, 0.0) for row in rows) for name in PHASES}
+
+
+def _phase_lines(rows: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:
+    """The seconds of each phase per round, with totals and shares (phases that never took time left out)."""
+    timed = [row for row in rows if row.get("phases")]
+    totals = summary["phase_seconds"]
+    names = [name for name in PHASES if totals[name] > 0]
+    if not timed or not names:
+        return []
+    whole = sum(totals.values())
+    lines = ["", "## Where the time went", "", "Seconds per phase (see the README's phases of a round).", "",
+             f"| round | {' | '.join(names)} | seconds |", "|---:|" + "---:|" * (len(names) + 1)]
+    for row in timed:
+        lines.append(f"| {row['round']} | " + " | ".join(f"{row['phases'].get(name, 0.0):.2f}" for name in names)
+                     + f" | {row['seconds']:.2f} |")
+    lines.append("| total | " + " | ".join(f"{totals[name]:.2f}" for name in names) + f" | {whole:.2f} |")
+    lines.append("| share | " + " | ".join(f"{totals[name] / whole:.1%}" for name in names) + " | 100% |")
+    return lines
+
+
+def _plot(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig = round_figure(rows)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def phase_figure(rows: list[dict[str, Any]]):  # noqa: ANN201 - a matplotlib Figure
+    """Each round's seconds as a bar stacked by phase, whole rounds on the axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    timed = [row for row in rows if row.get("phases")]
+    rounds = [row["round"] for row in timed]
+    fig, axes = plt.subplots(figsize=(10, 4))
+    bottom = [0.0] * len(timed)
+    for name in PHASES:
+        seconds = [row["phases"].get(name, 0.0) for row in timed]
+        if any(seconds):
+            axes.bar(rounds, seconds, 0.7, bottom=bottom, label=name, color=PHASE_COLORS[name])
+            bottom = [low + high for low, high in zip(bottom, seconds)]
+    axes.set(xlabel="round", ylabel="seconds", title="Where each round's time went")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = axes.get_legend_handles_labels()  # listed top to bottom, as the bars stack
+    axes.legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 def round_figure(rows: list[dict[str, Any]]):  # noqa: ANN201 - a matplotlib Figure

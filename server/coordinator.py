@@ -5,7 +5,6 @@ per-site downlinks, who each node is, validation and streaming aggregation, comm
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from fedelta.common.sparsity import base_pattern
 from fedelta.common.tasks import task_for
 from fedelta.common.versions import MERGED, Downlink, encode_snapshot, load_snapshot
 from fedelta.server import control
+from fedelta.server.clock import RoundClock
 from fedelta.server.downlink import MergedEncoder, shortest_downlink
 from fedelta.server.identity import Identities, node_name
 from fedelta.server.memory import peak_rss_bytes, rss_bytes
@@ -43,7 +43,7 @@ REPORTED_TRAIN_METRICS = ("prune-q", "residual-norm")
 class RoundTally:
     """What one round has seen so far."""
 
-    started: float = field(default_factory=time.perf_counter)
+    clock: RoundClock = field(default_factory=RoundClock)
     sites: int = 0
     upload_bytes: int = 0
     downlink_bytes: int = 0
@@ -115,11 +115,12 @@ class Coordinator:
         """The federation's round number for round ``flower_round`` of this server process."""
         return self.rounds.last + flower_round
 
-    def between_rounds(self, server_round: int) -> None:
-        """Act on the operator's pending controls before round ``server_round`` starts (waiting while paused)."""
+    def between_rounds(self, server_round: int, *, concurrent: bool = True) -> None:
+        """Act on the operator's pending controls before round ``server_round`` starts (waiting while paused);
+        the round's clock starts after that, its sites training at once (``concurrent``) or one by one."""
         control.between_rounds(self.store, server_round, self.rollback_to)
         self.blocked = frozenset(self.store.blocked_sites())
-        self.tally.started = time.perf_counter()
+        self.tally.clock.open(concurrent=concurrent)
 
     def register_nodes(self, names: Mapping[str, str]) -> None:
         """Bind each node id to the name the transport knows it by (its key's registered name)."""
@@ -316,11 +317,14 @@ class Coordinator:
         tally, self.tally = self.tally, RoundTally()
         if server_round in self.rounds.finished:
             return self.rounds.finished[server_round]
-        with placed(self.bundle.model, resolve_device(self.settings.local.device)):
+        device = resolve_device(self.settings.local.device)
+        with tally.clock.step("server_evaluate"), placed(self.bundle.model, device):
             result = self.task.evaluate(self.bundle, self.test)
         self.params = model_params(self.bundle.model)
         counters = self.rounds.pending.pop(server_round, tally.counters())
         rss = rss_bytes()
+        seconds, phases = tally.clock.close()
+        site_phases = tally.clock.site_means()
         row = {
             "round": server_round,
             "version": self.head.id,
@@ -335,7 +339,9 @@ class Coordinator:
             "rejected": counters["rejected"],
             "server_rss_bytes": rss,
             "server_peak_rss_bytes": max(peak_rss_bytes(), rss),  # the kernel raises its mark lazily
-            "seconds": time.perf_counter() - tally.started,
+            "seconds": seconds,
+            "phases": phases,
+            **({"site_phases": site_phases} if site_phases else {}),
             **{key.replace("-", "_"): value for key, value in {**tally.train_means(), **tally.site_metrics}.items()},
         }
         self.store.record_round(server_round, self.head.id, row)

@@ -13,6 +13,10 @@ which the strategy passes from Flower, else the name it first claimed); the
 name the reply gives is only a claim that must agree. A node bound to a site
 the operator blocked is not asked to take part.
 
+Each step is timed on the round's clock (:mod:`fedelta.server.clock`) as its
+phase, and the time between steps as the wait for the sites; the round's
+record splits its seconds into those phases.
+
 The Flower strategy (:mod:`fedelta.server.strategy`) calls these steps from
 Flower's hooks; :meth:`RoundDriver.run_round` calls them in order on sites in
 this process (the in-process experiment backend and the tests).
@@ -26,11 +30,13 @@ from typing import Any, Protocol
 
 from fedelta.common.messages import EvaluateReply, SiteFailure, TrainReply
 from fedelta.common.versions import Downlink
+from fedelta.server.clock import RoundClock
 from fedelta.server.coordinator import Coordinator
 from fedelta.server.store import Version
 
 log = logging.getLogger("fedelta.server")
 WEIGHT_METRIC = "num-examples"
+SECONDS = "seconds"  # sites' timings (``seconds``, ``seconds-<phase>``): the round's phases, not test metrics
 
 
 class SiteLink(Protocol):
@@ -58,9 +64,15 @@ class RoundDriver:
         """The federation's round number for round ``flower_round`` of this server process."""
         return self.coordinator.store_round(flower_round)
 
-    def open(self, server_round: int) -> None:
-        """Settle the operator's pending controls (waiting while paused) before training starts."""
-        self.coordinator.between_rounds(server_round)
+    @property
+    def clock(self) -> RoundClock:
+        """The current round's clock: each step below is timed as its phase, the time between steps as waiting."""
+        return self.coordinator.tally.clock
+
+    def open(self, server_round: int, *, concurrent: bool = True) -> None:
+        """Settle the operator's pending controls (waiting while paused) before training starts; the round's
+        sites then run at once (``concurrent``, as under Flower) or one after another."""
+        self.coordinator.between_rounds(server_round, concurrent=concurrent)
         self._evaluations = {}
 
     def register(self, names: Mapping[str, str]) -> None:
@@ -73,32 +85,41 @@ class RoundDriver:
 
     def downlink(self, node: str) -> Downlink:
         """What ``node`` receives to reach the head from the version it last acknowledged."""
-        return self.coordinator.downlink_for(node)
+        with self.clock.step("downlink"):
+            return self.coordinator.downlink_for(node)
 
     def trained(self, server_round: int, node: str, reply: TrainReply | SiteFailure) -> bool:
         """Take one site's training reply; whether its upload was admitted."""
-        if isinstance(reply, SiteFailure):
-            self.coordinator.site_failed(node, reply.reason, server_round)
-            return False
-        site = self.coordinator.identify(node, reply.site)
-        self.coordinator.acknowledge(node, site, reply.version, reply.sha)
-        return self.coordinator.receive(
-            node=node, site=site, claim=reply.site, server_round=server_round, payload=reply.payload,
-            metrics=reply.metrics,
-        )
+        with self.clock.step("receive"):
+            if isinstance(reply, SiteFailure):
+                self.coordinator.site_failed(node, reply.reason, server_round)
+                return False
+            site = self.coordinator.identify(node, reply.site)
+            self.clock.report(site, reply.metrics)
+            self.coordinator.acknowledge(node, site, reply.version, reply.sha)
+            return self.coordinator.receive(
+                node=node, site=site, claim=reply.site, server_round=server_round, payload=reply.payload,
+                metrics=reply.metrics,
+            )
 
     def commit(self, server_round: int) -> Version | None:
         """The next version from the admitted uploads, or ``None`` when too few were admitted."""
-        return self.coordinator.commit(server_round)
+        try:
+            with self.clock.step("commit"):
+                return self.coordinator.commit(server_round)
+        finally:
+            self.clock.committed()
 
     def evaluated(self, server_round: int, node: str, reply: EvaluateReply | SiteFailure) -> None:
         """Take one site's evaluation reply: acknowledge the version it now holds, keep its metrics."""
-        if isinstance(reply, SiteFailure):
-            self.coordinator.site_failed(node, reply.reason, server_round)
-            return
-        site = self.coordinator.identify(node, reply.site)
-        self.coordinator.acknowledge(node, site, reply.version, reply.sha)
-        self._evaluations[site] = reply
+        with self.clock.step("other"):
+            if isinstance(reply, SiteFailure):
+                self.coordinator.site_failed(node, reply.reason, server_round)
+                return
+            site = self.coordinator.identify(node, reply.site)
+            self.clock.report(site, reply.metrics)
+            self.coordinator.acknowledge(node, site, reply.version, reply.sha)
+            self._evaluations[site] = reply
 
     def site_means(self) -> dict[str, float]:
         """The sites' local test metrics, averaged by their test examples, in site-name order."""
@@ -107,7 +128,8 @@ class RoundDriver:
         total = sum(weights)
         if not replies or total <= 0:
             return {}
-        keys = sorted({key for reply in replies for key in reply.metrics} - {WEIGHT_METRIC})
+        named = {key for reply in replies for key in reply.metrics}
+        keys = sorted(key for key in named if key != WEIGHT_METRIC and not key.startswith(SECONDS))
         return {
             key: sum(weight * reply.metrics.get(key, 0.0) for weight, reply in zip(weights, replies)) / total
             for key in keys
@@ -126,7 +148,7 @@ class RoundDriver:
         name as a registered key would be; sites the operator blocked (by the
         time the round opens) sit the round out.
         """
-        self.open(server_round)
+        self.open(server_round, concurrent=False)
         self.register({node: site.name for node, site in sites.items()})
         sites = {node: site for node, site in sites.items() if not self.shut_out(node)}
         for node, site in sites.items():

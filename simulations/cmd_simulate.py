@@ -118,7 +118,7 @@ def _report(out: Path, state: Path, before: int, log: Path | None) -> int:
     failure = run_failure(state, before)
     if failure is None:
         print(f"\n{final_scores(summary)}; upload {summary['upload_reduction']:.1f}x smaller than dense fp32")
-    print(f"results: {out}/metrics.jsonl, summary.json, summary.md, plot.png")
+    print(f"results: {out}/metrics.jsonl, summary.json, summary.md, plot.png, phases.png")
     if failure is not None:
         print(f"fedelta: {failure}; see {log or 'the log above'}", file=sys.stderr)
         return 1
@@ -133,7 +133,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "simulate",
         help="run a federation on Flower's Simulation Engine",
         description="Run the fedelta Flower app on the Simulation Engine and write metrics.jsonl, "
-        "summary.json, summary.md and plot.png. It prints a start line, one progress bar per round "
+        "summary.json, summary.md, plot.png and phases.png. It prints a start line, one progress bar per round "
         "(on a terminal) and the round table; Flower's, Ray's and the sites' output goes to OUT/engine.log. "
         "It exits 1 with a one-line reason when no round committed a version (every site failed, or every "
         "upload was rejected).",

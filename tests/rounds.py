@@ -10,6 +10,7 @@ from fedelta.client.site import Site, simulated_site_data
 from fedelta.common.codec import Limits, decode, encode
 from fedelta.common.config import Settings
 from fedelta.common.delta import Delta, Dense, Sparse
+from fedelta.common.phases import PHASES
 from fedelta.common.upload import upload_binding
 from fedelta.server.coordinator import Coordinator
 from fedelta.server.rounds import RoundDriver
@@ -62,6 +63,13 @@ def run_rounds(coordinator: Coordinator, sites: list[Site], rounds: range) -> No
     driver = RoundDriver(coordinator)
     for server_round in rounds:
         driver.run_round(server_round, {node_of(site): site for site in sites})
+
+
+def assert_phases_add_up(row: dict) -> None:
+    """A metrics row's phases: every phase named, each at least 0, together the round's seconds."""
+    assert set(row["phases"]) == set(PHASES)
+    assert all(seconds >= 0 for seconds in row["phases"].values())
+    assert abs(sum(row["phases"].values()) - row["seconds"]) <= 1e-9 * max(1.0, row["seconds"])
 
 
 def rebound(payload: bytes, limits: Limits, server_round: int, site: str, *, scale: float = 1.0,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from console_harness import ROUNDS, TOKEN, call
+from rounds import assert_phases_add_up
 
 from fedelta.client.state import SiteState
 from fedelta.common.delta import model_params, state_hash
@@ -90,6 +91,7 @@ def test_overview_and_rounds_match_the_run(live_console):
     assert [r["round"] for r in api_rows] == [r["round"] for r in rows]
     for api, row in zip(api_rows, rows):
         assert {key: api[key] for key in row} == row
+        assert_phases_add_up(api)
         assert api["accepted"] == row["sites"] - row["rejected"]
         assert api["reduction"] == (row["dense_update_bytes"] / row["upload_bytes"] if row["upload_bytes"] else 0.0)
     assert call(live_console.url + "/healthz") == (200, {"ok": True, "head": ROUNDS + 1, "state": "finished"})

@@ -77,7 +77,7 @@ def _rounds(driver: Any, console: LiveConsole) -> None:
     assert _all(driver, "#rounds-table td.accuracy") == [f"{row['accuracy']:.4f}" for row in rows]
     assert _all(driver, "#rounds-table td.upload") == [human_bytes(row["upload_bytes"]) for row in rows]
     assert _all(driver, "#rounds-table td.accepted") == [str(row["sites"]) for row in rows]
-    assert len(_all(driver, "svg.chart")) == 2
+    assert len(_all(driver, "svg.chart")) == 3  # accuracy, bytes, seconds by phase
     assert len(_all(driver, "svg.chart circle")) == len(rows) + ROUNDS
     assert len(_all(driver, "svg.chart rect[height]")) >= 2 * ROUNDS
 

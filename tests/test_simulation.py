@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rounds import assert_phases_add_up
+
 from fedelta.client.state import SiteState
 from fedelta.common.report import ROUND_FIELDS
 
@@ -34,6 +36,9 @@ def test_smoke_simulation_writes_the_documented_results(tmp_path):
     assert all(row["sites"] == 2 and row["rejected"] == 0 for row in trained)
     assert all(0 < row["upload_bytes"] < row["dense_update_bytes"] for row in trained)
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
+    for row in rows:  # where each round's time went: the phases add up to its seconds
+        assert_phases_add_up(row)
+    assert all(set(row["site_phases"]) == {"setup", "sync", "train", "encode", "evaluate"} for row in trained)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["total_upload_bytes"] == sum(row["upload_bytes"] for row in trained)
@@ -43,7 +48,8 @@ def test_smoke_simulation_writes_the_documented_results(tmp_path):
     assert summary["final_accuracy"] == trained[-1]["accuracy"]
     assert summary["config"]["model.path"] == "tiny-bert"
     assert (out / "summary.md").read_text().startswith("# fedelta run")
-    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plot.png").read_bytes()[:4] == (out / "phases.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Where the time went" in (out / "summary.md").read_text()
 
     final_sha = trained[-1]["version_sha256"]
     for site_dir in sorted((out / "sites").iterdir()):

@@ -15,10 +15,11 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from fedelta.common.phases import PHASE_COLORS, PHASES
 from fedelta.common.report import human_bytes
 from fedelta.server import control
 from fedelta.server.console import queries
-from fedelta.server.console.charts import Series, bar_chart, line_chart
+from fedelta.server.console.charts import Series, bar_chart, line_chart, stacked_chart
 from fedelta.server.console.limits import (
     EXPORTS_PER_MINUTE, LOOPBACK_HOSTS, MAX_REQUEST_BYTES, MAX_VERSION_ID, RateLimit, bearer_token, host_name,
     json_object,
@@ -231,7 +232,8 @@ def create_app(state_dir: Path, token: str | None, *, hosts: Collection[str] = L
 
 
 def round_charts(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Accuracy (the loss where the task defines no accuracy) and bytes per finished round, as SVG."""
+    """Accuracy (the loss where the task defines no accuracy), bytes and seconds by phase per finished round, as
+    SVG."""
     done = [row for row in rows if row["state"] == "finished"]
     numbers = [row["round"] for row in done]
     if any(row.get("accuracy") is not None for row in done) or not done:
@@ -248,7 +250,12 @@ def round_charts(rows: list[dict[str, Any]]) -> dict[str, str]:
         Series("upload", [row["upload_bytes"] for row in done], BYTES_COLORS[0]),
         Series("downlink", [row["downlink_bytes"] for row in done], BYTES_COLORS[1]),
     ], _bytes)
-    return {"accuracy": accuracy, "bytes": traffic}
+    timed = [row.get("phases", {}) for row in done]
+    phases = stacked_chart("Seconds per round, by phase", numbers, [
+        Series(name, [phases.get(name) for phases in timed], PHASE_COLORS[name])
+        for name in PHASES if any(phases.get(name) for phases in timed)
+    ], lambda v: f"{v:,.1f} s")
+    return {"accuracy": accuracy, "bytes": traffic, "phases": phases}
 
 
 def _api(read: Callable[[Callable[[VersionStore], Any]], Any], query: Callable[[VersionStore], Any]) -> Callable[[], Any]:

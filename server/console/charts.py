@@ -1,4 +1,4 @@
-"""Charts drawn on the server as inline SVG: a line chart and a grouped bar chart over rounds."""
+"""Charts drawn on the server as inline SVG: a line chart, a grouped and a stacked bar chart over rounds."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ class _Frame:
     def slot(self) -> float:
         return self.width / max(1, len(self.rounds))
 
-    def axes(self, title: str, y_format: Callable[[float], str], series: Sequence[Series]) -> list[str]:
+    def axes(self, title: str, y_format: Callable[[float], str], series: Sequence[Series],
+             legend: bool = True) -> list[str]:
         parts = [f'<text class="chart-title" x="{LEFT}" y="20">{escape(title)}</text>']
         for tick in self.ticks:
             y = self.y(tick)
@@ -64,6 +65,8 @@ class _Frame:
                 parts.append(f'<text class="tick" x="{self.x(index):.1f}" y="{HEIGHT - BOTTOM + 18}" '
                              f'text-anchor="middle">{number}</text>')
         parts.append(f'<text class="axis-label" x="{LEFT + self.width / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">round</text>')
+        if not legend:
+            return parts
         legend_x = WIDTH - RIGHT
         for item in reversed(series):
             legend_x -= 14 + 7 * len(item.label) + 16
@@ -72,9 +75,9 @@ class _Frame:
         return parts
 
 
-def _svg(parts: list[str], title: str) -> str:
+def _svg(parts: list[str], title: str, height: int = HEIGHT) -> str:
     body = "".join(parts)
-    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" '
+    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
             f'xmlns="http://www.w3.org/2000/svg">{body}</svg>')
 
 
@@ -110,8 +113,37 @@ def bar_chart(title: str, rounds: Sequence[int], series: Sequence[Series], y_for
             if value is None:
                 continue
             x = frame.x(index) - frame.slot() * 0.35 + offset * width
-            y = frame.y(value)
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{width * 0.92:.1f}" height="{frame.y(0) - y:.1f}" '
-                         f'rx="2" fill="{item.color}"><title>{escape(item.label)}, round {rounds[index]}: '
-                         f'{escape(y_format(value))}</title></rect>')
+            parts.append(_bar(frame, index, 0.0, value, item.label, y_format(value), item.color, x, width * 0.92))
     return _svg(parts, title)
+
+
+def _bar(frame: _Frame, index: int, low: float, high: float, label: str, text: str, color: str,
+         left: float, width: float) -> str:
+    """One bar (or one block of a stack) from ``low`` to ``high`` in round ``index``'s slot, with its hover title."""
+    top = frame.y(high)
+    return (f'<rect x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" height="{frame.y(low) - top:.1f}" '
+            f'rx="2" fill="{color}"><title>{escape(label)}, round {frame.rounds[index]}: {escape(text)}</title></rect>')
+
+
+def stacked_chart(title: str, rounds: Sequence[int], series: Sequence[Series], y_format: Callable[[float], str]) -> str:
+    """One bar per round, the series stacked in order from zero; the legend in rows under the axis."""
+    totals = [sum(item.values[index] or 0.0 for item in series) for index in range(len(rounds))]
+    frame = _Frame(rounds, nice_ticks(0.0, max(totals, default=1.0)))
+    parts = frame.axes(title, y_format, series, legend=False)
+    for index in range(len(rounds)):
+        low = 0.0
+        for item in series:
+            value = item.values[index]
+            if value:
+                parts.append(_bar(frame, index, low, low + value, item.label, y_format(value), item.color,
+                                  frame.x(index) - frame.slot() * 0.3, frame.slot() * 0.6))
+                low += value
+    x, y = LEFT, HEIGHT + 4
+    for item in series:
+        step = 14 + 7 * len(item.label) + 16
+        if x + step > WIDTH - RIGHT:
+            x, y = LEFT, y + 18
+        parts.append(f'<rect x="{x}" y="{y}" width="12" height="12" rx="2" fill="{item.color}"/>'
+                     f'<text class="legend" x="{x + 16}" y="{y + 10}">{escape(item.label)}</text>')
+        x += step
+    return _svg(parts, title, height=y + 20)
