@@ -91,13 +91,16 @@ def train(
     """``steps`` optimizer steps of cross-entropy on shuffled batches of a labelled ``corpus``."""
     if len(corpus) == 0:
         raise ValueError("cannot train on an empty data set")
+    return fit(model, labelled_batches(tokenizer, corpus, batch_size, max_length, seed), optimizer, steps=steps, seed=seed)
 
-    def batches() -> Iterator[dict[str, torch.Tensor]]:
-        for chosen in shuffled(len(corpus), batch_size, seed):
-            inputs = _tokenize(tokenizer, [corpus.texts[i] for i in chosen], max_length)
-            yield {**inputs, "labels": torch.tensor([corpus.labels[i] for i in chosen])}
 
-    return fit(model, batches(), optimizer, steps=steps, seed=seed)
+def labelled_batches(
+    tokenizer: object, corpus: Corpus, batch_size: int, max_length: int, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches of a labelled ``corpus``, tokenized, with their ``labels``."""
+    for chosen in shuffled(len(corpus), batch_size, seed):
+        inputs = _tokenize(tokenizer, [corpus.texts[i] for i in chosen], max_length)
+        yield {**inputs, "labels": torch.tensor([corpus.labels[i] for i in chosen])}
 
 
 @torch.no_grad()

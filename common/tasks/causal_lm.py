@@ -139,17 +139,16 @@ class CausalLM:
     def renderer(self, bundle: ModelBundle) -> Renderer:
         return Renderer(bundle.tokenizer, self.settings.task.chat_template, self.settings.model.max_length)
 
+    def batches(self, bundle: ModelBundle, data: Conversations, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        render, pad = self.renderer(bundle), bundle.tokenizer.pad_token_id
+        for chosen in shuffled(len(data), self.settings.local.batch_size, seed):
+            yield collate([render.ids(data.prompts[i], data.responses[i]) for i in chosen], pad)
+
     def train(self, bundle: ModelBundle, data: Conversations, optimizer: torch.optim.Optimizer, *, steps: int,
               seed: int) -> TrainResult:
         if len(data) == 0:
             raise ValueError("cannot train on an empty data set")
-        render, pad = self.renderer(bundle), bundle.tokenizer.pad_token_id
-
-        def batches() -> Iterator[dict[str, torch.Tensor]]:
-            for chosen in shuffled(len(data), self.settings.local.batch_size, seed):
-                yield collate([render.ids(data.prompts[i], data.responses[i]) for i in chosen], pad)
-
-        return fit(bundle.model, batches(), optimizer, steps=steps, seed=seed)
+        return fit(bundle.model, self.batches(bundle, data, seed), optimizer, steps=steps, seed=seed)
 
     def evaluate(self, bundle: ModelBundle, data: Conversations) -> Evaluation:
         """Mean response-token loss and its perplexity; with candidates, accuracy by their likelihood."""

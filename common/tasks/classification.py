@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from fedelta.common.config import Settings
 from fedelta.common.data import Corpus, load_corpus, load_file
 from fedelta.common.model import ModelBundle, load_model
 from fedelta.common.tasks.registry import TASKS, Evaluation
-from fedelta.common.training import TrainResult, evaluate, train
+from fedelta.common.training import TrainResult, evaluate, fit, labelled_batches
 
 
 class Classification:
@@ -35,10 +36,15 @@ class Classification:
     def load_model(self, num_labels: int, seed: int) -> ModelBundle:
         return load_model(self.settings.model.source, num_labels, seed)
 
+    def batches(self, bundle: ModelBundle, data: Corpus, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        return labelled_batches(bundle.tokenizer, data, self.settings.local.batch_size, self.settings.model.max_length,
+                                seed)
+
     def train(self, bundle: ModelBundle, data: Corpus, optimizer: torch.optim.Optimizer, *, steps: int,
               seed: int) -> TrainResult:
-        return train(bundle.model, bundle.tokenizer, data, optimizer, steps=steps,
-                     batch_size=self.settings.local.batch_size, max_length=self.settings.model.max_length, seed=seed)
+        if len(data) == 0:
+            raise ValueError("cannot train on an empty data set")
+        return fit(bundle.model, self.batches(bundle, data, seed), optimizer, steps=steps, seed=seed)
 
     def evaluate(self, bundle: ModelBundle, data: Corpus) -> Evaluation:
         result = evaluate(bundle.model, bundle.tokenizer, data, max_length=self.settings.model.max_length)

@@ -9,7 +9,7 @@ aggregation) sees only the model's parameters and does not depend on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,9 +63,12 @@ class Task(Protocol):
     def load_model(self, num_labels: int, seed: int) -> ModelBundle:
         """Version 0: the pretrained model (plus a seeded head where the task adds one)."""
 
+    def batches(self, bundle: ModelBundle, data: Any, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless shuffled training batches of ``data`` as the model takes them (its ``labels`` included)."""
+
     def train(self, bundle: ModelBundle, data: Any, optimizer: torch.optim.Optimizer, *, steps: int,
               seed: int) -> TrainResult:
-        """``steps`` optimizer steps on shuffled batches of ``data``."""
+        """``steps`` optimizer steps on :meth:`batches` of ``data``."""
 
     def evaluate(self, bundle: ModelBundle, data: Any) -> Evaluation:
         """The model's metrics on ``data``."""
