@@ -35,8 +35,8 @@ def add_entry(target: torch.Tensor, entry: Entry, weight: float = 1.0) -> None:
     flat = target.view(-1)
     if positions is None:
         flat.add_(values.to(target.dtype))
-    else:
-        flat[positions] += values.to(target.dtype)
+    else:  # positions are distinct, so each gets exactly one addition, as with flat[positions] += values
+        flat.index_add_(0, positions, values.to(target.dtype))
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,12 @@ def _read_low_bits(data: np.ndarray, count: int, b: int) -> np.ndarray:
     """The ``count`` b-bit fields packed MSB first in ``data``, without expanding to bits."""
     if b == 0:
         return np.zeros(count, dtype=np.uint64)
-    padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)]).astype(np.uint64)
-    start = np.arange(count, dtype=np.uint64) * np.uint64(b)
-    byte, shift = start >> np.uint64(3), start & np.uint64(7)
-    word = np.zeros(count, dtype=np.uint64)
-    for t in range(8):
-        word |= padded[(byte + np.uint64(t)).astype(np.int64)] << np.uint64(56 - 8 * t)
+    padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
+    start = np.arange(count, dtype=np.int64) * b
+    # the 8 bytes from each field's first byte, read as one big-endian word
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 8)[start >> 3]
+    word = windows.view(">u8").reshape(count).astype(np.uint64)
+    shift = (start & 7).astype(np.uint64)
     return (word >> (np.uint64(64 - b) - shift)) & np.uint64((1 << b) - 1)
 
 
