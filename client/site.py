@@ -26,7 +26,9 @@ from fedelta.common.pruning.calibration import calibrate, choose_global_q, with_
 from fedelta.common.pruning.recover import recover
 from fedelta.common.seeding import seeded
 from fedelta.common.tasks import Task, task_for
-from fedelta.common.upload import finish_upload, prune_target, upload_binding, upload_seed
+from fedelta.common.upload import (
+    Pruned, encode_upload, finish_upload, fit_budget, prune_target, upload_binding, upload_seed,
+)
 from fedelta.common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
 
 
@@ -131,9 +133,23 @@ class Site:
         seed = upload_seed(settings.seed, server_round, self.name)
         calibration = self.calibration(bundle, before, delta, seed)
         recovering = frozenset(norm_and_bias_names(model)) & delta.keys() if settings.prune.recover_steps else frozenset()
-        pruned = prune_target(
-            delta, self.state.load_residual(), settings, seed=seed, calibration=calibration, keep_dense=recovering
-        )
+        residual = self.state.load_residual()
+
+        def pruned_at(keep: float | None) -> Pruned:
+            return prune_target(delta, residual, settings, seed=seed, calibration=calibration, keep_dense=recovering,
+                                keep=keep)
+
+        binding = upload_binding(server_round, self.name)
+        budget_metrics: dict[str, float] = {}
+        payload = None
+        if settings.upload.budget_bytes:
+            fitted = fit_budget(pruned_at, lambda tried: encode_upload(tried, settings, base=sha, formed=formed,
+                                                                       binding=binding),
+                                settings.upload.budget_bytes)
+            pruned, payload = fitted.pruned, fitted.payload
+            budget_metrics = {"budget-keep": fitted.keep, "budget-tries": float(fitted.tries)}
+        else:
+            pruned = pruned_at(None)
         if recovering:
             pruned = pruned.with_dense(recover(
                 self.task, bundle, self.data.train, base=before, pruned=pruned.delta, names=recovering,
@@ -141,7 +157,7 @@ class Site:
             ))
         upload = finish_upload(
             pruned, settings, base=sha, limits=Limits.for_model(bundle.num_params()), formed=formed, resolver=resolver,
-            binding=upload_binding(server_round, self.name),
+            binding=binding, payload=payload,
         )
         self.state.save_residual(upload.residual)
         watch.lap("encode")
@@ -152,6 +168,7 @@ class Site:
             "upload-bytes": float(len(upload.payload)),
             "kept-values": float(upload.sent.count()),
             **upload.metrics,
+            **budget_metrics,
             "downlink-bytes": float(downlink.size()),
             "seconds": watch.elapsed(),
             **watch.site_metrics(),

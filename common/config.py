@@ -206,6 +206,14 @@ class FeedbackSettings:
 
 
 @dataclass(frozen=True)
+class UploadSettings:
+    budget_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.budget_bytes >= 0, "upload.budget-bytes", "must be >= 0 (0 = no budget)")
+
+
+@dataclass(frozen=True)
 class AggregateSettings:
     name: str = "fedavg"
     density: float = 0.2
@@ -303,6 +311,7 @@ class Settings:
     prune: PruneSettings = field(default_factory=PruneSettings)
     quant: QuantSettings = field(default_factory=QuantSettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    upload: UploadSettings = field(default_factory=UploadSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     downlink: DownlinkSettings = field(default_factory=DownlinkSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -329,6 +338,15 @@ class Settings:
             "and grow about 1/q-fold per round; "
             "use error feedback with a selecting pruner (magnitude) or turn it off",
         )
+        if self.upload.budget_bytes:
+            require(PRUNERS.get(self.prune.name).drops, "upload.budget-bytes",
+                    f"needs a pruner that keeps a chosen fraction of each tensor, not prune.name={self.prune.name!r}")
+            require(not PRUNERS.get(self.prune.name).needs_labels(self.prune), "upload.budget-bytes",
+                    f"cannot be combined with prune.q-mode={self.prune.q_mode!r}: the labelled q is fitted on a "
+                    "validation split for one fraction kept, not for each fraction the budget tries")
+            require(not self.prune.recover_steps, "upload.budget-bytes",
+                    "cannot be combined with prune.recover-steps: recovery changes the values after the budget "
+                    "has fitted them, so the upload could outgrow it")
 
     def options_for(self, method: str) -> Any:
         """The options of fine-tuning method ``method``: as configured, else its defaults."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,9 @@ from fedelta.common.delta import Delta, Dense, Entry
 from fedelta.common.feedback import left_over, residual_norm, with_residual
 from fedelta.common.methods.registry import Resolver
 from fedelta.common.pruning import Calibration, PruneRequest, prune_delta
+
+LEAST_KEEP = 1e-7  # the smallest fraction a byte budget tries: one value of each pruned tensor up to 10M values
+KEEP_TOLERANCE = 0.02  # the budget's search stops when the fraction kept is known to within 2 %
 
 
 @dataclass(frozen=True)
@@ -60,12 +64,68 @@ def prune_target(
     seed: int,
     calibration: Calibration | None = None,
     keep_dense: frozenset[str] = frozenset(),
+    keep: float | None = None,
 ) -> Pruned:
-    """``delta + residual``, pruned with the configured pruner; ``keep_dense`` tensors stay whole."""
+    """``delta + residual``, pruned with the configured pruner (keeping ``keep``, by default ``prune.keep``
+    of each tensor); ``keep_dense`` tensors stay whole."""
     target = with_residual(delta, residual)
-    request = PruneRequest(keep=settings.prune.keep, seed=seed, calibration=calibration)
+    request = PruneRequest(keep=settings.prune.keep if keep is None else keep, seed=seed, calibration=calibration)
     pruned = prune_delta(target, settings.prune.name, request, settings.prune.min_size, keep_dense)
     return Pruned(target, pruned, dict(request.stats))
+
+
+class BudgetTooSmall(ValueError):
+    """An upload that does not fit ``upload.budget-bytes`` at any fraction kept."""
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The pruned target that fits the byte budget and its encoded bytes, the fraction of each tensor it keeps,
+    the smallest fraction tried that did not fit (``None`` when everything fitted), and the number of tries."""
+
+    pruned: Pruned
+    payload: bytes
+    keep: float
+    over: float | None
+    tries: int
+
+
+def fit_budget(prune: Callable[[float], Pruned], encode: Callable[[Pruned], bytes], budget: int) -> Fitted:
+    """The pruned form with about the largest fraction kept whose encoded bytes are at most ``budget``.
+
+    Tries everything kept first, then the smallest fraction (:data:`LEAST_KEEP`:
+    one value per pruned tensor at most sizes), then bisects between the two on
+    a log scale until they are within :data:`KEEP_TOLERANCE` of each other,
+    always holding a form that fits, with the very bytes that were measured.
+    Raises :class:`BudgetTooSmall`, naming the smallest budget that would do,
+    when even the smallest fraction does not fit.
+    """
+    tries = 1
+    whole = prune(1.0)
+    payload = encode(whole)
+    if len(payload) <= budget:
+        return Fitted(whole, payload, 1.0, None, tries)
+    low, high = LEAST_KEEP, 1.0
+    fitting = prune(low)
+    payload = encode(fitting)
+    tries += 1
+    least = len(payload)
+    if least > budget:
+        raise BudgetTooSmall(
+            f"upload.budget-bytes = {budget} cannot hold this upload: kept as sparsely as the pruner can "
+            f"(fraction {low:g}; tensors under prune.min-size and the method's own entries whole) it takes "
+            f"{least} bytes; set upload.budget-bytes to at least {least}"
+        )
+    while high / low > 1 + KEEP_TOLERANCE:
+        middle = math.sqrt(low * high)
+        tried = prune(middle)
+        encoded = encode(tried)
+        tries += 1
+        if len(encoded) <= budget:
+            low, fitting, payload = middle, tried, encoded
+        else:
+            high = middle
+    return Fitted(fitting, payload, low, high, tries)
 
 
 def finish_upload(
@@ -77,25 +137,41 @@ def finish_upload(
     formed: Mapping[str, Entry] | None = None,
     resolver: Resolver | None = None,
     binding: Mapping[str, str] | None = None,
+    payload: bytes | None = None,
 ) -> Upload:
     """Encode the pruned delta plus the method's ``formed`` entries, and form the new residual.
 
     ``binding`` (:func:`upload_binding`) goes into the header, so the server can
     refuse the bytes when they arrive in another round or from another site.
+    ``payload``, when given, is those bytes already encoded (by :func:`encode_upload`, as a byte budget
+    measured them).
     ``sent`` is the decoded upload (mask and singular entries unresolved). The
     residual is computed against the decoded bytes, resolved, so
     ``delta + residual_old == sent + residual_new`` holds for exactly what the
     server will apply.
     """
-    entries = {**pruned.delta.entries, **(formed or {})}
-    meta = {"method": settings.method.name, "prune": f"{settings.prune.name}:{settings.prune.keep:g}", **(binding or {})}
-    payload = encode(Delta(entries), base=base, values=settings.quant.values, meta=meta)
+    if payload is None:
+        payload = encode_upload(pruned, settings, base=base, formed=formed, binding=binding)
     sent = decode(payload, limits).delta
     new_residual: dict[str, torch.Tensor] = {}
     if settings.feedback.enabled:
         new_residual = left_over(pruned.target, (resolver or Resolver()).resolve(sent))
     metrics = {"residual-norm": residual_norm(new_residual), **prune_metrics(pruned.stats)}
     return Upload(payload=payload, sent=sent, residual=new_residual, metrics=metrics)
+
+
+def encode_upload(
+    pruned: Pruned,
+    settings: Settings,
+    *,
+    base: str,
+    formed: Mapping[str, Entry] | None = None,
+    binding: Mapping[str, str] | None = None,
+) -> bytes:
+    """The bytes of an upload: the pruned delta and the method's ``formed`` entries, with the header metadata."""
+    entries = {**pruned.delta.entries, **(formed or {})}
+    meta = {"method": settings.method.name, "prune": settings.prune.name, **(binding or {})}
+    return encode(Delta(entries), base=base, values=settings.quant.values, meta=meta)
 
 
 def make_upload(

@@ -36,7 +36,7 @@ from fedelta.server.validation import (
 
 log = logging.getLogger("fedelta.server")
 # Sites' training metrics whose mean over the round's sites goes into metrics.jsonl as ``site_<key>``.
-REPORTED_TRAIN_METRICS = ("prune-q", "residual-norm")
+REPORTED_TRAIN_METRICS = ("prune-q", "residual-norm", "budget-keep")
 
 
 @dataclass

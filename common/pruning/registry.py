@@ -70,9 +70,12 @@ class Pruner:
     ``needs_inputs``: it uses captured layer inputs, so a site calibrates.
     ``needs_labels``: whether, under these settings, it chooses on a labelled
     local validation split, which a site then carves from its training data.
+    ``drops``: it keeps the requested fraction of each tensor, so a byte budget
+    can choose that fraction.
     """
 
     prune: PruneFunction
+    drops: bool = True
     rescales: bool = False
     needs_inputs: bool = False
     needs_labels: Callable[[PruneSettings], bool] = never
@@ -82,13 +85,13 @@ PRUNERS: Registry[Pruner] = Registry("pruner")
 
 
 def pruner(
-    name: str, *, summary: str, reference: str, rescales: bool = False, needs_inputs: bool = False,
-    needs_labels: Callable[[PruneSettings], bool] = never,
+    name: str, *, summary: str, reference: str, drops: bool = True, rescales: bool = False,
+    needs_inputs: bool = False, needs_labels: Callable[[PruneSettings], bool] = never,
 ) -> Callable[[PruneFunction], PruneFunction]:
     """Decorator registering a prune function with its traits in :data:`PRUNERS` under ``name``."""
 
     def add(prune: PruneFunction) -> PruneFunction:
-        unit = Pruner(prune, rescales=rescales, needs_inputs=needs_inputs, needs_labels=needs_labels)
+        unit = Pruner(prune, drops=drops, rescales=rescales, needs_inputs=needs_inputs, needs_labels=needs_labels)
         PRUNERS.register(name, summary=summary, reference=reference)(unit)
         return prune
 
