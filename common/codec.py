@@ -44,6 +44,7 @@ from fedelta.common.container import (  # noqa: F401  (errors, limits, formats: 
     header_size,
     parse_entries,
     read_header,
+    write_container,
 )
 from fedelta.common.delta import (
     BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, kept_count, seeded_positions,
@@ -100,7 +101,7 @@ def encode(
             tensors[f"{name}/indices"] = torch.from_numpy(encode_index_gaps(entry.indices.numpy()))
     entries = json.dumps(described, separators=(",", ":"))
     header = {"format": FORMAT, "base": base, "values": values, "entries": entries, **extra}
-    raw = safetensors.torch.save(_container_tensors(tensors), metadata=header)
+    raw = write_container(_container_tensors(tensors), header)
     chosen = auto_level(len(raw)) if level is None else level
     compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True, write_content_size=True)
     return compressor.compress(raw)

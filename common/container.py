@@ -11,10 +11,13 @@ against :class:`Limits` (and, when given, the model's tensor shapes) here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
+
+import torch
 
 from fedelta.common.entries import Shape
 from fedelta.common.untrusted_json import UntrustedJSONError, loads
@@ -33,6 +36,8 @@ MAX_DIMS = 8
 MAX_SPEC_CHARS = 256
 MAX_NAME_CHARS = 512
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1}
+TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8",
+                torch.uint8: "U8"}
 RECORD_FIELDS = {"dtype", "shape", "data_offsets"}
 UPLOAD_EXPANSION = 1024  # honest uploads measured up to 208 (ternary, no pruning, untouched embedding rows)
 
@@ -126,6 +131,29 @@ def header_size(prefix: bytes, container_bytes: int, max_entries: int) -> int:
         raise CodecError(f"container header of {size} bytes exceeds the {limit} allowed "
                          f"for at most {max_entries} entries")
     return size
+
+
+def write_container(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors bytes of ``tensors`` with ``metadata``, the same bytes for the same input.
+
+    The header is JSON with sorted keys and no spaces, padded with spaces to a
+    multiple of 8 bytes; the tensors follow largest element first, then by name,
+    so each starts at a multiple of its element size. (The safetensors library
+    writes the metadata in a different order on every call.)
+    """
+    order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), key))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    parts, offset = [], 0
+    for key in order:
+        tensor = tensors[key].detach().contiguous()
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[key] = {"dtype": TORCH_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        parts.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return b"".join([len(text).to_bytes(8, "little"), text, *parts])
 
 
 def read_header(raw: bytes, max_entries: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:

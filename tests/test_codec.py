@@ -252,3 +252,16 @@ def test_corrupted_container_inside_a_valid_frame_raises_only_codec_errors(value
     except CodecError:
         return
     assert decoded.delta.count() <= LIMITS.max_elements
+
+
+@pytest.mark.parametrize("values", ["fp32", "bf16", "int8"])
+def test_the_same_delta_encodes_to_the_same_bytes(values):
+    meta = {"method": "full", "prune": "dare", "round": "3", "site": "site-1"}
+    payloads = {encode(_delta(), base=BASE, values=values, meta=meta) for _ in range(8)}
+    assert len(payloads) == 1
+    raw = zstandard.ZstdDecompressor().decompress(payloads.pop())
+    size = int.from_bytes(raw[:8], "little")
+    assert size % 8 == 0 and raw[8 + size - 1:8 + size] in (b" ", b"}")
+    loaded = safetensors.torch.load(raw)  # the safetensors library reads it
+    assert {"w.dense/values", "w.sparse/indices", "w.seeded/values"} <= loaded.keys()
+    assert loaded["w.dense/values"].numel() == 12 and loaded["w.sparse/indices"].dtype == torch.uint8
