@@ -26,9 +26,8 @@ from fedelta.common.pruning.calibration import calibrate, choose_global_q, with_
 from fedelta.common.pruning.recover import recover
 from fedelta.common.seeding import seeded
 from fedelta.common.tasks import Task, task_for
-from fedelta.common.upload import (
-    Pruned, encode_upload, finish_upload, fit_budget, prune_target, upload_binding, upload_seed,
-)
+from fedelta.common.budget import fit_budget
+from fedelta.common.upload import Pruned, encode_upload, finish_upload, prune_target, upload_binding, upload_seed
 from fedelta.common.versions import FROM_SNAPSHOT, Downlink, VersionMismatch, apply_downlink
 
 

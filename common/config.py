@@ -231,6 +231,7 @@ class DownlinkSettings:
     prune: str = "none"
     density: float = 0.1
     values: str = "fp32"
+    budget_bytes: int = 0
 
     def __post_init__(self) -> None:
         from fedelta.common.pruning import PRUNERS
@@ -246,11 +247,14 @@ class DownlinkSettings:
             f"cannot be {self.prune!r}: the server keeps an error-feedback residual, which a rescaling pruner "
             "would make grow; use magnitude or none",
         )
+        require(self.budget_bytes >= 0, "downlink.budget-bytes", "must be >= 0 (0 = no budget)")
+        require(not self.budget_bytes or PRUNERS.get(self.prune).drops, "downlink.budget-bytes",
+                f"needs downlink.prune to keep a chosen fraction (magnitude), not {self.prune!r}")
 
     @property
     def compressed(self) -> bool:
         """Whether the merged delta is pruned or quantized before it is sent."""
-        return self.prune != "none" or self.values != "fp32"
+        return self.prune != "none" or self.values != "fp32" or self.budget_bytes > 0
 
 
 @dataclass(frozen=True)

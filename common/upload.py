@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +16,6 @@ from fedelta.common.feedback import left_over, residual_norm, with_residual
 from fedelta.common.methods.registry import Resolver
 from fedelta.common.pruning import Calibration, PruneRequest, prune_delta
 
-LEAST_KEEP = 1e-7  # the smallest fraction a byte budget tries: one value of each pruned tensor up to 10M values
-KEEP_TOLERANCE = 0.02  # the budget's search stops when the fraction kept is known to within 2 %
 
 
 @dataclass(frozen=True)
@@ -72,60 +69,6 @@ def prune_target(
     request = PruneRequest(keep=settings.prune.keep if keep is None else keep, seed=seed, calibration=calibration)
     pruned = prune_delta(target, settings.prune.name, request, settings.prune.min_size, keep_dense)
     return Pruned(target, pruned, dict(request.stats))
-
-
-class BudgetTooSmall(ValueError):
-    """An upload that does not fit ``upload.budget-bytes`` at any fraction kept."""
-
-
-@dataclass(frozen=True)
-class Fitted:
-    """The pruned target that fits the byte budget and its encoded bytes, the fraction of each tensor it keeps,
-    the smallest fraction tried that did not fit (``None`` when everything fitted), and the number of tries."""
-
-    pruned: Pruned
-    payload: bytes
-    keep: float
-    over: float | None
-    tries: int
-
-
-def fit_budget(prune: Callable[[float], Pruned], encode: Callable[[Pruned], bytes], budget: int) -> Fitted:
-    """The pruned form with about the largest fraction kept whose encoded bytes are at most ``budget``.
-
-    Tries everything kept first, then the smallest fraction (:data:`LEAST_KEEP`:
-    one value per pruned tensor at most sizes), then bisects between the two on
-    a log scale until they are within :data:`KEEP_TOLERANCE` of each other,
-    always holding a form that fits, with the very bytes that were measured.
-    Raises :class:`BudgetTooSmall`, naming the smallest budget that would do,
-    when even the smallest fraction does not fit.
-    """
-    tries = 1
-    whole = prune(1.0)
-    payload = encode(whole)
-    if len(payload) <= budget:
-        return Fitted(whole, payload, 1.0, None, tries)
-    low, high = LEAST_KEEP, 1.0
-    fitting = prune(low)
-    payload = encode(fitting)
-    tries += 1
-    least = len(payload)
-    if least > budget:
-        raise BudgetTooSmall(
-            f"upload.budget-bytes = {budget} cannot hold this upload: kept as sparsely as the pruner can "
-            f"(fraction {low:g}; tensors under prune.min-size and the method's own entries whole) it takes "
-            f"{least} bytes; set upload.budget-bytes to at least {least}"
-        )
-    while high / low > 1 + KEEP_TOLERANCE:
-        middle = math.sqrt(low * high)
-        tried = prune(middle)
-        encoded = encode(tried)
-        tries += 1
-        if len(encoded) <= budget:
-            low, fitting, payload = middle, tried, encoded
-        else:
-            high = middle
-    return Fitted(fitting, payload, low, high, tries)
 
 
 def finish_upload(

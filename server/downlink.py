@@ -4,10 +4,12 @@ with a server-side residual) and the shortest hash-checked path from a site's ve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import torch
 
+from fedelta.common.budget import BudgetTooSmall, fit_budget
 from fedelta.common.codec import Limits, decode, encode
 from fedelta.common.config import DownlinkSettings
 from fedelta.common.delta import Delta, Dense
@@ -17,6 +19,7 @@ from fedelta.common.versions import FROM_SNAPSHOT, Downlink, encode_merged
 from fedelta.server.store import Version, VersionStore
 
 RESIDUAL = "residual"
+log = logging.getLogger("fedelta.server")
 
 
 class MergedEncoder:
@@ -39,10 +42,27 @@ class MergedEncoder:
         if not self.settings.compressed:
             return encode_merged(merged, base=base), {}
         target = with_residual({name: entry.to_dense() for name, entry in merged.entries.items()}, self.residual)
-        request = PruneRequest(keep=self.settings.density, seed=seed)
-        pruned = prune_delta(target, self.settings.prune, request, self.min_size)
-        blob = encode_merged(pruned, base=base, values=self.settings.values)
+
+        def pruned_at(keep: float) -> Delta:
+            return prune_delta(target, self.settings.prune, PruneRequest(keep=keep, seed=seed), self.min_size)
+
+        def encoded(pruned: Delta) -> bytes:
+            return encode_merged(pruned, base=base, values=self.settings.values)
+
+        if self.settings.budget_bytes:
+            blob = self._within_budget(pruned_at, encoded)
+        else:
+            blob = encoded(pruned_at(self.settings.density))
         return blob, left_over(target, decode(blob, self.limits).delta)
+
+    def _within_budget(self, pruned_at: Callable[[float], Delta], encoded: Callable[[Delta], bytes]) -> bytes:
+        """The merged delta as pruned to fit ``downlink.budget-bytes``; if nothing fits, its smallest form, with a
+        warning naming the budget that would do (the federation goes on; the residual keeps the rest)."""
+        try:
+            return fit_budget(pruned_at, encoded, self.settings.budget_bytes, "downlink.budget-bytes").payload
+        except BudgetTooSmall as small:
+            log.warning("%s; sending the smallest form (%d bytes)", small, len(small.least.payload))
+            return small.least.payload
 
     def residual_blob(self, residual: Residual, base: str) -> bytes | None:
         """The residual as stored next to the version it belongs to (``None`` when there is none)."""

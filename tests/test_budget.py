@@ -5,8 +5,9 @@ import torch
 
 from fedelta.common import report
 from fedelta.common.config import Settings
-from fedelta.common.upload import LEAST_KEEP, BudgetTooSmall, encode_upload, fit_budget, prune_target
-from rounds import open_federation, run_rounds
+from fedelta.common.budget import LEAST_KEEP, BudgetTooSmall, fit_budget
+from fedelta.common.upload import encode_upload, prune_target
+from rounds import evaluate_all, open_federation, run_rounds
 
 BASE = "ab" * 32
 
@@ -81,3 +82,32 @@ def test_every_upload_of_a_round_fits_the_budget(tiny_settings, tmp_path):
         means = [site.metrics["budget-keep"] for site in rows if site.round == row["round"]]
         assert row["site_budget_keep"] == pytest.approx(sum(means) / len(means), rel=1e-12)
         assert row["upload_bytes"] <= budget * len(sites)
+
+
+def test_the_merged_delta_sent_down_fits_its_budget_and_sites_stay_bit_identical(tiny_settings, tmp_path):
+    budget = 6_000
+    settings = tiny_settings.with_overrides({"downlink.prune": "magnitude", "downlink.budget-bytes": budget})
+    with open_federation(settings, tmp_path) as (coordinator, sites):
+        run_rounds(coordinator, sites, range(1, 3))
+        merged = [version for version in coordinator.store.versions() if version.id > 0]
+        assert [version.id for version in merged] == [1, 2]
+        assert all(0 < version.blob_bytes <= budget for version in merged)
+        assert sum(float(value.abs().sum()) for value in coordinator.encoder.residual.values()) > 0
+        head = coordinator.head
+        assert evaluate_all(coordinator, sites) == [(2, head.sha)] * len(sites)
+
+
+def test_a_downlink_budget_too_small_sends_the_smallest_form_and_says_so(tiny_settings, tmp_path, caplog):
+    settings = tiny_settings.with_overrides({"downlink.prune": "magnitude", "downlink.budget-bytes": 10})
+    with open_federation(settings, tmp_path) as (coordinator, sites):
+        run_rounds(coordinator, sites, range(1, 2))
+        version = coordinator.head
+        assert version.id == 1 and version.blob_bytes > 10
+        assert evaluate_all(coordinator, sites) == [(1, version.sha)] * len(sites)
+    assert "downlink.budget-bytes = 10 cannot hold this update" in caplog.text
+    assert "set downlink.budget-bytes to at least" in caplog.text
+
+
+def test_a_downlink_budget_needs_a_downlink_pruner():
+    with pytest.raises(ValueError, match="needs downlink.prune to keep a chosen fraction"):
+        Settings().with_overrides({"downlink.budget-bytes": 1000})
