@@ -288,10 +288,11 @@ def _build(name: str, d: dict[str, Any], values_of: _Values) -> Entry:
             raise CodecError(f"entry {name!r}: indices and values disagree")
         indices = decode_index_gaps(gaps.numpy(), d["count"], prod(shape))
         return Sparse(shape, torch.from_numpy(indices), values)
-    count = kept_count(prod(shape), d["keep"])
+    numel = prod(shape)
+    count = kept_count(numel, d["keep"])
     if values.numel() != count:
         raise CodecError(f"entry {name!r}: {values.numel()} values for a mask of {count}")
-    return SeededMask(shape, name, d["seed"], d["keep"], values, seeded_positions(d["seed"], name, prod(shape), d["keep"]))
+    return SeededMask(shape, name, d["seed"], d["keep"], values, seeded_positions(d["seed"], name, numel, d["keep"]))
 
 
 def encode_index_gaps(indices: np.ndarray) -> np.ndarray:

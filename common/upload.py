@@ -17,7 +17,6 @@ from fedelta.common.methods.registry import Resolver
 from fedelta.common.pruning import Calibration, PruneRequest, prune_delta
 
 
-
 @dataclass(frozen=True)
 class Upload:
     """The bytes a site sends, what they decode to (before resolution), and the residual it keeps."""

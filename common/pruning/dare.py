@@ -3,14 +3,13 @@
 
 import torch
 
-from fedelta.common.delta import Entry, SeededMask
-from fedelta.common.delta import seeded_positions as mask_positions
+from fedelta.common.delta import Entry, SeededMask, seeded_positions
 from fedelta.common.pruning.registry import PruneRequest, pruner
 
 
-def seeded_positions(name: str, delta: torch.Tensor, request: PruneRequest) -> torch.Tensor:
+def dare_positions(name: str, delta: torch.Tensor, request: PruneRequest) -> torch.Tensor:
     """Flat positions DARE keeps for tensor ``name``: a seeded random keep-fraction of them."""
-    return mask_positions(request.seed, name, delta.numel(), request.keep)
+    return seeded_positions(request.seed, name, delta.numel(), request.keep)
 
 
 def rescaled(name: str, delta: torch.Tensor, request: PruneRequest, positions: torch.Tensor, q: float) -> SeededMask:
@@ -26,4 +25,4 @@ def rescaled(name: str, delta: torch.Tensor, request: PruneRequest, positions: t
     rescales=True,
 )
 def dare(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
-    return rescaled(name, delta, request, seeded_positions(name, delta, request), request.keep)
+    return rescaled(name, delta, request, dare_positions(name, delta, request), request.keep)

@@ -6,7 +6,7 @@ import torch
 
 from fedelta.common.config import PruneSettings
 from fedelta.common.delta import Entry
-from fedelta.common.pruning.dare import rescaled, seeded_positions
+from fedelta.common.pruning.dare import dare_positions, rescaled
 from fedelta.common.pruning.registry import PruneRequest, pruner
 
 
@@ -40,7 +40,7 @@ def labelled(settings: PruneSettings) -> bool:
     needs_labels=labelled,
 )
 def darex_q(name: str, delta: torch.Tensor, request: PruneRequest) -> Entry:
-    positions = seeded_positions(name, delta, request)
+    positions = dare_positions(name, delta, request)
     q = request.keep
     if request.calibration is not None and request.calibration.q is not None:
         q = request.calibration.q
