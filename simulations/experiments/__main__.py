@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-EXPERIMENTS = ("frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier")
+EXPERIMENTS = ("frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier", "thousandfold")
 BEGIN, END = "<!-- experiment:{} -->", "<!-- /experiment:{} -->"
 
 
