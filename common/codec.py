@@ -41,17 +41,19 @@ from fedelta.common.container import (  # noqa: F401  (errors, limits, formats: 
     UPLOAD_EXPANSION,
     CodecError,
     Limits,
+    container_layout,
     header_size,
     parse_entries,
     read_header,
-    write_container,
+    tensor_bytes,
 )
 from fedelta.common.delta import (
-    BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, kept_count, seeded_positions,
+    BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, check_delta_fits, kept_count,
+    seeded_positions,
 )
 from fedelta.common.entries import Shape
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
-from fedelta.common.rice import IndexCodingError, coded_size, decode_indices, encode_indices
+from fedelta.common.rice import IndexCodingError, RiceCost, RiceWriter, coded_size, decode_indices, encode_indices
 
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
 SCALES = "scales"
@@ -83,28 +85,142 @@ def encode(
     tighter level (:func:`auto_level`), which costs little at their size.
     """
     quantizer = VALUE_TYPES.get(values)
-    extra = dict(meta or {})
-    clash = RESERVED_KEYS & extra.keys()
-    if clash:
-        raise ValueError(f"metadata keys {sorted(clash)} are reserved")
+    header = _header(base, values, meta)
     tensors: dict[str, torch.Tensor | Encoded] = {}
     described: dict[str, dict[str, Any]] = {}
     for name in delta.names():
         entry = wire_form(delta.entries[name], quantizer)
         described[name] = _describe(entry)
-        if isinstance(entry, LowRank):
-            tensors[f"{name}/a"] = quantizer.encode(entry.a)
-            tensors[f"{name}/b"] = quantizer.encode(entry.b)
-            continue
-        tensors[f"{name}/values"] = quantizer.encode(entry.flat_values().reshape(-1))
-        if isinstance(entry, Sparse):
-            tensors[f"{name}/indices"] = torch.from_numpy(encode_index_gaps(entry.indices.numpy()))
-    entries = json.dumps(described, separators=(",", ":"))
-    header = {"format": FORMAT, "base": base, "values": values, "entries": entries, **extra}
-    raw = write_container(_container_tensors(tensors), header)
-    chosen = auto_level(len(raw)) if level is None else level
+        tensors.update(_entry_tensors(name, entry, quantizer))
+    return bytes(_compress(_container_tensors(tensors), {**header, "entries": _entries_text(described)}, level))
+
+
+def encode_and_apply(
+    delta: Delta,
+    params: Mapping[str, torch.Tensor],
+    *,
+    base: str,
+    values: str = "fp32",
+    meta: Mapping[str, str] | None = None,
+) -> bytearray:
+    """:func:`encode` a delta of dense entries and add into ``params`` exactly what the bytes decode to.
+
+    Made for the server's merged delta at any number of sites: it takes the
+    entries out of ``delta`` (smallest first) and releases each once encoded,
+    and works through each tensor in chunks of :data:`CHUNK` elements, so
+    beyond ``delta`` and ``params`` it holds the encoded entries and about one
+    chunk: the kept values are packed into each entry's own buffer, which this
+    overwrites. The bytes come as a bytearray, grown in place, so they exist
+    once in memory. They equal :func:`encode`'s; ``params`` end as
+    ``apply_delta(params, decode(bytes).delta)`` leaves them, bit for bit. The
+    value type must cast each value on its own (fp32, fp16, bf16).
+    """
+    quantizer = VALUE_TYPES.get(values)
+    if quantizer.scaled:
+        raise ValueError(f"encode_and_apply needs a value type without a scale, not {values!r}")
+    header = _header(base, values, meta)
+    check_delta_fits(params, delta)
+    entries = dict(delta.entries)
+    if not all(isinstance(entry, Dense) for entry in entries.values()):
+        raise TypeError("encode_and_apply takes dense entries only")
+    if isinstance(delta.entries, dict):
+        delta.entries.clear()
+    tensors: dict[str, torch.Tensor] = {}
+    described: dict[str, dict[str, Any]] = {}
+    for name in sorted(entries, key=lambda n: (entries[n].values.numel(), n)):
+        entry = entries.pop(name)
+        described[name], parts = _encode_dense_in_chunks(name, entry.values, quantizer, params[name])
+        tensors.update(parts)
+        del entry, parts
+    return _compress(tensors, {**header, "entries": _entries_text(described)}, None)
+
+
+CHUNK = 1 << 20  # elements a chunked encoding handles per step
+STREAM_PIECE = 1 << 20  # bytes handed to the compressor per call
+
+
+def _encode_dense_in_chunks(
+    name: str, values: torch.Tensor, quantizer: Quantizer, target: torch.Tensor
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """One dense entry as :func:`wire_form` and :func:`encode` would store it, added into ``target`` as decoded."""
+    flat = values.reshape(-1)
+    bits = flat.view(SAME_WIDTH_INTEGER[flat.dtype])
+    numel, count = flat.numel(), int(torch.count_nonzero(bits))
+    spans = [(start, min(start + CHUNK, numel)) for start in range(0, numel, CHUNK)]
+
+    def kept(start: int, stop: int) -> torch.Tensor:
+        return bits[start:stop].nonzero().reshape(-1).add_(start)
+
+    sparse = False
+    if count < numel:
+        cost = RiceCost()
+        for start, stop in spans:
+            cost.add(kept(start, stop).numpy())
+        sparse = cost.size() * 8 + count * quantizer.bits < numel * quantizer.bits
+    described = _describe(Dense(values))
+    target_flat = target.view(-1)
+    with torch.no_grad():
+        if not sparse:
+            stored = quantizer.encode(flat).stored
+            for start, stop in spans:
+                target_flat[start:stop].add_(stored[start:stop].to(torch.float32).to(target.dtype))
+            return described, {f"{name}/values": stored}
+        # The kept values are packed into the front of the entry's own buffer (never past what was read), so
+        # no new value storage is made; ``stored`` is a view of that buffer.
+        packed = flat.view(torch.uint8)
+        width = torch.empty(0, dtype=quantizer.storage).element_size()
+        writer = RiceWriter(cost.parameter())
+        done = 0
+        for start, stop in spans:
+            positions = kept(start, stop)
+            part = quantizer.encode(flat[positions]).stored
+            writer.add(positions.numpy())
+            target_flat.index_add_(0, positions, part.to(torch.float32).to(target.dtype))
+            packed[done * width : (done + part.numel()) * width] = part.view(torch.uint8)
+            done += part.numel()
+        stored = packed[: count * width].view(quantizer.storage)
+    described = {"kind": "sparse", "shape": list(values.shape), "count": count}
+    return described, {f"{name}/values": stored, f"{name}/indices": torch.from_numpy(writer.finish())}
+
+
+def _header(base: str, values: str, meta: Mapping[str, str] | None) -> dict[str, str]:
+    extra = dict(meta or {})
+    clash = RESERVED_KEYS & extra.keys()
+    if clash:
+        raise ValueError(f"metadata keys {sorted(clash)} are reserved")
+    return {"format": FORMAT, "base": base, "values": values, **extra}
+
+
+def _entries_text(described: Mapping[str, dict[str, Any]]) -> str:
+    return json.dumps(dict(sorted(described.items())), separators=(",", ":"))
+
+
+def _entry_tensors(name: str, entry: Entry, quantizer: Quantizer) -> dict[str, torch.Tensor | Encoded]:
+    """The container tensors of one entry in its wire form."""
+    if isinstance(entry, LowRank):
+        return {f"{name}/a": quantizer.encode(entry.a), f"{name}/b": quantizer.encode(entry.b)}
+    tensors: dict[str, torch.Tensor | Encoded] = {f"{name}/values": quantizer.encode(entry.flat_values().reshape(-1))}
+    if isinstance(entry, Sparse):
+        tensors[f"{name}/indices"] = torch.from_numpy(encode_index_gaps(entry.indices.numpy()))
+    return tensors
+
+
+def _compress(tensors: dict[str, torch.Tensor], header: Mapping[str, str], level: int | None) -> bytearray:
+    """The container of ``tensors`` with ``header``, zstd-compressed as one stream; takes the tensors out of
+    ``tensors`` as it writes them, so each is released once compressed."""
+    prefix, order = container_layout(tensors, header)
+    size = len(prefix) + sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+    chosen = auto_level(size) if level is None else level
     compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True, write_content_size=True)
-    return compressor.compress(raw)
+    stream = compressor.compressobj(size=size)
+    out = bytearray(stream.compress(prefix))
+    for key in order:
+        data = tensor_bytes(tensors.pop(key))
+        for start in range(0, len(data), STREAM_PIECE):  # the output per call stays about one piece
+            out += stream.compress(data[start : start + STREAM_PIECE])
+        del data
+    out += stream.flush()
+    return out
 
 
 def wire_form(entry: Entry, quantizer: Quantizer) -> Entry:

@@ -133,27 +133,38 @@ def header_size(prefix: bytes, container_bytes: int, max_entries: int) -> int:
     return size
 
 
-def write_container(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
-    """The safetensors bytes of ``tensors`` with ``metadata``, the same bytes for the same input.
+def container_layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list[str]]:
+    """The safetensors prefix (length and header) of ``tensors`` with ``metadata``, and the order their bytes follow.
 
-    The header is JSON with sorted keys and no spaces, padded with spaces to a
-    multiple of 8 bytes; the tensors follow largest element first, then by name,
-    so each starts at a multiple of its element size. (The safetensors library
-    writes the metadata in a different order on every call.)
+    The same input gives the same bytes: the header is JSON with sorted keys
+    and no spaces, padded with spaces to a multiple of 8 bytes; the tensors
+    follow largest element first, then by name, so each starts at a multiple of
+    its element size. (The safetensors library writes the metadata in a
+    different order on every call.)
     """
     order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), key))
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    parts, offset = [], 0
+    offset = 0
     for key in order:
-        tensor = tensors[key].detach().contiguous()
-        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        tensor = tensors[key]
+        size = tensor.numel() * tensor.element_size()
         header[key] = {"dtype": TORCH_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                       "data_offsets": [offset, offset + len(data)]}
-        parts.append(data)
-        offset += len(data)
+                       "data_offsets": [offset, offset + size]}
+        offset += size
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return b"".join([len(text).to_bytes(8, "little"), text, *parts])
+    return len(text).to_bytes(8, "little") + text, order
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's raw bytes, as the container stores them (no copy when it is contiguous)."""
+    return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def write_container(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors bytes of ``tensors`` with ``metadata`` (see :func:`container_layout`)."""
+    prefix, order = container_layout(tensors, metadata)
+    return b"".join([prefix, *(tensor_bytes(tensors[key]) for key in order)])
 
 
 def read_header(raw: bytes, max_entries: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:

@@ -75,8 +75,18 @@ def check_delta_fits(params: Mapping[str, torch.Tensor], delta: Delta) -> None:
             raise ValueError(
                 f"delta entry {name!r} has shape {entry.shape}, parameter has {tuple(params[name].shape)}"
             )
-        if not torch.isfinite(entry.flat_values().to(torch.float32)).all():
+        if not all_finite(entry.flat_values()):
             raise ValueError(f"delta entry {name!r} carries non-finite values")
+
+
+FINITE_CHUNK = 1 << 20  # elements checked per step: the check's temporaries stay a few MB for any tensor
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite, checked in chunks so no full-size temporary is made."""
+    flat = values.reshape(-1)
+    return all(bool(torch.isfinite(flat[start : start + FINITE_CHUNK]).all())
+               for start in range(0, flat.numel(), FINITE_CHUNK))
 
 
 def apply_delta(params: Mapping[str, torch.Tensor], delta: Delta) -> Undo:

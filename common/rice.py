@@ -21,31 +21,111 @@ class IndexCodingError(ValueError):
     """Bytes that are not a valid Rice coding of the declared index count."""
 
 
-def _best_parameter(gaps: np.ndarray) -> int:
-    """The b that minimises k * (b + 1) + sum(gaps >> b) (one scratch array, reused for every b)."""
-    top = min(MAX_RICE_BITS, max(0, int(gaps.max()).bit_length()))
-    scratch = np.empty_like(gaps)
-    costs = [gaps.size * (b + 1) + int(np.right_shift(gaps, np.uint64(b), out=scratch).sum()) for b in range(top + 1)]
-    return int(np.argmin(costs))
+CHUNK = 1 << 16  # indices coded per step: bounds the coder's temporaries to a few MB at any count
 
 
-def _gaps(indices: np.ndarray) -> np.ndarray:
-    """Each index minus the previous one minus one (the first: the index itself), as uint64."""
-    gaps = np.diff(indices.astype(np.int64, copy=False), prepend=-1)
+def _gaps(indices: np.ndarray, previous: int = -1) -> np.ndarray:
+    """Each index minus the one before it (``previous`` before the first) minus one, as uint64."""
+    gaps = np.diff(indices.astype(np.int64, copy=False), prepend=previous)
     gaps -= 1
     if gaps.min() < 0:
         raise ValueError("indices must be strictly increasing and non-negative")
     return gaps.view(np.uint64)
 
 
+class RiceCost:
+    """The coded size of an index set for every Rice parameter, summed over chunks of it given in order."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous = -1
+        self._shifted_sums = np.zeros(MAX_RICE_BITS + 1, dtype=object)  # sum of gaps >> b, exact
+
+    def add(self, indices: np.ndarray) -> None:
+        """The next indices of the set, all above the ones added before."""
+        if indices.size == 0:
+            return
+        gaps = _gaps(indices, self.previous)
+        self.previous = int(indices[-1])
+        self.count += gaps.size
+        top = min(MAX_RICE_BITS, int(gaps.max()).bit_length())
+        scratch = np.empty_like(gaps)
+        for b in range(top + 1):
+            self._shifted_sums[b] += int(np.right_shift(gaps, np.uint64(b), out=scratch).sum())
+
+    def parameter(self) -> int:
+        """The b that minimises count * (b + 1) + sum(gaps >> b) (the smallest such b)."""
+        costs = [self.count * (b + 1) + int(self._shifted_sums[b]) for b in range(MAX_RICE_BITS + 1)]
+        return int(np.argmin(costs))
+
+    def size(self) -> int:
+        """Bytes :class:`RiceWriter` writes for the set with :meth:`parameter`."""
+        if self.count == 0:
+            return 0
+        b = self.parameter()
+        unary_bits = self.count + int(self._shifted_sums[b])
+        return 1 + _low_bits_length(self.count, b) + (unary_bits + 7) // 8
+
+
+class _BitWriter:
+    """Bits (one uint8 0/1 each) appended in pieces, packed MSB first, zero-padded at the end."""
+
+    def __init__(self) -> None:
+        self._packed: list[np.ndarray] = []
+        self._tail = np.zeros(0, dtype=np.uint8)
+
+    def add(self, bits: np.ndarray) -> None:
+        bits = np.concatenate([self._tail, bits]) if self._tail.size else bits
+        whole = bits.size - bits.size % 8
+        self._packed.append(np.packbits(bits[:whole]))
+        self._tail = bits[whole:]
+
+    def bytes(self) -> np.ndarray:
+        return np.concatenate([*self._packed, np.packbits(self._tail)])
+
+
+class RiceWriter:
+    """Rice-codes an index set given in chunks, in order, with parameter ``b`` (see :class:`RiceCost`)."""
+
+    def __init__(self, b: int) -> None:
+        self.b = b
+        self.previous = -1
+        self._low = _BitWriter()
+        self._unary = _BitWriter()
+        self._shifts = np.arange(b - 1, -1, -1, dtype=np.uint64)
+
+    def add(self, indices: np.ndarray) -> None:
+        """The next indices of the set, all above the ones added before."""
+        for start in range(0, indices.size, CHUNK):
+            part = indices[start : start + CHUNK]
+            gaps = _gaps(part, self.previous)
+            self.previous = int(part[-1])
+            if self.b:
+                self._low.add(((gaps[:, None] >> self._shifts) & np.uint64(1)).astype(np.uint8).reshape(-1))
+            quotients = (gaps >> np.uint64(self.b)).astype(np.int64)
+            ones = np.cumsum(quotients + 1) - 1
+            unary = np.zeros(int(ones[-1]) + 1, dtype=np.uint8)
+            unary[ones] = 1
+            self._unary.add(unary)
+
+    def finish(self) -> np.ndarray:
+        """The coding: ``b``, the packed low bits, the packed unary quotients (empty for an empty set)."""
+        if self.previous < 0:
+            return np.zeros(0, dtype=np.uint8)
+        low = self._low.bytes() if self.b else np.zeros(0, dtype=np.uint8)
+        return np.concatenate([np.array([self.b], dtype=np.uint8), low, self._unary.bytes()])
+
+
+def _chunks(indices: np.ndarray):
+    return (indices[start : start + CHUNK] for start in range(0, indices.size, CHUNK))
+
+
 def coded_size(indices: np.ndarray) -> int:
     """The bytes :func:`encode_indices` would write for ``indices``, without writing them."""
-    if indices.size == 0:
-        return 0
-    gaps = _gaps(indices)
-    b = _best_parameter(gaps)
-    unary_bits = gaps.size + int((gaps >> np.uint64(b)).sum())
-    return 1 + _low_bits_length(gaps.size, b) + (unary_bits + 7) // 8
+    cost = RiceCost()
+    for part in _chunks(indices):
+        cost.add(part)
+    return cost.size()
 
 
 def _low_bits_length(count: int, b: int) -> int:
@@ -54,20 +134,12 @@ def _low_bits_length(count: int, b: int) -> int:
 
 def encode_indices(indices: np.ndarray) -> np.ndarray:
     """Rice-code strictly increasing non-negative int64 ``indices`` into uint8 bytes."""
-    if indices.size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    gaps = _gaps(indices)
-    b = _best_parameter(gaps)
-    if b:
-        shifts = np.arange(b - 1, -1, -1, dtype=np.uint64)
-        low = np.packbits(((gaps[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1))
-    else:
-        low = np.zeros(0, dtype=np.uint8)
-    quotients = (gaps >> np.uint64(b)).astype(np.int64)
-    ones = np.cumsum(quotients + 1) - 1
-    unary = np.zeros(int(ones[-1]) + 1, dtype=np.uint8)
-    unary[ones] = 1
-    return np.concatenate([np.array([b], dtype=np.uint8), low, np.packbits(unary)])
+    cost = RiceCost()
+    for part in _chunks(indices):
+        cost.add(part)
+    writer = RiceWriter(cost.parameter())
+    writer.add(indices)
+    return writer.finish()
 
 
 def _read_low_bits(data: np.ndarray, count: int, b: int) -> np.ndarray:

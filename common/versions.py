@@ -18,6 +18,7 @@ from fedelta.common.delta import Delta, Dense, apply_delta, state_hash
 
 SNAPSHOT = "snapshot"
 MERGED = "merged"
+MERGED_META = {"kind": MERGED}  # the metadata a merged delta carries
 FROM_SNAPSHOT = -1
 
 
@@ -78,13 +79,13 @@ class VersionMismatch(ValueError):
 
 def encode_snapshot(params: Mapping[str, torch.Tensor]) -> bytes:
     """The full weights as one fp32 blob."""
-    delta = Delta({name: Dense(value.detach().clone()) for name, value in params.items()})
+    delta = Delta({name: Dense(value.detach()) for name, value in params.items()})
     return encode(delta, base="", values="fp32", meta={"kind": SNAPSHOT})
 
 
 def encode_merged(delta: Delta, base: str, values: str = "fp32") -> bytes:
     """A merged update for weights with hash ``base``, values as ``values`` (fp32 keeps them exactly)."""
-    return encode(delta, base=base, values=values, meta={"kind": MERGED})
+    return encode(delta, base=base, values=values, meta=MERGED_META)
 
 
 def load_snapshot(params: Mapping[str, torch.Tensor], snapshot: Delta) -> None:

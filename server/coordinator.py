@@ -16,7 +16,7 @@ from fedelta.common import report
 from fedelta.common.codec import UPLOAD_EXPANSION, Decoded, Limits, decode
 from fedelta.common.config import Settings
 from fedelta.common.data import hold_out
-from fedelta.common.delta import Delta, apply_delta, model_params, revert_delta, state_hash
+from fedelta.common.delta import Delta, apply_delta, model_params, state_hash
 from fedelta.common.devices import placed, resolve_device
 from fedelta.common.methods import METHODS, MethodContext
 from fedelta.common.sparsity import base_pattern
@@ -280,27 +280,26 @@ class Coordinator:
         """Merge the accepted uploads into the next version, or keep the head if too few.
 
         The weights move by exactly what the stored (and sent) blob decodes to;
-        if the store cannot commit, they are moved back.
+        if the store cannot commit, they are brought back to the head from the store.
         """
         merged = self._merge(server_round)
         if merged is None:
             log.warning("round %d: fewer accepted updates than federation.min-sites; no new version", server_round)
             return None
         self._count_clips(merged.shares, server_round)
-        version_id = self.head.id + 1
-        blob, residual = self.encoder.encode(merged.delta, base=self.head.sha, seed=version_id)
-        undo = apply_delta(self.params, decode(blob, self.limits).delta)
+        parent, version_id = self.head, self.head.id + 1
         try:
+            blob, residual = self.encoder.encode_into(self.params, merged.delta, base=parent.sha, seed=version_id)
             sha = state_hash(self.params)
             every = self.settings.store.snapshot_every
             snapshot = encode_snapshot(self.params) if every and version_id % every == 0 else None
             record = {"round": server_round, "version": version_id, "version_sha256": sha, **self.tally.counters()}
             self.head = self.store.commit_version(
-                parent=self.head.id, round=server_round, sha=sha, kind=MERGED, blob=blob, snapshot=snapshot,
+                parent=parent.id, round=server_round, sha=sha, kind=MERGED, blob=blob, snapshot=snapshot,
                 residual=self.encoder.residual_blob(residual, sha), record=record,
             )
         except BaseException:
-            revert_delta(self.params, undo)
+            replay_to(self.store, parent.id, self.params, self.limits)
             raise
         self._record_shares(merged.shares, server_round)
         self.encoder.residual = residual

@@ -10,12 +10,12 @@ from collections.abc import Callable, Mapping
 import torch
 
 from fedelta.common.budget import BudgetTooSmall, fit_budget
-from fedelta.common.codec import Limits, decode, encode
+from fedelta.common.codec import Limits, decode, encode, encode_and_apply
 from fedelta.common.config import DownlinkSettings
-from fedelta.common.delta import Delta, Dense
+from fedelta.common.delta import Delta, Dense, apply_delta
 from fedelta.common.feedback import Residual, left_over, with_residual
 from fedelta.common.pruning import PruneRequest, prune_delta
-from fedelta.common.versions import FROM_SNAPSHOT, Downlink, encode_merged
+from fedelta.common.versions import FROM_SNAPSHOT, MERGED_META, Downlink, encode_merged
 from fedelta.server.store import Version, VersionStore
 
 RESIDUAL = "residual"
@@ -54,6 +54,20 @@ class MergedEncoder:
         else:
             blob = encoded(pruned_at(self.settings.density))
         return blob, left_over(target, decode(blob, self.limits).delta)
+
+    def encode_into(self, params: Mapping[str, torch.Tensor], merged: Delta, *, base: str,
+                    seed: int) -> tuple[bytes, Residual]:
+        """:meth:`encode`, adding what the blob decodes to into ``params``; takes the entries out of ``merged``.
+
+        Sent whole (the default), the merged delta is encoded and added tensor by
+        tensor in chunks (:func:`~fedelta.common.codec.encode_and_apply`), so the
+        commit needs about no memory beyond the merged delta at any number of sites.
+        """
+        if not self.settings.compressed:
+            return encode_and_apply(merged, params, base=base, values="fp32", meta=MERGED_META), {}
+        blob, residual = self.encode(merged, base=base, seed=seed)
+        apply_delta(params, decode(blob, self.limits).delta)
+        return blob, residual
 
     def _within_budget(self, pruned_at: Callable[[float], Delta], encoded: Callable[[Delta], bytes]) -> bytes:
         """The merged delta as pruned to fit ``downlink.budget-bytes``; if nothing fits, its smallest form, with a

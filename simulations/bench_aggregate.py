@@ -8,8 +8,10 @@ and adds each into one accumulator, and forms the merged delta. It reports
 ``peak_extra_bytes`` (peak RSS during that, minus RSS after building the
 base), ``peak_extra_over_model``, and ``seconds_vs_dense_pass`` (aggregation
 time over one dense fp32 add pass across the whole model, timed in the same
-process), plus the same peak for the commit that follows (encode the merged
-delta, decode it, apply it), for reference.
+process), plus the same peak for the commit that follows as the server makes
+it (``commit_peak_extra_over_model``: the merged delta encoded and added into the
+weights tensor by tensor, in chunks) and the larger of the two
+(``round_peak_extra_over_model``).
 """
 
 from __future__ import annotations
@@ -68,10 +70,10 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
     import torch
 
     from fedelta.common.codec import Limits, decode
-    from fedelta.common.config import AggregateSettings
-    from fedelta.common.delta import apply_delta, check_delta_fits
-    from fedelta.common.versions import encode_merged
+    from fedelta.common.config import AggregateSettings, DownlinkSettings
+    from fedelta.common.delta import check_delta_fits
     from fedelta.common.aggregation import make_aggregator
+    from fedelta.server.downlink import MergedEncoder
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
@@ -93,11 +95,13 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
     merged = merger.result()
     seconds = time.perf_counter() - started
     peak = _status_bytes("VmHWM")
-    blob = encode_merged(merged, base=BASE_SHA)
-    del merged, merger
-    apply_delta(base, decode(blob, limits).delta)
+    del merger
+    _reset_peak()
+    started = time.perf_counter()
+    blob, _ = MergedEncoder(DownlinkSettings(), 0, limits).encode_into(base, merged, base=BASE_SHA, seed=1)
+    commit_seconds = time.perf_counter() - started
     commit_peak = _status_bytes("VmHWM")
-    del blob
+    del blob, merged
     gc.collect()
     scratch = {name: torch.zeros_like(p) for name, p in base.items()}
     passes = []
@@ -118,7 +122,9 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
         "seconds": round(seconds, 3),
         "dense_pass_seconds": round(dense_pass, 4),
         "seconds_vs_dense_pass": round(seconds / dense_pass, 1),
+        "commit_seconds": round(commit_seconds, 3),
         "commit_peak_extra_over_model": round((commit_peak - baseline) / model_bytes, 3),
+        "round_peak_extra_over_model": round((max(peak, commit_peak) - baseline) / model_bytes, 3),
     }
 
 

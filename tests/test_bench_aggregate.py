@@ -12,7 +12,7 @@ from fedelta.simulations.shapes import minilm_shapes
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def test_aggregation_memory_stays_within_one_and_a_half_models():
+def test_aggregation_and_commit_memory_stay_within_one_and_a_half_models():
     command = [sys.executable, "-m", "fedelta.simulations.bench_aggregate", "--sites", "4,16", "--json"]
     done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -24,5 +24,8 @@ def test_aggregation_memory_stays_within_one_and_a_half_models():
     for row in report["rows"]:
         assert row["model_bytes"] == 4 * numel and row["kept_entries"] == row["sites"] * per_site
         assert 0 < row["peak_extra_bytes"] <= 1.5 * row["model_bytes"]
+        assert 0 < row["commit_peak_extra_over_model"] <= 1.5
+        assert row["round_peak_extra_over_model"] == max(row["peak_extra_over_model"],
+                                                         row["commit_peak_extra_over_model"])
         assert row["peak_extra_over_model"] == round(row["peak_extra_bytes"] / row["model_bytes"], 3)
         assert row["seconds_vs_dense_pass"] > 0

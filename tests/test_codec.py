@@ -6,8 +6,11 @@ import safetensors.torch
 import torch
 import zstandard
 
-from fedelta.common.codec import FORMAT, PREVIOUS_FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_index_gaps
-from fedelta.common.delta import Delta, Dense, SeededMask, Sparse, seeded_mask
+from fedelta.common import codec
+from fedelta.common.codec import (
+    FORMAT, PREVIOUS_FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_and_apply, encode_index_gaps,
+)
+from fedelta.common.delta import Delta, Dense, SeededMask, Sparse, apply_delta, seeded_mask
 from fedelta.common.pruning import PruneRequest, prune_delta
 
 LIMITS = Limits(max_bytes=1 << 20, max_elements=100_000)
@@ -265,3 +268,52 @@ def test_the_same_delta_encodes_to_the_same_bytes(values):
     loaded = safetensors.torch.load(raw)  # the safetensors library reads it
     assert {"w.dense/values", "w.sparse/indices", "w.seeded/values"} <= loaded.keys()
     assert loaded["w.dense/values"].numel() == 12 and loaded["w.sparse/indices"].dtype == torch.uint8
+
+
+def _merged_like(seed: int) -> dict[str, torch.Tensor]:
+    """Dense fp32 tensors as an aggregator leaves them: some untouched (all +0.0), some partly and some fully
+    touched, with a -0.0 that must travel."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, numel, density in (("zeros", 300, 0.0), ("few", 5000, 0.002), ("some", 9000, 0.3),
+                                 ("most", 7000, 0.9), ("all", 2500, 1.0), ("one", 1, 1.0)):
+        values = torch.randn(numel, generator=generator)
+        values[torch.rand(numel, generator=generator) >= density] = 0.0
+        out[name] = values.reshape(-1, 50) if numel % 50 == 0 else values
+    out["some"].view(-1)[7] = -0.0
+    return out
+
+
+@pytest.mark.parametrize("values", ["fp32", "fp16", "bf16"])
+def test_encode_and_apply_in_chunks_matches_encode_then_apply_bit_for_bit(values, monkeypatch):
+    monkeypatch.setattr(codec, "CHUNK", 1000)  # several chunks per tensor, and tensors of one chunk
+    tensors = _merged_like(3)
+    generator = torch.Generator().manual_seed(4)
+    base = {name: torch.randn(value.shape, generator=generator) for name, value in tensors.items()}
+    base["zeros"].view(-1)[:3] = torch.tensor([0.0, -0.0, 1.0])
+    expected_params = {name: value.clone() for name, value in base.items()}
+    expected = encode(Delta({n: Dense(v.clone()) for n, v in tensors.items()}), base="b" * 64, values=values,
+                      meta={"kind": "merged"})
+    apply_delta(expected_params, decode(expected, LIMITS).delta)
+
+    params = {name: value.clone() for name, value in base.items()}
+    delta = Delta({n: Dense(v) for n, v in tensors.items()})
+    blob = encode_and_apply(delta, params, base="b" * 64, values=values, meta={"kind": "merged"})
+
+    assert blob == expected
+    assert not delta.entries  # taken out as encoded
+    for name in base:
+        assert torch.equal(params[name].view(torch.int32), expected_params[name].view(torch.int32)), name
+    kinds = {name: type(entry).__name__ for name, entry in decode(blob, LIMITS).delta.entries.items()}
+    assert kinds["few"] == "Sparse" and kinds["all"] == "Dense" and kinds["zeros"] == "Sparse"
+
+
+def test_encode_and_apply_refuses_what_it_cannot_do_in_chunks_and_leaves_the_weights():
+    params = {"w": torch.ones(4)}
+    with pytest.raises(ValueError, match="without a scale"):
+        encode_and_apply(Delta({"w": Dense(torch.ones(4))}), params, base="", values="int8")
+    with pytest.raises(TypeError, match="dense entries"):
+        encode_and_apply(Delta({"w": Sparse((4,), torch.tensor([1]), torch.ones(1))}), params, base="")
+    with pytest.raises(ValueError, match="non-finite"):
+        encode_and_apply(Delta({"w": Dense(torch.tensor([1.0, float("nan"), 0.0, 0.0]))}), params, base="")
+    assert torch.equal(params["w"], torch.ones(4))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from rounds import evaluate_all, open_federation, run_rounds
+from rounds import evaluate_all, open_federation, run_rounds, train_all
 
 from fedelta.common.codec import Limits, decode
 from fedelta.common.config import DownlinkSettings, Settings
@@ -82,3 +82,18 @@ def test_compressed_downlink_keeps_sites_bit_identical_and_its_residual_survives
 def test_bad_server_settings_name_the_field(overrides, fragment):
     with pytest.raises(ValueError, match=fragment):
         Settings().with_overrides(overrides)
+
+
+def test_a_commit_the_store_refuses_brings_the_weights_back_to_the_head(tiny_settings, tmp_path, monkeypatch):
+    with open_federation(tiny_settings, tmp_path) as (coordinator, sites):
+        run_rounds(coordinator, sites, range(1, 2))
+        head = coordinator.head
+        train_all(coordinator, sites, 2)
+
+        def refuse(**fields):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(coordinator.store, "commit_version", refuse)
+        with pytest.raises(OSError, match="disk full"):
+            coordinator.commit(2)
+        assert coordinator.head == head and state_hash(coordinator.params) == head.sha
