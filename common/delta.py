@@ -56,13 +56,6 @@ class Delta:
         return {name: entry.to_dense() for name, entry in self.entries.items()}
 
 
-@dataclass(frozen=True)
-class Undo:
-    """What :func:`apply_delta` overwrote, so :func:`revert_delta` restores it bit for bit."""
-
-    saved: Mapping[str, tuple[torch.Tensor | None, torch.Tensor]]
-
-
 def check_delta_fits(params: Mapping[str, torch.Tensor], delta: Delta) -> None:
     """Raise ``ValueError`` unless every entry names a known parameter of the right shape
     and carries only finite values."""
@@ -89,32 +82,15 @@ def all_finite(values: torch.Tensor) -> bool:
                for start in range(0, flat.numel(), FINITE_CHUNK))
 
 
-def apply_delta(params: Mapping[str, torch.Tensor], delta: Delta) -> Undo:
-    """Add ``delta`` into ``params`` in place and return how to undo it.
+def apply_delta(params: Mapping[str, torch.Tensor], delta: Delta) -> None:
+    """Add ``delta`` into ``params`` in place.
 
     The whole delta is checked first, so a bad delta leaves ``params`` untouched.
     """
     check_delta_fits(params, delta)
-    saved: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
     with torch.no_grad():
         for name in delta.names():
-            entry, target = delta.entries[name], params[name]
-            positions = entry.positions()
-            flat = target.view(-1)
-            saved[name] = (positions, flat.clone() if positions is None else flat[positions].clone())
-            add_entry(target, entry)
-    return Undo(saved)
-
-
-def revert_delta(params: Mapping[str, torch.Tensor], undo: Undo) -> None:
-    """Restore exactly the values :func:`apply_delta` overwrote."""
-    with torch.no_grad():
-        for name, (positions, values) in undo.saved.items():
-            flat = params[name].view(-1)
-            if positions is None:
-                flat.copy_(values)
-            else:
-                flat[positions] = values
+            add_entry(params[name], delta.entries[name])
 
 
 def extract_delta(

@@ -2,6 +2,7 @@
 
 import json
 import re
+from math import prod
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,10 @@ from fedelta.common.config import PruneSettings
 from fedelta.common.pruning import PRUNERS
 from fedelta.common.model import model_name
 from fedelta.common.report import human_bytes, portable_path, portable_paths
-from fedelta.simulations.experiments import darex_extreme, frontier, llm_frontier, perp, scale, sparse_base
+from fedelta.simulations.experiments import (
+    budget_sweep, darex_extreme, frontier, llm_frontier, perp, scale, sparse_base, thousandfold,
+)
+from fedelta.simulations.shapes import minilm_shapes
 from fedelta.simulations.experiments.__main__ import update_results_md
 from fedelta.simulations.experiments.harness import frontier as frontier_points
 from fedelta.simulations.experiments.harness import run_experiment
@@ -30,9 +34,16 @@ def _stub_experiment() -> SimpleNamespace:
                            plot=lambda done, path: None)
 
 
-def _run_quick(module, tmp_path: Path):
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory) -> Path:
+    """One runs folder for the quick modes whose references have the same settings, so they run once."""
+    return tmp_path_factory.mktemp("experiments")
+
+
+def _run_quick(module, tmp_path: Path, runs: Path | None = None):
     results = tmp_path / "results"
-    outcomes = run_experiment(module, quick=True, backend="inprocess", runs=tmp_path / "runs", results=results)
+    runs = tmp_path / "runs" if runs is None else runs / module.NAME
+    outcomes = run_experiment(module, quick=True, backend="inprocess", runs=runs, results=results)
     section = (results / "section.md").read_text()
     assert section.startswith(f"## {module.TITLE} (quick mode)")
     assert "Code of commit `" in section and "seed 0" in section
@@ -164,8 +175,8 @@ def test_a_run_with_the_same_settings_in_another_experiment_is_copied_not_run_ag
         execute(Run("c", {**QUICK, "seed": 1}), shared / "two" / "c", "inprocess", shared=shared)
 
 
-def test_frontier_quick_mode(tmp_path):
-    outcomes, section = _run_quick(frontier, tmp_path)
+def test_frontier_quick_mode(tmp_path, shared_runs):
+    outcomes, section = _run_quick(frontier, tmp_path, shared_runs)
     labels = [o.run.label for o in outcomes]
     assert labels == [r.label for r in frontier.plan(quick=True)]
     assert {"reference: centralized full", "reference: federated full, uncompressed"} <= set(labels)
@@ -262,3 +273,83 @@ def test_the_flower_backend_runs_fedelta_simulate(tmp_path):
     assert outcome.summary["rounds"] == QUICK["rounds"] and not outcome.refused
     rows = outcome.trained_rows()
     assert rows and all(row["server_rss_bytes"] > 0 and row["server_peak_rss_bytes"] > 0 for row in rows)
+
+
+def _stub_plan_module(runs: list[Run]) -> SimpleNamespace:
+    module = _stub_experiment()
+    module.plan = lambda quick: runs
+    module.table = lambda done: "\n".join(f"| {o.run.label} | {o.accuracy:.3f} |" for o in done)
+    return module
+
+
+def test_an_interrupted_experiment_resumes_from_its_recorded_outcomes(tmp_path, monkeypatch):
+    plan = [Run("first", {"seed": 0}), Run("second", {"seed": 0, "rounds": 2})]
+    module = _stub_plan_module(plan)
+    started: list[str] = []
+
+    def finish(run, out, backend, shared=None):
+        started.append(run.label)
+        if run.label == "second" and started.count("second") == 1:
+            raise KeyboardInterrupt  # the sitting ends during the second run
+        accuracy = 0.5 + 0.1 * len(started)
+        summary = {"final_accuracy": accuracy, "total_upload_bytes": 10, "config": {"seed": 0}}
+        return runner.Outcome(run, summary, [{"round": 1}], 2.0,
+                              revision="1" * 40)
+
+    monkeypatch.setattr(runner, "execute", finish)
+    results = tmp_path / "results"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(module, quick=True, backend="inprocess", runs=tmp_path / "runs", results=results)
+    section = (results / "section.md").read_text()
+    assert "In progress: 1 of 2 planned runs finished" in section and "| first | 0.600 |" in section
+
+    outcomes = run_experiment(module, quick=True, backend="inprocess", runs=tmp_path / "other", results=results)
+
+    assert started == ["first", "second", "second"]  # the first run was not started again
+    assert [(o.run.label, o.accuracy, o.reused) for o in outcomes] == [("first", 0.6, True), ("second", 0.8, False)]
+    assert "In progress" not in (results / "section.md").read_text()
+    changed = _stub_plan_module([Run("first", {"seed": 0, "rounds": 3}), plan[1]])
+    run_experiment(changed, quick=True, backend="inprocess", runs=tmp_path / "other", results=results)
+    assert started[-1] == "first"  # a recorded run with other settings runs again
+
+
+def test_the_longer_schedule_takes_a_thousand_site_steps_where_it_exists(tmp_path):
+    from fedelta.simulations.experiments.__main__ import main
+
+    for module in (frontier, darex_extreme, perp):
+        for run in module.plan(quick=False, long=True):
+            settings = runner.defaults().with_overrides(run.overrides)
+            steps = settings.rounds * settings.local.steps * settings.federation.sites_per_round
+            assert steps == 1000 and settings.data.test_size == 1000, run.label
+    assert [r.overrides for r in frontier.plan(quick=False, long=True)
+            if "reference" in r.tags] == [r.overrides for r in thousandfold.plan(quick=False) if "reference" in r.tags]
+    with pytest.raises(SystemExit, match="no longer schedule"):
+        main(["run", "scale", "--long", "--runs", str(tmp_path)])
+
+
+def test_thousandfold_quick_mode_judges_each_run_against_the_uncompressed_federation(tmp_path, shared_runs):
+    outcomes, section = _run_quick(thousandfold, tmp_path, shared_runs)
+    reference = thousandfold.reference(outcomes)
+    assert reference is not None and reference.run.label == "reference: federated full, uncompressed"
+    for outcome in outcomes:
+        summary = outcome.summary
+        down = summary["total_dense_update_bytes"] / summary["total_downlink_bytes"]
+        meets = ("candidate" in outcome.run.tags and summary["upload_reduction"] >= 1000 and down >= 100
+                 and outcome.accuracy >= reference.accuracy - 0.01)
+        assert thousandfold.meets_bar(outcome, reference) == meets
+        assert f"| {outcome.run.label} | {outcome.accuracy:.3f} |" in section
+    assert thousandfold.MINILM_DELTA_BYTES == 4 * sum(prod(shape) for shape in minilm_shapes().values())
+    site_deltas = sum(row["sites"] for row in outcomes[0].trained_rows())
+    assert thousandfold.QUICK_DELTA_BYTES * site_deltas == outcomes[0].summary["total_dense_update_bytes"]
+
+
+def test_budget_sweep_quick_mode_keeps_every_upload_within_its_budget(tmp_path, shared_runs):
+    outcomes, section = _run_quick(budget_sweep, tmp_path, shared_runs)
+    budgeted = [o for o in outcomes if "budget" in o.run.tags]
+    assert budgeted and all(o.run.overrides["upload.budget-bytes"] == o.run.tags["budget"] for o in budgeted)
+    for outcome in budgeted:
+        for row in outcome.trained_rows():
+            assert 0 < row["upload_bytes"] <= row["sites"] * outcome.run.tags["budget"]
+            assert 0 < row["site_budget_keep"] <= 1
+        assert f"| {outcome.run.label} | {outcome.accuracy:.3f} |" in section
+    assert {o.run.tags.get("reference") for o in outcomes} >= {"federated", "centralized"}

@@ -1,6 +1,6 @@
 """``python -m fedelta.simulations.experiments``: run an experiment, or put the results into simulations/RESULTS.md.
 
-    python -m fedelta.simulations.experiments run NAME [--quick] [--backend flower|inprocess] [--runs DIR] [--results DIR]
+    python -m fedelta.simulations.experiments run NAME [--quick | --long] [--backend flower|inprocess] [--runs DIR] [--results DIR]
     python -m fedelta.simulations.experiments results [--results-md FILE]
     python -m fedelta.simulations.experiments list
 """
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-EXPERIMENTS = ("frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier", "thousandfold")
+EXPERIMENTS = ("frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier", "thousandfold", "budget_sweep")
 BEGIN, END = "<!-- experiment:{} -->", "<!-- /experiment:{} -->"
 
 
@@ -27,7 +27,7 @@ def update_results_md(results_md: Path, results_dir: Path) -> list[str]:
     """Replace (or append) each experiment's marked section with its ``section.md``; returns the names written."""
     text = results_md.read_text() if results_md.is_file() else "# Results\n"
     written = []
-    for name in EXPERIMENTS:
+    for name in (variant for experiment in EXPERIMENTS for variant in (experiment, f"{experiment}-long")):
         section = results_dir / name / "section.md"
         if not section.is_file():
             continue

@@ -8,6 +8,10 @@ runs with AdamW only
 (36 federations, and the same federation unpruned with each optimizer as the
 reference). Combinations the settings refuse (error feedback with a rescaling
 pruner) are listed as such.
+
+Longer schedule (``--long``): 10 rounds x 25 local steps (1,000 site steps),
+1,000 test reviews; DARE and DAREx-q (both q modes) at p = 0.99 and 0.999 with
+AdamW, and the unpruned federation: 7 federations.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from fedelta.simulations.experiments.runner import QUICK, Outcome, Run
 NAME = "darex_extreme"
 TITLE = "DAREx at the extreme: pruners at p = 0.9, 0.99, 0.999"
 FULL = {"rounds": 3, "local.steps": 8, "data.test-size": 500, "local.lr": 3e-4}
+LONG = {**FULL, "rounds": 10, "local.steps": 25, "data.test-size": 1000}  # 1,000 site steps in all
+# The longer schedule re-tests the claim itself (DAREx-q recovers what DARE loses at p >= 0.99) with AdamW only.
+LONG_PRUNERS, LONG_DROPS, LONG_OPTIMIZERS = ("dare", "darex-q unlabelled", "darex-q labelled"), (0.99, 0.999), ("adamw",)
 PRUNERS: dict[str, dict[str, Any]] = {
     "dare": {"prune.name": "dare"},
     "darex-q unlabelled": {"prune.name": "darex-q", "prune.q-mode": "unlabelled"},
@@ -35,18 +42,18 @@ LINE_BY_OPTIMIZER = {"adamw": "-", "adamr": "--"}
 QUICK_PRUNERS = ("dare", "darex-q unlabelled", "magnitude")
 
 
-def plan(quick: bool) -> list[Run]:
-    base = dict(QUICK) if quick else dict(FULL)
-    pruners = QUICK_PRUNERS if quick else tuple(PRUNERS)
-    drops = (0.99,) if quick else DROPS
-    optimizers = ("adamr",) if quick else OPTIMIZERS
+def plan(quick: bool, long: bool = False) -> list[Run]:
+    base = dict(QUICK) if quick else dict(LONG if long else FULL)
+    pruners = QUICK_PRUNERS if quick else LONG_PRUNERS if long else tuple(PRUNERS)
+    drops = (0.99,) if quick else LONG_DROPS if long else DROPS
+    optimizers = ("adamr",) if quick else LONG_OPTIMIZERS if long else OPTIMIZERS
     runs = [Run(f"no pruning, {optimizer}", {**base, "prune.name": "none", "optimizer.name": optimizer},
                 {"pruner": "none", "drop": 0.0, "optimizer": optimizer, "feedback": False})
             for optimizer in optimizers]
     for pruner in pruners:
         for drop in drops:
             for optimizer in optimizers:
-                for feedback in (False,) if quick else FEEDBACK_BY_OPTIMIZER[optimizer]:
+                for feedback in (False,) if quick or long else FEEDBACK_BY_OPTIMIZER[optimizer]:
                     label = f"{pruner}, p={drop:g}, {optimizer}{', feedback' if feedback else ''}"
                     overrides = {**base, **PRUNERS[pruner], "prune.drop": drop, "optimizer.name": optimizer,
                                  "feedback.enabled": feedback}
@@ -55,8 +62,8 @@ def plan(quick: bool) -> list[Run]:
     return runs
 
 
-def describe(quick: bool) -> str:
-    base = QUICK if quick else {"model.path": "MiniLM", "data.name": "rotten-tomatoes", **FULL}
+def describe(quick: bool, long: bool = False) -> str:
+    base = QUICK if quick else {"model.path": "MiniLM", "data.name": "rotten-tomatoes", **(LONG if long else FULL)}
     return (f"Full fine-tuning with {overrides_text(base)}; every round each site prunes its delta with the "
             "row's pruner and drop rate p (the fraction of entries dropped). AdamR decays toward the round's base "
             "weights (optimizer.lambda = 0.1). Error feedback (where the pruner allows it) was run with AdamW "

@@ -8,6 +8,8 @@ whole, which no pruner touches);
 references: centralized full fine-tuning (one site holding all the training
 data, as many optimizer steps as the federation takes in all) and uncompressed
 federated full fine-tuning (fp32, no pruning).
+Longer schedule (``--long``): 10 rounds x 25 local steps (1,000 site steps in
+all, as many as about 1,000 centralized steps), 1,000 test reviews.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, defaults
 NAME = "frontier"
 TITLE = "Methods frontier: accuracy against upload bytes"
 FULL = {"federation.num-sites": 8, "federation.fraction-train": 0.5, "rounds": 6, "local.steps": 12}
+LONG = {**FULL, "rounds": 10, "local.steps": 25, "data.test-size": 1000}  # 1,000 site steps in all
 PRUNING: dict[str, dict[str, Any]] = {
     "none": {"prune.name": "none"},
     "dare p=0.9": {"prune.name": "dare", "prune.drop": 0.9},
@@ -34,8 +37,8 @@ FULL_PRUNING_OTHERS = ("none", "dare p=0.9")
 QUICK_GRID = {"full": ("dare p=0.9",), "lnbias": ("none",)}
 
 
-def plan(quick: bool) -> list[Run]:
-    base = dict(QUICK) if quick else dict(FULL)
+def plan(quick: bool, long: bool = False) -> list[Run]:
+    base = dict(QUICK) if quick else dict(LONG if long else FULL)
     grid = QUICK_GRID if quick else {method: FULL_PRUNING_BY_METHOD.get(method, FULL_PRUNING_OTHERS)
                                      for method in METHOD_RUNS}
     runs = []
@@ -56,10 +59,10 @@ def plan(quick: bool) -> list[Run]:
     return runs
 
 
-def describe(quick: bool) -> str:
+def describe(quick: bool, long: bool = False) -> str:
     if quick:
         return f"Quick configuration (tiny BERT): {overrides_text(QUICK)}."
-    return (f"MiniLM on Rotten Tomatoes, sites non-IID by movie, {overrides_text(FULL)}, default settings "
+    return (f"MiniLM on Rotten Tomatoes, sites non-IID by movie, {overrides_text(LONG if long else FULL)}, default settings "
             "otherwise; each method's learning rate as in the methods comparison. Upload bytes are the total "
             "over all rounds and sites. The centralized reference is one site holding all the training data, taking "
             "as many optimizer steps per round as the sampled sites take together; it sends nothing and is not on "

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from fedelta.common.report import portable_paths
-from fedelta.simulations.experiments.runner import BACKENDS, Outcome, refusal, run_all
+from fedelta.simulations.experiments.runner import BACKENDS, Outcome, Run, refusal, run_all, run_key
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 RUNS_DIR = Path("runs") / "experiments"
@@ -59,8 +59,12 @@ def overrides_text(overrides: dict[str, Any]) -> str:
     return ", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "-"
 
 
-def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, results: Path, backend: str) -> Path:
-    """section.md, plot.png and outcomes.json of one experiment; returns the section's path."""
+def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, results: Path, backend: str, *,
+                  long: bool = False, planned: int | None = None) -> Path:
+    """section.md, plot.png and outcomes.json of one experiment; returns the section's path.
+
+    With ``planned`` larger than the outcomes, the section says how many runs are still to come.
+    """
     results.mkdir(parents=True, exist_ok=True)
     done = [o for o in outcomes if not o.refused]
     if done:
@@ -70,16 +74,21 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
         if outcome.refused:
             labels_by_reason.setdefault(outcome.refused, []).append(outcome.run.label)
     refused = [f"- {'; '.join(labels)}: {reason}" for reason, labels in labels_by_reason.items()]
+    mode = " (quick mode)" if quick else " (longer schedule)" if long else ""
+    flags = (" --quick" if quick else "") + (" --long" if long else "")
     lines = [
-        f"## {module.TITLE}{' (quick mode)' if quick else ''}",
+        f"## {module.TITLE}{mode}",
         "",
-        f"`python -m fedelta.simulations.experiments run {module.NAME}{' --quick' if quick else ''} --backend {backend}`. "
+        f"`python -m fedelta.simulations.experiments run {module.NAME}{flags} --backend {backend}`. "
         f"{provenance(done, backend)}",
         "",
-        module.describe(quick),
+        module.describe(quick, long) if long else module.describe(quick),
         "",
         module.table(done) if done else "No run finished.",
     ]
+    if planned is not None and planned > len(outcomes):
+        lines += ["", f"**In progress: {len(outcomes)} of {planned} planned runs finished.** The same command runs "
+                  "the rest, reusing the runs recorded in this folder's outcomes.json."]
     if refused:
         lines += ["", "Not run (the settings refuse the combination, or this code lacks the unit):", "", *refused]
     if done:
@@ -96,23 +105,53 @@ def _record(outcome: Outcome) -> dict[str, Any]:
     return portable_paths({
         "label": outcome.run.label, "overrides": outcome.run.overrides, "tags": outcome.run.tags,
         "refused": outcome.refused, "commit": outcome.revision, "seconds": outcome.seconds, "summary": summary,
-        "rows": outcome.rows,
+        "seed": outcome.summary.get("config", {}).get("seed"), "rows": outcome.rows,
     })
 
 
-def run_experiment(module: ModuleType, *, quick: bool, backend: str, runs: Path, results: Path) -> list[Outcome]:
-    """Plan and execute every run of ``module``, then write its results folder."""
+def recorded_outcomes(path: Path) -> dict[str, Outcome]:
+    """The finished runs an earlier (perhaps interrupted) sitting recorded in ``outcomes.json``, by
+    :func:`~fedelta.simulations.experiments.runner.run_key`; none when the file does not exist."""
+    if not path.is_file():
+        return {}
+    found = {}
+    for record in json.loads(path.read_text()):
+        if record.get("refused") or record.get("seed") is None or not record.get("summary"):
+            continue
+        run = Run(record["label"], record["overrides"], record.get("tags", {}))
+        found[run_key(run)] = Outcome(run, {**record["summary"], "config": {"seed": record["seed"]}}, record["rows"],
+                                      record.get("seconds", 0.0), revision=record["commit"], reused=True)
+    return found
+
+
+def run_experiment(module: ModuleType, *, quick: bool, backend: str, runs: Path, results: Path,
+                   long: bool = False) -> list[Outcome]:
+    """Plan and execute every run of ``module``, then write its results folder.
+
+    Runs recorded in the results folder's outcomes.json with the same label and
+    settings are not run again, and the folder is rewritten after every run, so
+    an interrupted experiment resumes where it stopped, on this machine or on
+    another with the committed results.
+    """
     if hasattr(module, "outcomes"):
         outcomes = module.outcomes(quick, runs, backend)
     else:
-        outcomes = run_all(module.plan(quick), runs, backend)
-    section = write_results(module, outcomes, quick, results, backend)
+        plan = module.plan(quick, long) if long else module.plan(quick)
+
+        def progress(done: list[Outcome]) -> None:
+            write_results(module, done, quick, results, backend, long=long, planned=len(plan))
+
+        outcomes = run_all(plan, runs, backend, recorded=recorded_outcomes(results / "outcomes.json"),
+                           progress=progress)
+    section = write_results(module, outcomes, quick, results, backend, long=long)
     print(section.read_text())
     return outcomes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, few runs, in process: seconds (for tests)")
+    parser.add_argument("--long", action="store_true", help="the longer schedule (frontier, darex_extreme, perp: "
+                        "10 rounds x 25 local steps, 1,000 test reviews); results go to simulations/results/NAME-long")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="flower (fedelta simulate subprocesses; the full mode's default) or inprocess "
                         "(the quick mode's default)")
@@ -127,19 +166,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_for(module: ModuleType, args: argparse.Namespace) -> int:
-    name = module.NAME + ("-quick" if args.quick else "")
+    long = bool(getattr(args, "long", False))
+    if long and not hasattr(module, "LONG"):
+        raise SystemExit(f"{module.NAME} has no longer schedule; --long works with "
+                         "frontier, darex_extreme and perp")
+    name = module.NAME + ("-long" if long else "") + ("-quick" if args.quick else "")
     runs = Path(args.runs) if args.runs else RUNS_DIR / name
-    default_results = runs / "results" if args.quick else RESULTS_DIR / module.NAME
+    default_results = runs / "results" if args.quick else RESULTS_DIR / (module.NAME + ("-long" if long else ""))
     results = Path(args.results) if args.results else default_results
     backend = args.backend or ("inprocess" if args.quick else "flower")
     if args.shard:
         index, count = parse_shard(args.shard)
         if not hasattr(module, "plan"):
             raise SystemExit(f"{module.NAME} prepares inputs between its runs and cannot be split with --shard")
-        accepted = [run for run in module.plan(args.quick) if not refusal(run.overrides)]
+        plan = module.plan(args.quick, long) if long else module.plan(args.quick)
+        accepted = [run for run in plan if not refusal(run.overrides)]
         run_all(accepted[index::count], runs, backend)
         return 0
-    run_experiment(module, quick=args.quick, backend=backend, runs=runs, results=results)
+    run_experiment(module, quick=args.quick, backend=backend, runs=runs, results=results, long=long)
     return 0
 
 

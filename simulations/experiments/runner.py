@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,17 +192,31 @@ def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
         store.close()
 
 
-def run_all(runs: list[Run], out: Path, backend: str) -> list[Outcome]:
-    """Every run in turn, each in ``out/<label>``, printing one line per run."""
+def run_key(run: Run) -> str:
+    """A planned run's label and settings as comparable text."""
+    return json.dumps([run.label, run.overrides], sort_keys=True, default=str)
+
+
+def run_all(runs: list[Run], out: Path, backend: str, *, recorded: dict[str, Outcome] | None = None,
+            progress: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
+    """Every run in turn, each in ``out/<label>``, printing one line per run.
+
+    A run found in ``recorded`` (by :func:`run_key`) is taken from there;
+    ``progress`` is called with the outcomes so far after each run.
+    """
     outcomes = []
     for index, run in enumerate(runs, 1):
         print(f"[{index}/{len(runs)}] {run.label} ...", flush=True)
-        outcome = execute(run, out / slug(run.label), backend, shared=out.parent)
+        known = (recorded or {}).get(run_key(run))
+        outcome = known if known is not None else execute(run, out / slug(run.label), backend, shared=out.parent)
         outcomes.append(outcome)
+        if progress is not None:
+            progress(outcomes)
         if outcome.refused:
             print(f"  refused: {outcome.refused}", flush=True)
         else:
-            reused = " (reused: the same settings ran in another experiment)" if outcome.reused else ""
+            reused = (" (recorded in outcomes.json)" if known is not None
+                      else " (reused: the same settings ran in another experiment)" if outcome.reused else "")
             print(f"  accuracy {outcome.accuracy:.3f}, upload {report.human_bytes(outcome.upload_bytes)}, "
                   f"{outcome.seconds:.0f} s{reused}", flush=True)
     return outcomes

@@ -16,16 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 from fedelta.common.report import human_bytes
+from fedelta.simulations.experiments import frontier
 from fedelta.simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
 from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, defaults
 
 NAME = "thousandfold"
 TITLE = "Three orders of magnitude: 1,000x less up, 100x less down"
-FULL = {"federation.num-sites": 8, "federation.fraction-train": 0.5, "rounds": 10, "local.steps": 25,
-        "data.test-size": 1000}
+FULL = dict(frontier.LONG)  # the frontier's longer schedule: its uncompressed and centralized runs are shared
 UP_TARGET, DOWN_TARGET, POINTS_TARGET = 1000.0, 100.0, 0.01
 MINILM_DELTA_BYTES = 90_855_944  # a dense fp32 delta of MiniLM with its 2-class head
-QUICK_DELTA_BYTES = 1_800_000  # the same for the quick mode's tiny BERT, rounded
+QUICK_DELTA_BYTES = 4_045_704  # the same for the quick mode's tiny BERT
 
 
 def candidates(delta_bytes: int) -> dict[str, dict[str, Any]]:
