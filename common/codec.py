@@ -23,10 +23,10 @@ wrong.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from math import prod
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import safetensors.torch
@@ -90,9 +90,14 @@ def encode(
     described: dict[str, dict[str, Any]] = {}
     for name in delta.names():
         entry = wire_form(delta.entries[name], quantizer)
+        if isinstance(entry, SeededMask) and entry.name != name:
+            raise ValueError(f"entry {name!r} carries a seeded mask drawn for {entry.name!r}: the receiver draws "
+                             f"its positions from the name it is sent under")
         described[name] = _describe(entry)
         tensors.update(_entry_tensors(name, entry, quantizer))
-    return bytes(_compress(_container_tensors(tensors), {**header, "entries": _entries_text(described)}, level))
+    out = bytearray()
+    _compress(_container_tensors(tensors), {**header, "entries": _entries_text(described)}, level, out.extend)
+    return bytes(out)
 
 
 def encode_and_apply(
@@ -102,7 +107,8 @@ def encode_and_apply(
     base: str,
     values: str = "fp32",
     meta: Mapping[str, str] | None = None,
-) -> bytearray:
+    sink: BinaryIO | None = None,
+) -> bytearray | None:
     """:func:`encode` a delta of dense entries and add into ``params`` exactly what the bytes decode to.
 
     Made for the server's merged delta at any number of sites: it takes the
@@ -110,8 +116,9 @@ def encode_and_apply(
     and works through each tensor in chunks of :data:`CHUNK` elements, so
     beyond ``delta`` and ``params`` it holds the encoded entries and about one
     chunk: the kept values are packed into each entry's own buffer, which this
-    overwrites. The bytes come as a bytearray, grown in place, so they exist
-    once in memory. They equal :func:`encode`'s; ``params`` end as
+    overwrites. The bytes are written to ``sink`` as they are compressed (then
+    nothing is returned), or come as a bytearray grown in place. They equal
+    :func:`encode`'s; ``params`` end as
     ``apply_delta(params, decode(bytes).delta)`` leaves them, bit for bit. The
     value type must cast each value on its own (fp32, fp16, bf16).
     """
@@ -132,10 +139,12 @@ def encode_and_apply(
         described[name], parts = _encode_dense_in_chunks(name, entry.values, quantizer, params[name])
         tensors.update(parts)
         del entry, parts
-    return _compress(tensors, {**header, "entries": _entries_text(described)}, None)
+    out = bytearray()
+    _compress(tensors, {**header, "entries": _entries_text(described)}, None, out.extend if sink is None else sink.write)
+    return out if sink is None else None
 
 
-CHUNK = 1 << 20  # elements a chunked encoding handles per step
+CHUNK = 1 << 16  # elements a chunked encoding handles per step
 STREAM_PIECE = 1 << 20  # bytes handed to the compressor per call
 
 
@@ -205,22 +214,22 @@ def _entry_tensors(name: str, entry: Entry, quantizer: Quantizer) -> dict[str, t
     return tensors
 
 
-def _compress(tensors: dict[str, torch.Tensor], header: Mapping[str, str], level: int | None) -> bytearray:
-    """The container of ``tensors`` with ``header``, zstd-compressed as one stream; takes the tensors out of
-    ``tensors`` as it writes them, so each is released once compressed."""
+def _compress(tensors: dict[str, torch.Tensor], header: Mapping[str, str], level: int | None,
+              write: Callable[[bytes], object]) -> None:
+    """The container of ``tensors`` with ``header``, zstd-compressed as one stream, handed piece by piece to
+    ``write``; takes the tensors out of ``tensors`` as it writes them, so each is released once compressed."""
     prefix, order = container_layout(tensors, header)
     size = len(prefix) + sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
     chosen = auto_level(size) if level is None else level
     compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True, write_content_size=True)
     stream = compressor.compressobj(size=size)
-    out = bytearray(stream.compress(prefix))
+    write(stream.compress(prefix))
     for key in order:
         data = tensor_bytes(tensors.pop(key))
         for start in range(0, len(data), STREAM_PIECE):  # the output per call stays about one piece
-            out += stream.compress(data[start : start + STREAM_PIECE])
+            write(stream.compress(data[start : start + STREAM_PIECE]))
         del data
-    out += stream.flush()
-    return out
+    write(stream.flush())
 
 
 def wire_form(entry: Entry, quantizer: Quantizer) -> Entry:

@@ -72,7 +72,7 @@ def check_delta_fits(params: Mapping[str, torch.Tensor], delta: Delta) -> None:
             raise ValueError(f"delta entry {name!r} carries non-finite values")
 
 
-FINITE_CHUNK = 1 << 20  # elements checked per step: the check's temporaries stay a few MB for any tensor
+FINITE_CHUNK = 1 << 16  # elements checked per step: the check's temporaries stay a few MB for any tensor
 
 
 def all_finite(values: torch.Tensor) -> bool:

@@ -289,13 +289,14 @@ class Coordinator:
         self._count_clips(merged.shares, server_round)
         parent, version_id = self.head, self.head.id + 1
         try:
-            blob, residual = self.encoder.encode_into(self.params, merged.delta, base=parent.sha, seed=version_id)
+            with self.store.blob_writer() as blob:
+                residual = self.encoder.encode_into(self.params, merged.delta, blob, base=parent.sha, seed=version_id)
             sha = state_hash(self.params)
             every = self.settings.store.snapshot_every
             snapshot = encode_snapshot(self.params) if every and version_id % every == 0 else None
             record = {"round": server_round, "version": version_id, "version_sha256": sha, **self.tally.counters()}
             self.head = self.store.commit_version(
-                parent=parent.id, round=server_round, sha=sha, kind=MERGED, blob=blob, snapshot=snapshot,
+                parent=parent.id, round=server_round, sha=sha, kind=MERGED, blob=blob.stored, snapshot=snapshot,
                 residual=self.encoder.residual_blob(residual, sha), record=record,
             )
         except BaseException:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import BinaryIO
 
 import torch
 
@@ -55,19 +56,22 @@ class MergedEncoder:
             blob = encoded(pruned_at(self.settings.density))
         return blob, left_over(target, decode(blob, self.limits).delta)
 
-    def encode_into(self, params: Mapping[str, torch.Tensor], merged: Delta, *, base: str,
-                    seed: int) -> tuple[bytes, Residual]:
-        """:meth:`encode`, adding what the blob decodes to into ``params``; takes the entries out of ``merged``.
+    def encode_into(self, params: Mapping[str, torch.Tensor], merged: Delta, sink: BinaryIO, *, base: str,
+                    seed: int) -> Residual:
+        """:meth:`encode`, writing the blob to ``sink`` and adding what it decodes to into ``params``; takes the
+        entries out of ``merged``.
 
-        Sent whole (the default), the merged delta is encoded and added tensor by
-        tensor in chunks (:func:`~fedelta.common.codec.encode_and_apply`), so the
-        commit needs about no memory beyond the merged delta at any number of sites.
+        Sent whole (the default), the merged delta is encoded, written and added
+        tensor by tensor in chunks (:func:`~fedelta.common.codec.encode_and_apply`),
+        so the commit needs about no memory beyond the merged delta at any number of sites.
         """
         if not self.settings.compressed:
-            return encode_and_apply(merged, params, base=base, values="fp32", meta=MERGED_META), {}
+            encode_and_apply(merged, params, base=base, values="fp32", meta=MERGED_META, sink=sink)
+            return {}
         blob, residual = self.encode(merged, base=base, seed=seed)
+        sink.write(blob)
         apply_delta(params, decode(blob, self.limits).delta)
-        return blob, residual
+        return residual
 
     def _within_budget(self, pruned_at: Callable[[float], Delta], encoded: Callable[[Delta], bytes]) -> bytes:
         """The merged delta as pruned to fit ``downlink.budget-bytes``; if nothing fits, its smallest form, with a

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sqlite3
+import tempfile
 import time
 import unicodedata
 from collections.abc import Collection, Iterator
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedelta.common.atomic import write_bytes_atomic
+from fedelta.common.atomic import fsync_dir, write_bytes_atomic
 
 SCHEMA_VERSION = 3
 SCHEMA = """
@@ -154,6 +155,45 @@ class StoreError(RuntimeError):
     """The store on disk is inconsistent, of another schema, or in use by another server."""
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob already in the store's folder: its file name (the sha256 of its bytes) and size."""
+
+    name: str
+    size: int
+
+
+class BlobWriter:
+    """Bytes written in pieces to a temp file in the blob folder, hashed as they go (see :meth:`VersionStore.blob_writer`)."""
+
+    def __init__(self, folder: Path) -> None:
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".blob.", suffix=".tmp")
+        self._file = os.fdopen(handle, "wb")
+        self._tmp = Path(tmp)
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.stored: StoredBlob | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._digest.update(data)
+        self._file.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def finish(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        name = self._digest.hexdigest()
+        os.replace(self._tmp, self._tmp.parent / name)
+        fsync_dir(self._tmp.parent)
+        self.stored = StoredBlob(name, self.size)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 class VersionStore:
     """Versions, rounds, sites, rejections and operator controls of one federation, under one folder."""
 
@@ -220,16 +260,32 @@ class VersionStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    @contextmanager
+    def blob_writer(self) -> Iterator[BlobWriter]:
+        """A blob written in pieces (a merged delta as it is encoded), so it is never held in memory whole.
+
+        On leaving the block it is fsynced and named by its hash; pass
+        ``writer.stored`` to :meth:`commit_version`. On an error it is removed.
+        """
+        writer = BlobWriter(self.root / "blobs")
+        try:
+            yield writer
+            writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+
     def commit_version(
-        self, *, parent: int | None, round: int, sha: str, kind: str, blob: bytes,
+        self, *, parent: int | None, round: int, sha: str, kind: str, blob: bytes | StoredBlob,
         snapshot: bytes | None = None, residual: bytes | None = None, record: dict[str, Any] | None = None,
     ) -> Version:
-        """Write the blobs, then in one transaction the row (and the round's partial ``record``).
+        """Write the blobs (``blob`` may be one :meth:`blob_writer` wrote), then in one transaction the row
+        (and the round's partial ``record``).
 
         Versions are numbered 0 (the genesis), 1, 2, ... in commit order. Only
         the newest version keeps its residual; older residual files are removed.
         """
-        name = self._write_blob(blob)
+        name, size = (blob.name, blob.size) if isinstance(blob, StoredBlob) else (self._write_blob(blob), len(blob))
         snap = None if snapshot is None else self._write_blob(snapshot)
         kept = None if residual is None else self._write_blob(residual)
         head = self.head()
@@ -237,7 +293,7 @@ class VersionStore:
         with self._transaction():
             self._db.execute(
                 f"INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (version_id, parent, sha, round, kind, name, len(blob), snap,
+                (version_id, parent, sha, round, kind, name, size, snap,
                  None if snapshot is None else len(snapshot), kept, time.time()),
             )
             self._db.execute("UPDATE versions SET residual = NULL WHERE id < ?", (version_id,))

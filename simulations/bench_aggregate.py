@@ -9,8 +9,8 @@ and adds each into one accumulator, and forms the merged delta. It reports
 base), ``peak_extra_over_model``, and ``seconds_vs_dense_pass`` (aggregation
 time over one dense fp32 add pass across the whole model, timed in the same
 process), plus the same peak for the commit that follows as the server makes
-it (``commit_peak_extra_over_model``: the merged delta encoded and added into the
-weights tensor by tensor, in chunks) and the larger of the two
+it (``commit_peak_extra_over_model``: the merged delta encoded, written to a
+file and added into the weights tensor by tensor, in chunks) and the larger of the two
 (``round_peak_extra_over_model``).
 """
 
@@ -98,10 +98,11 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
     del merger
     _reset_peak()
     started = time.perf_counter()
-    blob, _ = MergedEncoder(DownlinkSettings(), 0, limits).encode_into(base, merged, base=BASE_SHA, seed=1)
+    with open(folder / "merged.bin", "wb") as sink:
+        MergedEncoder(DownlinkSettings(), 0, limits).encode_into(base, merged, sink, base=BASE_SHA, seed=1)
     commit_seconds = time.perf_counter() - started
     commit_peak = _status_bytes("VmHWM")
-    del blob, merged
+    del merged
     gc.collect()
     scratch = {name: torch.zeros_like(p) for name, p in base.items()}
     passes = []

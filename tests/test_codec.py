@@ -202,13 +202,26 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 def _payload(values: str) -> tuple[Delta, bytes]:
     gen = torch.Generator().manual_seed(3)
     dense = {"a.weight": torch.randn(30, 20, generator=gen), "a.bias": torch.randn(30, generator=gen)}
+    seeded = {f"s.{k}": v for k, v in dense.items()}  # pruned under the names they travel by
     parts = {**prune_delta(dense, "magnitude", PruneRequest(0.1, 1), min_size=100).entries,
-             **{f"s.{k}": v for k, v in prune_delta(dense, "dare", PruneRequest(0.2, 2), min_size=100).entries.items()}}
+             **prune_delta(seeded, "dare", PruneRequest(0.2, 2), min_size=100).entries}
     delta = Delta(parts)
     return delta, encode(delta, base=BASE, values=values)
 
 
 PAYLOADS = {values: _payload(values) for values in ("fp16", "int8", "ternary")}
+
+
+@pytest.mark.parametrize("values", sorted(PAYLOADS))
+def test_the_uncorrupted_payloads_decode_to_what_was_sent(values):
+    original, payload = PAYLOADS[values]
+    assert _same(decode(payload, LIMITS).delta, original, values)
+
+
+def test_a_seeded_entry_is_sent_only_under_the_name_its_positions_were_drawn_for():
+    entry = prune_delta({"a.weight": torch.randn(30, 20)}, "dare", PruneRequest(0.2, 2)).entries["a.weight"]
+    with pytest.raises(ValueError, match="drawn for 'a.weight'"):
+        encode(Delta({"b.weight": entry}), base=BASE)
 
 
 def _same(decoded: Delta, original: Delta, values: str) -> bool:
