@@ -140,7 +140,8 @@ def encode_and_apply(
         tensors.update(parts)
         del entry, parts
     out = bytearray()
-    _compress(tensors, {**header, "entries": _entries_text(described)}, None, out.extend if sink is None else sink.write)
+    write = out.extend if sink is None else sink.write
+    _compress(tensors, {**header, "entries": _entries_text(described)}, None, write)
     return out if sink is None else None
 
 

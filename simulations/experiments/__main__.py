@@ -1,6 +1,7 @@
 """``python -m fedelta.simulations.experiments``: run an experiment, or put the results into simulations/RESULTS.md.
 
-    python -m fedelta.simulations.experiments run NAME [--quick | --long] [--backend flower|inprocess] [--runs DIR] [--results DIR]
+    python -m fedelta.simulations.experiments run NAME [--quick | --long] [--backend flower|inprocess]
+        [--runs DIR] [--results DIR]
     python -m fedelta.simulations.experiments results [--results-md FILE]
     python -m fedelta.simulations.experiments list
 """
@@ -13,7 +14,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-EXPERIMENTS = ("frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier", "thousandfold", "budget_sweep")
+EXPERIMENTS = (
+    "frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier", "thousandfold", "budget_sweep",
+)
 BEGIN, END = "<!-- experiment:{} -->", "<!-- /experiment:{} -->"
 
 

@@ -94,7 +94,8 @@ def table(outcomes: list[Outcome]) -> str:
 def plot(outcomes: list[Outcome], path) -> None:
     plt = figure()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for series, marker in (("full + DARE under upload.budget-bytes", "o-"), ("PaFi by mask density and value type", "s-")):
+    for series, marker in (("full + DARE under upload.budget-bytes", "o-"),
+                           ("PaFi by mask density and value type", "s-")):
         points = sorted((per_upload(o), o.accuracy) for o in outcomes if o.run.tags.get("series") == series)
         if points:
             ax.plot([x for x, _ in points], [y for _, y in points], marker, label=series)

@@ -62,7 +62,8 @@ def plan(quick: bool, long: bool = False) -> list[Run]:
 def describe(quick: bool, long: bool = False) -> str:
     if quick:
         return f"Quick configuration (tiny BERT): {overrides_text(QUICK)}."
-    return (f"MiniLM on Rotten Tomatoes, sites non-IID by movie, {overrides_text(LONG if long else FULL)}, default settings "
+    return (f"MiniLM on Rotten Tomatoes, sites non-IID by movie, {overrides_text(LONG if long else FULL)}, "
+            "default settings "
             "otherwise; each method's learning rate as in the methods comparison. Upload bytes are the total "
             "over all rounds and sites. The centralized reference is one site holding all the training data, taking "
             "as many optimizer steps per round as the sampled sites take together; it sends nothing and is not on "
