@@ -112,13 +112,13 @@ def encode_and_apply(
     """:func:`encode` a delta of dense entries and add into ``params`` exactly what the bytes decode to.
 
     Made for the server's merged delta at any number of sites: it takes the
-    entries out of ``delta`` (smallest first) and releases each once encoded,
-    and works through each tensor in chunks of :data:`CHUNK` elements, so
-    beyond ``delta`` and ``params`` it holds the encoded entries and about one
-    chunk: the kept values are packed into each entry's own buffer, which this
-    overwrites. The bytes are written to ``sink`` as they are compressed (then
-    nothing is returned), or come as a bytearray grown in place. They equal
-    :func:`encode`'s; ``params`` end as
+    entries out of ``delta`` and works through each tensor (smallest first) in
+    chunks of :data:`CHUNK` elements, packing the kept values into the front of
+    the entry's own buffer, which this overwrites; each buffer is released once
+    compressed. So beyond ``delta`` and ``params`` it holds the coded indices
+    and about one chunk. The bytes are written to ``sink`` as they are
+    compressed (then nothing is returned), or come as a bytearray grown in
+    place. They equal :func:`encode`'s; ``params`` end as
     ``apply_delta(params, decode(bytes).delta)`` leaves them, bit for bit. The
     value type must cast each value on its own (fp32, fp16, bf16).
     """
@@ -175,10 +175,11 @@ def _encode_dense_in_chunks(
             for start, stop in spans:
                 target_flat[start:stop].add_(stored[start:stop].to(torch.float32).to(target.dtype))
             return described, {f"{name}/values": stored}
-        # The kept values are packed into the front of the entry's own buffer (never past what was read), so
-        # no new value storage is made; ``stored`` is a view of that buffer.
-        packed = flat.view(torch.uint8)
+        # The kept values are packed into the front of the entry's own buffer (never past what was read, as
+        # long as a stored value is no wider than the entry's), so ``stored`` is a view of that buffer.
         width = torch.empty(0, dtype=quantizer.storage).element_size()
+        fits = width <= flat.element_size()
+        packed = flat.view(torch.uint8) if fits else torch.empty(count * width, dtype=torch.uint8)
         writer = RiceWriter(cost.parameter())
         done = 0
         for start, stop in spans:

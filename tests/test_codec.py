@@ -330,3 +330,14 @@ def test_encode_and_apply_refuses_what_it_cannot_do_in_chunks_and_leaves_the_wei
     with pytest.raises(ValueError, match="non-finite"):
         encode_and_apply(Delta({"w": Dense(torch.tensor([1.0, float("nan"), 0.0, 0.0]))}), params, base="")
     assert torch.equal(params["w"], torch.ones(4))
+
+
+def test_encode_and_apply_of_half_precision_entries_sent_as_fp32_matches_encode(monkeypatch):
+    monkeypatch.setattr(codec, "CHUNK", 100)
+    values = torch.arange(1000, dtype=torch.float16) / 8 + 0.5
+    values[::5] = 0.0  # 80 % kept: sent as indices, four bytes a value into a buffer of two a value
+    params, expected_params = {"w": torch.zeros(1000)}, {"w": torch.zeros(1000)}
+    expected = encode(Delta({"w": Dense(values.clone())}), base="", values="fp32")
+    apply_delta(expected_params, decode(expected, LIMITS).delta)
+    assert bytes(encode_and_apply(Delta({"w": Dense(values)}), params, base="", values="fp32")) == expected
+    assert torch.equal(params["w"], expected_params["w"])
