@@ -39,7 +39,7 @@ class RiceCost:
     def __init__(self) -> None:
         self.count = 0
         self.previous = -1
-        self._shifted_sums = np.zeros(MAX_RICE_BITS + 1, dtype=object)  # sum of gaps >> b, exact
+        self._shifted_sums = [0] * (MAX_RICE_BITS + 1)  # sum of gaps >> b for each b, as Python ints
 
     def add(self, indices: np.ndarray) -> None:
         """The next indices of the set, all above the ones added before."""
@@ -55,7 +55,7 @@ class RiceCost:
 
     def parameter(self) -> int:
         """The b that minimises count * (b + 1) + sum(gaps >> b) (the smallest such b)."""
-        costs = [self.count * (b + 1) + int(self._shifted_sums[b]) for b in range(MAX_RICE_BITS + 1)]
+        costs = [self.count * (b + 1) + shifted for b, shifted in enumerate(self._shifted_sums)]
         return int(np.argmin(costs))
 
     def size(self) -> int:
@@ -63,7 +63,7 @@ class RiceCost:
         if self.count == 0:
             return 0
         b = self.parameter()
-        unary_bits = self.count + int(self._shifted_sums[b])
+        unary_bits = self.count + self._shifted_sums[b]
         return 1 + _low_bits_length(self.count, b) + (unary_bits + 7) // 8
 
 

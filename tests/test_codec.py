@@ -183,6 +183,24 @@ def test_rice_coded_indices_round_trip_near_the_information_bound(density):
     assert coded.size * 8 <= 1.05 * bound_bits + 16
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])  # fields and quotients straddle byte boundaries between chunks
+def test_rice_coding_in_chunks_writes_the_same_bytes(chunk, monkeypatch):
+    from fedelta.common import rice
+
+    rng = np.random.default_rng(chunk)
+    indices = np.flatnonzero(rng.random(5_000) < 0.2)
+    whole = encode_index_gaps(indices)
+    monkeypatch.setattr(rice, "CHUNK", chunk)
+    cost = rice.RiceCost()
+    for start in range(0, indices.size, 3 * chunk):
+        cost.add(indices[start : start + 3 * chunk])
+    writer = rice.RiceWriter(cost.parameter())
+    for start in range(0, indices.size, 5 * chunk):
+        writer.add(indices[start : start + 5 * chunk])
+    assert np.array_equal(writer.finish(), whole) and cost.size() == whole.size
+    assert np.array_equal(decode_index_gaps(whole, indices.size, 5_000), indices)
+
+
 @pytest.mark.parametrize("mutate", [
     lambda c: c[:-1],                                       # a byte short
     lambda c: np.concatenate([c, np.zeros(1, np.uint8)]),   # a byte of padding too many

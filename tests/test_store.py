@@ -46,6 +46,25 @@ def test_no_temporary_files_are_left_behind(tmp_path):
     assert [p.name for p in (tmp_path / "blobs").iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_blob_written_in_pieces_is_stored_as_the_same_bytes_would_be(tmp_path):
+    store = VersionStore(tmp_path)
+    genesis = store.commit_version(parent=None, round=0, sha="s0", kind="snapshot", blob=b"zero")
+    with store.blob_writer() as writer:
+        for piece in (b"mer", bytearray(b"ged "), memoryview(b"delta")):
+            writer.write(piece)
+    one = store.commit_version(parent=genesis.id, round=1, sha="s1", kind="merged", blob=writer.stored)
+    twin = VersionStore(tmp_path / "twin")
+    twin.commit_version(parent=None, round=0, sha="s0", kind="snapshot", blob=b"zero")
+    assert (one.blob, one.blob_bytes) == (twin.commit_version(parent=0, round=1, sha="s1", kind="merged",
+                                                              blob=b"merged delta").blob, 12)
+    assert store.read_blob(one) == b"merged delta"
+
+    with pytest.raises(OSError, match="disk full"), store.blob_writer() as writer:
+        writer.write(b"half a blob")
+        raise OSError("disk full")
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == sorted([genesis.blob, one.blob])
+
+
 def test_site_versions_and_rejections(tmp_path):
     store = VersionStore(tmp_path)
     assert store.site_version("n1") is None
