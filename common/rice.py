@@ -173,7 +173,7 @@ def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
     if unary_bytes < 1 or unary_bytes > most_unary:
         raise IndexCodingError(f"index coding of {data.size} bytes does not fit {count} indices")
     unary = np.unpackbits(data[low_end:])
-    ones = np.flatnonzero(unary)
+    ones = np.flatnonzero(unary.view(bool))  # 0 and 1 only; a bool view is searched several times faster
     if ones.size != count or unary.size - ones[-1] > 8:
         raise IndexCodingError(f"index coding holds {ones.size} values, expected {count}")
     if low_end > 1 and count * b % 8 and data[low_end - 1] & ((1 << (8 - count * b % 8)) - 1):
