@@ -353,3 +353,10 @@ def test_budget_sweep_quick_mode_keeps_every_upload_within_its_budget(tmp_path, 
             assert 0 < row["site_budget_keep"] <= 1
         assert f"| {outcome.run.label} | {outcome.accuracy:.3f} |" in section
     assert {o.run.tags.get("reference") for o in outcomes} >= {"federated", "centralized"}
+
+
+def test_a_run_folder_holding_other_settings_is_refused_not_reused(tmp_path):
+    out = tmp_path / "runs" / "a"
+    execute(Run("a", dict(QUICK)), out, "inprocess")
+    with pytest.raises(ValueError, match="other settings"):
+        execute(Run("a", {**QUICK, "seed": 1}), out, "inprocess")

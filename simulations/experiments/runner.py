@@ -102,6 +102,9 @@ def execute(run: Run, out: Path, backend: str, shared: Path | None = None) -> Ou
         (run_flower if backend == "flower" else run_inprocess)(run.overrides, out)
         (out / REVISION_FILE).write_text(revision + "\n")
     summary = json.loads((out / "summary.json").read_text())
+    if "config" in summary and settings_key(summary["config"]) != _wanted_key(run.overrides):
+        raise ValueError(f"{out} holds a finished run with other settings than {run.label!r}; "
+                         "move that folder away or use another --runs folder")
     revision_file = out / REVISION_FILE
     revision = revision_file.read_text().strip() if revision_file.is_file() else "unknown"
     return Outcome(run, summary, report.read_rows(out), time.perf_counter() - started, revision=revision,
@@ -114,9 +117,14 @@ def settings_key(config: dict[str, Any]) -> str:
     return json.dumps(kept, sort_keys=True, default=str)
 
 
+def _wanted_key(overrides: dict[str, Any]) -> str:
+    """:func:`settings_key` of the settings ``overrides`` give, as a run's summary.json records them."""
+    return settings_key(json.loads(json.dumps(defaults().with_overrides(overrides).to_run_config(), default=str)))
+
+
 def find_twin(overrides: dict[str, Any], shared: Path, out: Path) -> Path | None:
     """A finished run folder ``shared/*/*`` (not ``out``) made with exactly the settings ``overrides`` give."""
-    wanted = settings_key(json.loads(json.dumps(defaults().with_overrides(overrides).to_run_config(), default=str)))
+    wanted = _wanted_key(overrides)
     for summary_file in sorted(shared.glob("*/*/summary.json")):
         folder = summary_file.parent
         if folder.resolve() == out.resolve():
