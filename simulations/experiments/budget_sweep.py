@@ -18,7 +18,7 @@ from typing import Any
 from fedelta.common.report import human_bytes
 from fedelta.simulations.experiments import frontier
 from fedelta.simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
-from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, defaults
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, centralized_reference, federated_reference
 from fedelta.simulations.experiments.thousandfold import MINILM_DELTA_BYTES, QUICK_DELTA_BYTES
 
 NAME = "budget_sweep"
@@ -52,15 +52,7 @@ def plan(quick: bool) -> list[Run]:
     points = {label: PAFI_POINTS[label] for label in (("pafi, 0.5 %, int8",) if quick else PAFI_POINTS)}
     runs += [Run(label, {**base, **PAFI, **overrides}, {"series": "PaFi by mask density and value type"})
              for label, overrides in points.items()]
-    runs.append(Run("reference: federated full, uncompressed",
-                    {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32"},
-                    {"reference": "federated"}))
-    steps = int(base["local.steps"]) * defaults().with_overrides(base).federation.sites_per_round
-    runs.append(Run("reference: centralized full",
-                    {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32",
-                     "federation.num-sites": 1, "federation.min-sites": 1, "federation.fraction-train": 1.0,
-                     "data.partition": "iid", "local.steps": steps},
-                    {"reference": "centralized"}))
+    runs += [federated_reference(base), centralized_reference(base)]
     return runs
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from fedelta.common.report import human_bytes
 from fedelta.simulations.compare_methods import RUNS as METHOD_RUNS
 from fedelta.simulations.experiments.harness import accuracy_axes, figure, frontier, overrides_text, save
-from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, defaults
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, centralized_reference, federated_reference
 
 NAME = "frontier"
 TITLE = "Methods frontier: accuracy against upload bytes"
@@ -47,15 +47,7 @@ def plan(quick: bool, long: bool = False) -> list[Run]:
         for pruning in prunings:
             runs.append(Run(f"{method}, {pruning}", {**base, "method.name": method, **lr, **PRUNING[pruning]},
                             {"method": method, "pruning": pruning}))
-    runs.append(Run("reference: federated full, uncompressed",
-                    {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32"},
-                    {"reference": "federated"}))
-    centralized_steps = int(base["local.steps"]) * defaults().with_overrides(base).federation.sites_per_round
-    runs.append(Run("reference: centralized full",
-                    {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32",
-                     "federation.num-sites": 1, "federation.min-sites": 1, "federation.fraction-train": 1.0,
-                     "data.partition": "iid", "local.steps": centralized_steps},
-                    {"reference": "centralized"}))
+    runs += [federated_reference(base), centralized_reference(base)]
     return runs
 
 

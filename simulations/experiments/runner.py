@@ -71,6 +71,23 @@ def defaults():
     return Settings()
 
 
+def federated_reference(base: dict[str, Any]) -> Run:
+    """The uncompressed federation on ``base``: full fine-tuning, fp32 values, nothing pruned."""
+    return Run("reference: federated full, uncompressed",
+               {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32"},
+               {"reference": "federated"})
+
+
+def centralized_reference(base: dict[str, Any]) -> Run:
+    """One site holding all the training data, taking as many steps per round as ``base``'s sampled sites."""
+    steps = int(base["local.steps"]) * defaults().with_overrides(base).federation.sites_per_round
+    return Run("reference: centralized full",
+               {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32",
+                "federation.num-sites": 1, "federation.min-sites": 1, "federation.fraction-train": 1.0,
+                "data.partition": "iid", "local.steps": steps},
+               {"reference": "centralized"})
+
+
 def refusal(overrides: dict[str, Any]) -> str:
     """Why these settings cannot run here (a refused combination, an unknown setting or unit), or ``""``."""
     try:

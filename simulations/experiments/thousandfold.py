@@ -18,7 +18,7 @@ from typing import Any
 from fedelta.common.report import human_bytes
 from fedelta.simulations.experiments import frontier
 from fedelta.simulations.experiments.harness import accuracy_axes, figure, overrides_text, save
-from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, defaults
+from fedelta.simulations.experiments.runner import QUICK, Outcome, Run, centralized_reference, federated_reference
 
 NAME = "thousandfold"
 TITLE = "Three orders of magnitude: 1,000x less up, 100x less down"
@@ -50,19 +50,12 @@ def context(delta_bytes: int) -> dict[str, dict[str, Any]]:
 def plan(quick: bool) -> list[Run]:
     base = dict(QUICK) if quick else dict(FULL)
     delta_bytes = QUICK_DELTA_BYTES if quick else MINILM_DELTA_BYTES
-    runs = [Run("reference: federated full, uncompressed",
-                {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32"},
-                {"reference": "federated"})]
+    runs = [federated_reference(base)]
     chosen = candidates(delta_bytes)
     if quick:
         chosen = {label: chosen[label] for label in ("pafi, int8",)}
     runs += [Run(label, {**base, **overrides}, {"candidate": label}) for label, overrides in chosen.items()]
-    steps = int(base["local.steps"]) * defaults().with_overrides(base).federation.sites_per_round
-    runs.append(Run("reference: centralized full",
-                    {**base, "method.name": "full", "prune.name": "none", "quant.values": "fp32",
-                     "federation.num-sites": 1, "federation.min-sites": 1, "federation.fraction-train": 1.0,
-                     "data.partition": "iid", "local.steps": steps},
-                    {"reference": "centralized"}))
+    runs.append(centralized_reference(base))
     if not quick:
         runs += [Run(label, {**base, **overrides}, {"context": label})
                  for label, overrides in context(delta_bytes).items()]
