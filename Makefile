@@ -28,7 +28,7 @@ run: setup
 	@FLWR_TELEMETRY_ENABLED=0 $(VENV)/bin/fedelta simulate --preset default
 
 test: setup browser
-	FLWR_TELEMETRY_ENABLED=0 $(PY) -m pytest -q --durations=12
+	FLWR_TELEMETRY_ENABLED=0 $(PY) -m pytest -q -n 2 --dist loadfile --durations=12
 
 # Headless Chromium for the console's browser tests: installed with apt when running as root;
 # elsewhere those tests skip and say why.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -17,8 +18,32 @@ from fedelta.common.versions import Downlink
 app = ClientApp()
 
 
+SITES_KEPT = 4  # simulated sites a ClientApp process keeps between messages, each with its cached version's weights
+_kept: OrderedDict[tuple, Site] = OrderedDict()
+
+
 def _site(context: Context) -> Site:
-    """This node's site, built anew for each message (settings, data, partition)."""
+    """This node's site for this message.
+
+    The Simulation Engine hands every message to one of a few long-lived
+    workers, so a worker keeps the last :data:`SITES_KEPT` simulated sites it
+    served (settings, data, partition and the weights of their cached version)
+    and builds a site only the first time. A deployed site is built for each
+    message: it reads its data file afresh, and a SuperNode starts a new
+    ClientApp process per message anyway.
+    """
+    if "data-path" in context.node_config:
+        return _build_site(context)
+    key = (tuple(sorted(context.run_config.items())), tuple(sorted(context.node_config.items())))
+    site = _kept.pop(key, None) or _build_site(context)
+    _kept[key] = site
+    while len(_kept) > SITES_KEPT:
+        _kept.popitem(last=False)
+    return site
+
+
+def _build_site(context: Context) -> Site:
+    """This node's site: settings, data, partition."""
     settings = Settings.from_run_config(context.run_config)
     node = context.node_config
     if "data-path" in node:
@@ -35,7 +60,7 @@ def _site(context: Context) -> Site:
         cache = Path(str(node["cache-dir"]))
     else:
         cache = Path(settings.output.site_cache or Path(settings.output.dir) / "sites") / name
-    return Site(settings, name, cache, data)
+    return Site(settings, name, cache, data, keep_weights="data-path" not in node)
 
 
 def _say(context: Context, line: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fedelta.client.state import SiteState
+from fedelta.client.state import CachedVersion, SiteState
 from fedelta.common.codec import Limits
 from fedelta.common.config import Settings
 from fedelta.common.data import site_shares, split_site
@@ -59,12 +59,21 @@ def simulated_site_data(settings: Settings, index: int, num_sites: int) -> SiteD
 
 
 class Site:
-    """A site with its settings, name, cache folder and local data."""
+    """A site with its settings, name, cache folder and local data.
 
-    def __init__(self, settings: Settings, name: str, cache_dir: Path, data: SiteData) -> None:
+    With ``keep_weights`` (for a process that serves the site message after
+    message), the weights of its cached version stay in memory too, and a sync
+    reads the cache file only when its header names another version (another
+    process moved it on); that costs one copy of the model's weights.
+    """
+
+    def __init__(self, settings: Settings, name: str, cache_dir: Path, data: SiteData, *,
+                 keep_weights: bool = False) -> None:
         self.settings = settings
         self.name = name
         self.state = SiteState(cache_dir)
+        self.keep_weights = keep_weights
+        self._held: CachedVersion | None = None
         self.task: Task = task_for(settings)
         self.pruner = PRUNERS.get(settings.prune.name)
         if self.pruner.needs_labels(settings.prune) and data.validation is None:
@@ -76,7 +85,8 @@ class Site:
         bundle = self.task.load_model(self.data.num_labels, self.settings.seed)
         params = model_params(bundle.model)
         limits = Limits.for_model(bundle.num_params())
-        cached = self.state.load_version()
+        cached = self.cached_version()
+        params_sha = None
         if downlink.base_version not in (FROM_SNAPSHOT, 0):
             if cached is None or cached.version != downlink.base_version:
                 held = "nothing" if cached is None else f"version {cached.version}"
@@ -84,10 +94,22 @@ class Site:
             with torch.no_grad():
                 for name, value in params.items():
                     value.copy_(cached.params[name])
-        sha = apply_downlink(params, downlink, limits)
+            params_sha = cached.sha
+        sha = apply_downlink(params, downlink, limits, params_sha=params_sha)
         if cached is None or cached.version != downlink.target_version:
             self.state.save_version(downlink.target_version, sha, params)
+            if self.keep_weights:
+                self._held = CachedVersion(downlink.target_version, sha,
+                                           {name: value.detach().clone() for name, value in params.items()})
         return bundle, downlink.target_version, sha
+
+    def cached_version(self) -> CachedVersion | None:
+        """The version in the site's cache, checked by hash: the one in memory while the file still names it."""
+        if self._held is not None and self.state.version_on_disk() == (self._held.version, self._held.sha):
+            return self._held
+        cached = self.state.load_version()
+        self._held = cached if self.keep_weights else None
+        return cached
 
     def method_context(self, head: list[str], genesis_sha: str) -> MethodContext:
         def genesis() -> dict[str, torch.Tensor]:

@@ -50,6 +50,15 @@ class SiteState:
             return None
         return CachedVersion(version, sha, params)
 
+    def version_on_disk(self) -> tuple[int, str] | None:
+        """The version and hash the weights file names in its header (nothing read or checked beyond it)."""
+        try:
+            with safetensors.safe_open(str(self.root / WEIGHTS_FILE), framework="pt") as handle:
+                meta = handle.metadata() or {}
+            return int(meta["version"]), meta["sha"]
+        except Exception:  # absent or unreadable: no version to trust
+            return None
+
     def save_version(self, version: int, sha: str, params: dict[str, torch.Tensor]) -> None:
         tensors = {name: value.detach().contiguous() for name, value in params.items()}
         data = safetensors.torch.save(tensors, metadata={"version": str(version), "sha": sha})

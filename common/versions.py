@@ -100,16 +100,18 @@ def load_snapshot(params: Mapping[str, torch.Tensor], snapshot: Delta) -> None:
             params[name].copy_(entry.to_dense())
 
 
-def apply_downlink(params: Mapping[str, torch.Tensor], downlink: Downlink, limits: Limits) -> str:
+def apply_downlink(params: Mapping[str, torch.Tensor], downlink: Downlink, limits: Limits, *,
+                   params_sha: str | None = None) -> str:
     """Bring ``params`` to the downlink's target version and return its hash.
 
     ``params`` must be at ``downlink.base_sha``, unless ``base_version`` is
     :data:`FROM_SNAPSHOT` (the first blob then replaces them). A snapshot later in
-    the chain (a rolled-back version) replaces them as well. Raises
-    :class:`VersionMismatch` on any hash mismatch.
+    the chain (a rolled-back version) replaces them as well. ``params_sha`` is the
+    hash of ``params`` where the caller has just checked it (it is computed
+    otherwise). Raises :class:`VersionMismatch` on any hash mismatch.
     """
     from_snapshot = downlink.base_version == FROM_SNAPSHOT
-    current = None if from_snapshot else state_hash(params)
+    current = None if from_snapshot else params_sha or state_hash(params)
     if current is not None and current != downlink.base_sha:
         raise VersionMismatch(f"local weights {current[:12]} are not the downlink's base {downlink.base_sha[:12]}")
     for blob, version, expected in zip(downlink.blobs, downlink.versions, downlink.shas):

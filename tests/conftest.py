@@ -26,6 +26,13 @@ TINY = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that start Flower engines, clusters or processes (marked ``slow``) run first, each kept whole:
+    under ``make test``'s two workers the long ones start early and the short ones fill in around them."""
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.module not in slow_modules)
+
+
 @pytest.fixture
 def tiny_settings(tmp_path) -> Settings:
     return Settings().with_overrides({**TINY, "output.dir": str(tmp_path / "out")})

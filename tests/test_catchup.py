@@ -6,7 +6,7 @@ import pytest
 from rounds import evaluate_all, open_federation, run_rounds, train_all
 
 from fedelta.client.site import Site, simulated_site_data
-from fedelta.client.state import WEIGHTS_FILE
+from fedelta.client.state import WEIGHTS_FILE, SiteState
 from fedelta.common.versions import FROM_SNAPSHOT, VersionMismatch
 
 ONE_SITE_ROUNDS = {"federation.min-sites": 1}
@@ -62,3 +62,49 @@ def test_a_site_with_an_empty_or_corrupt_cache_catches_up_before_it_trains_again
         assert evaluate_all(coordinator, sites) == [(2, coordinator.head.sha)] * 2
         assert train_all(coordinator, sites, 3) == [True, True]
         assert coordinator.commit(3).id == 3
+
+
+def _counting_loads(monkeypatch) -> list[str]:
+    """Every read of a site's weights file from now on, by cache folder."""
+    reads: list[str] = []
+    load = SiteState.load_version
+
+    def counted(state: SiteState):
+        reads.append(state.root.name)
+        return load(state)
+
+    monkeypatch.setattr(SiteState, "load_version", counted)
+    return reads
+
+
+def test_sites_keeping_their_weights_commit_the_same_versions_and_read_their_cache_once(tiny_settings, tmp_path,
+                                                                                        monkeypatch):
+    settings = tiny_settings.with_overrides({"rounds": 2})
+    heads = {}
+    for keep in (False, True):
+        reads = _counting_loads(monkeypatch)
+        with open_federation(settings, tmp_path / str(keep)) as (coordinator, sites):
+            for site in sites:
+                site.keep_weights = keep
+            run_rounds(coordinator, sites, range(1, 3))
+            held = evaluate_all(coordinator, sites)
+            heads[keep] = [version.sha for version in coordinator.store.versions()]
+            assert held == [(2, coordinator.head.sha)] * 2
+        # four syncs per site (two rounds, each a training and an evaluation message), the last without a move
+        assert sorted(reads) == (["0"] * 5 + ["1"] * 5 if not keep else ["0", "1"])
+    assert heads[True] == heads[False]
+
+
+def test_a_site_keeping_its_weights_reads_its_cache_once_another_process_moved_it_on(tiny_settings, tmp_path,
+                                                                                    monkeypatch):
+    with open_federation(tiny_settings.with_overrides(ONE_SITE_ROUNDS), tmp_path) as (coordinator, sites):
+        kept = Site(tiny_settings, "site-0", sites[0].state.root, sites[0].data, keep_weights=True)
+        run_rounds(coordinator, [kept, sites[1]], range(1, 2))
+        evaluate_all(coordinator, [kept])
+        run_rounds(coordinator, sites, range(2, 3))  # another Site object on the same folder moves it to version 2
+        evaluate_all(coordinator, sites)
+        assert kept.state.version_on_disk() == (2, coordinator.head.sha)
+
+        reads = _counting_loads(monkeypatch)
+        reply = kept.train_round(3, coordinator.downlink_for("0"))
+        assert (reply.version, reply.sha, reads) == (2, coordinator.head.sha, ["0"])

@@ -205,7 +205,8 @@ def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
     try:
         driver = RoundDriver(Coordinator(settings, store, out))
         count = settings.federation.num_sites
-        sites = {str(i): Site(settings, f"site-{i}", out / "sites" / str(i), simulated_site_data(settings, i, count))
+        sites = {str(i): Site(settings, f"site-{i}", out / "sites" / str(i), simulated_site_data(settings, i, count),
+                              keep_weights=True)
                  for i in range(count)}
         sampler = random.Random(settings.seed)
         driver.finish(0)
