@@ -143,16 +143,22 @@ def encode_indices(indices: np.ndarray) -> np.ndarray:
 
 
 def _read_low_bits(data: np.ndarray, count: int, b: int) -> np.ndarray:
-    """The ``count`` b-bit fields packed MSB first in ``data``, without expanding to bits."""
+    """The ``count`` b-bit fields packed MSB first in ``data``, without expanding to bits.
+
+    Every 8 fields fill exactly b bytes, so fields r, r + 8, r + 16, ... start
+    b bytes apart at the same bit offset: each of the 8 residues is one strided
+    view of big-endian 8-byte words, shifted by one constant.
+    """
     if b == 0:
         return np.zeros(count, dtype=np.uint64)
     padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
-    start = np.arange(count, dtype=np.int64) * b
-    # the 8 bytes from each field's first byte, read as one big-endian word
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 8)[start >> 3]
-    word = windows.view(">u8").reshape(count).astype(np.uint64)
-    shift = (start & 7).astype(np.uint64)
-    return (word >> (np.uint64(64 - b) - shift)) & np.uint64((1 << b) - 1)
+    fields = np.empty(count, dtype=np.uint64)
+    mask = np.uint64((1 << b) - 1)
+    for r in range(min(8, count)):
+        start = r * b
+        words = np.ndarray(((count - r + 7) // 8,), dtype=">u8", buffer=padded, offset=start >> 3, strides=(b,))
+        fields[r::8] = (words.astype(np.uint64) >> np.uint64(64 - b - (start & 7))) & mask
+    return fields
 
 
 def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
@@ -178,8 +184,11 @@ def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
         raise IndexCodingError(f"index coding holds {ones.size} values, expected {count}")
     if low_end > 1 and count * b % 8 and data[low_end - 1] & ((1 << (8 - count * b % 8)) - 1):
         raise IndexCodingError("index coding has non-zero padding")
-    quotients = np.diff(ones, prepend=-1) - 1
-    gaps = (quotients.astype(np.uint64) << np.uint64(b)) | _read_low_bits(data[1:low_end], count, b)
+    gaps = np.empty(count, dtype=np.uint64)  # the quotients first: the distance between consecutive ones, less one
+    gaps[0] = ones[0]
+    np.subtract(ones[1:], ones[:-1] + 1, out=gaps[1:], casting="unsafe")
+    gaps <<= np.uint64(b)
+    gaps |= _read_low_bits(data[1:low_end], count, b)
     if int(gaps.max()) >= numel:
         raise IndexCodingError(f"index gap out of range for {numel} elements")
     indices = np.cumsum(gaps.astype(np.int64) + 1) - 1
