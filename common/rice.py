@@ -184,14 +184,18 @@ def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
         raise IndexCodingError(f"index coding holds {ones.size} values, expected {count}")
     if low_end > 1 and count * b % 8 and data[low_end - 1] & ((1 << (8 - count * b % 8)) - 1):
         raise IndexCodingError("index coding has non-zero padding")
-    gaps = np.empty(count, dtype=np.uint64)  # the quotients first: the distance between consecutive ones, less one
-    gaps[0] = ones[0]
-    np.subtract(ones[1:], ones[:-1] + 1, out=gaps[1:], casting="unsafe")
-    gaps <<= np.uint64(b)
-    gaps |= _read_low_bits(data[1:low_end], count, b)
-    if int(gaps.max()) >= numel:
-        raise IndexCodingError(f"index gap out of range for {numel} elements")
-    indices = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    if count > numel or count << b >= 1 << 62:  # the sums below stay far inside int64
+        raise IndexCodingError(f"{count} indices with Rice parameter {b} do not fit {numel} elements")
+    # Index i is the sum of gaps 0..i plus i. The quotients 0..i sum to ones[i] - i, so index i is
+    # (ones[i] - i) << b, plus the low bits 0..i summed, plus i: every term is at least 0, so the
+    # indices increase strictly, and the last one bounds them all. Computed in place, in three buffers.
+    steps = np.arange(count, dtype=np.int64)
+    indices = ones
+    indices -= steps
+    indices <<= b
+    low = _read_low_bits(data[1:low_end], count, b).view(np.int64)
+    indices += np.cumsum(low, out=low)
+    indices += steps
     if indices[-1] >= numel:
         raise IndexCodingError(f"index {indices[-1]} out of range for {numel} elements")
     return indices
