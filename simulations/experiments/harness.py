@@ -92,7 +92,7 @@ def write_results(module: ModuleType, outcomes: list[Outcome], quick: bool, resu
     if refused:
         lines += ["", "Not run (the settings refuse the combination, or this code lacks the unit):", "", *refused]
     if done:
-        lines += ["", f"![{module.TITLE}](results/{module.NAME}/plot.png)"]
+        lines += ["", f"![{module.TITLE}](results/{results.name}/plot.png)"]
     section = results / "section.md"
     section.write_text("\n".join(lines) + "\n")
     (results / "outcomes.json").write_text(json.dumps([_record(o) for o in outcomes], indent=2) + "\n")
