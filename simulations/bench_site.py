@@ -138,7 +138,7 @@ def run(preset_name: str, steps: int, methods: list[str]) -> dict[str, Any]:
             site_step = (long["seconds-train"] - short["seconds-train"]) / steps
             plain_step = plain_step_seconds(settings, folder / method, steps)
             rows.append({
-                "method": method, "site_step_seconds": round(site_step, 4), "plain_step_seconds": round(plain_step, 4),
+                "method": method, "site_step_seconds": round(site_step, 6), "plain_step_seconds": round(plain_step, 6),
                 "step_ratio": round(site_step / plain_step, 3),
                 "site_fixed_seconds": round(short["seconds-train"] - steps * site_step, 3),
                 "site_round_seconds": {key: round(value, 3) for key, value in short.items()},
