@@ -41,9 +41,8 @@ class SiteState:
             return None
         try:
             with safetensors.safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
+                version, sha = _named_version(handle)
                 params = {name: handle.get_tensor(name) for name in handle.keys()}
-            version, sha = int(meta["version"]), meta["sha"]
         except Exception:  # a corrupt cache is a missing cache; the server sends what is needed
             return None
         if state_hash(params) != sha:
@@ -54,8 +53,7 @@ class SiteState:
         """The version and hash the weights file names in its header (nothing read or checked beyond it)."""
         try:
             with safetensors.safe_open(str(self.root / WEIGHTS_FILE), framework="pt") as handle:
-                meta = handle.metadata() or {}
-            return int(meta["version"]), meta["sha"]
+                return _named_version(handle)
         except Exception:  # absent or unreadable: no version to trust
             return None
 
@@ -88,3 +86,9 @@ class SiteState:
     def save_residual(self, residual: dict[str, torch.Tensor]) -> None:
         tensors = {name: value.detach().contiguous() for name, value in residual.items()}
         write_bytes_atomic(self.root / RESIDUAL_FILE, safetensors.torch.save(tensors))
+
+
+def _named_version(handle) -> tuple[int, str]:
+    """The version and hash an open weights file's header names (raises when it names none)."""
+    meta = handle.metadata() or {}
+    return int(meta["version"]), meta["sha"]
