@@ -34,8 +34,8 @@ import torch
 import zstandard
 
 from fedelta.common.container import (  # noqa: F401  (errors, limits, formats: this module's interface)
+    EARLIER_FORMATS,
     FORMAT,
-    PREVIOUS_FORMAT,
     KINDS,
     MAX_ENTRIES,
     UPLOAD_EXPANSION,
@@ -256,8 +256,13 @@ def wire_form(entry: Entry, quantizer: Quantizer) -> Entry:
 
 
 def auto_level(size: int) -> int:
-    """zstd level by container size: 15 under 256 KiB, 9 under 4 MiB, else 3."""
-    return 15 if size < 256 << 10 else 9 if size < 4 << 20 else 3
+    """zstd level by container size: 15 under 128 KiB, 9 under 4 MiB, else 3.
+
+    Level 15 pays where the header and index bytes weigh (about 1-4 % smaller
+    at density 0.001 on MiniLM) and costs 5-10 ms; a container of 128 KiB or
+    more is mostly values, which level 9 packs as tightly in a fraction of that.
+    """
+    return 15 if size < 128 << 10 else 9 if size < 4 << 20 else 3
 
 
 def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = None) -> Decoded:

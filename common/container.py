@@ -22,12 +22,13 @@ import torch
 from fedelta.common.entries import Shape
 from fedelta.common.untrusted_json import UntrustedJSONError, loads
 
-FORMAT = "fedelta-delta/3"
-# The previous format: the same container, but seeded masks were drawn position by position over the
-# whole tensor. Its other entry kinds read the same (stores written by it stay readable); its seeded
-# entries are refused.
-PREVIOUS_FORMAT = "fedelta-delta/2"
-READABLE_FORMATS = (FORMAT, PREVIOUS_FORMAT)
+FORMAT = "fedelta-delta/4"
+# Earlier formats: the same container, but their seeded masks drew other positions (/3: a Feistel network
+# over the smallest power of four that holds the tensor; /2: position by position over the whole tensor).
+# Their other entry kinds read the same (stores written by them stay readable); their seeded entries are
+# refused.
+EARLIER_FORMATS = ("fedelta-delta/3", "fedelta-delta/2")
+READABLE_FORMATS = (FORMAT, *EARLIER_FORMATS)
 MAX_ENTRIES = 4096
 HEADER_BYTES = 64 << 10
 HEADER_BYTES_PER_ENTRY = 2 << 10

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from math import prod
+from math import isqrt, prod
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ Shape = tuple[int, ...]
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
-FEISTEL_ROUNDS = 4
+FEISTEL_ROUNDS = 4  # even: after the last round the pair is a row and a column again
 MASK_CHUNK = 1 << 16
 STRAGGLERS = 16  # points still walking when a vectorized pass is no longer worth its fixed cost
 
@@ -42,10 +42,12 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     """The :func:`kept_count` ``(numel, keep)`` flat positions a seeded mask keeps, increasing (int64).
 
     The positions are the images of ``0 .. k-1`` under a pseudo-random
-    permutation of ``0 .. numel-1`` keyed by ``seed`` and ``name``: a balanced
-    Feistel network over the smallest even number of bits that holds
-    ``numel``, whose round function is ``splitmix64``, walked along its cycle
-    until it lands below ``numel``. Each position is kept with probability
+    permutation of ``0 .. numel-1`` keyed by ``seed`` and ``name``: a
+    Feistel network over the grid ``rows x cols`` (:func:`feistel_grid`, the
+    nearly square grid that holds ``numel`` with fewer than ``rows`` cells to
+    spare), whose round function is ``splitmix64`` reduced to a row or
+    column count by a 32-bit multiply-shift, walked along its cycle until it
+    lands below ``numel``. Each position is kept with probability
     ``k / numel``, every party derives the same ``k`` positions, and only
     integer arithmetic is involved, so they do not depend on the platform or
     on the version of numpy or torch. Time and memory grow with ``k``, not
@@ -59,47 +61,56 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     count = kept_count(numel, keep)
     if count == numel:
         return torch.arange(numel, dtype=torch.int64)
-    half = (max(2, (numel - 1).bit_length()) + 1) // 2
+    grid = feistel_grid(numel)
     key = ((seed & _MASK64) * _GOLDEN + (zlib.crc32(name.encode()) << 32)) & _MASK64
     round_keys = [_splitmix64_int(key + r * _GOLDEN) for r in range(FEISTEL_ROUNDS)]
     if count <= STRAGGLERS:
-        return torch.tensor(sorted(_walk_int(point, numel, half, round_keys) for point in range(count)), dtype=torch.int64)
+        return torch.tensor(sorted(_walk_int(point, numel, grid, round_keys) for point in range(count)), dtype=torch.int64)
     out = np.empty(count, dtype=np.int32 if numel <= np.iinfo(np.int32).max else np.int64)
     for start in range(0, count, MASK_CHUNK):
-        images = _walk(np.arange(start, min(start + MASK_CHUNK, count), dtype=np.uint64), numel, half, round_keys)
+        images = _walk(np.arange(start, min(start + MASK_CHUNK, count), dtype=np.uint64), numel, grid, round_keys)
         out[start : start + images.size] = images
     out.sort()
     return torch.from_numpy(out.astype(np.int64, copy=False))
 
 
-def _walk(points: np.ndarray, numel: int, half: int, round_keys: list[int]) -> np.ndarray:
+def feistel_grid(numel: int) -> tuple[int, int]:
+    """``(rows, cols)``: ``rows = ceil(sqrt(numel))`` and the fewest columns that make ``rows x cols >= numel``."""
+    rows = isqrt(numel - 1) + 1 if numel > 1 else 1
+    return rows, -(-numel // rows)
+
+
+def _walk(points: np.ndarray, numel: int, grid: tuple[int, int], round_keys: list[int]) -> np.ndarray:
     """Each of ``points`` through the permutation, again and again until it lands below ``numel``."""
     array_keys = [np.uint64(k) for k in round_keys]
-    images, bound = _feistel(points, half, array_keys), np.uint64(numel)
+    images, bound = _feistel(points, grid, array_keys), np.uint64(numel)
     outside = np.flatnonzero(images >= bound)
     while outside.size > STRAGGLERS:
-        images[outside] = _feistel(images[outside], half, array_keys)
+        images[outside] = _feistel(images[outside], grid, array_keys)
         outside = outside[images[outside] >= bound]
     for index in outside.tolist():
-        images[index] = _walk_int(int(images[index]), numel, half, round_keys, first=False)
+        images[index] = _walk_int(int(images[index]), numel, grid, round_keys, first=False)
     return images
 
 
-def _walk_int(point: int, numel: int, half: int, round_keys: list[int], first: bool = True) -> int:
+def _walk_int(point: int, numel: int, grid: tuple[int, int], round_keys: list[int], first: bool = True) -> int:
     """:func:`_walk` of one integer (``first=False``: ``point`` is already one step along)."""
-    image = _feistel_int(point, half, round_keys) if first else point
+    image = _feistel_int(point, grid, round_keys) if first else point
     while image >= numel:
-        image = _feistel_int(image, half, round_keys)
+        image = _feistel_int(image, grid, round_keys)
     return image
 
 
-def _feistel_int(x: int, half: int, round_keys: list[int]) -> int:
+def _feistel_int(x: int, grid: tuple[int, int], round_keys: list[int]) -> int:
     """:func:`_feistel` of one integer."""
-    low_bits = (1 << half) - 1
-    left, right = x >> half, x & low_bits
+    rows, cols = grid
+    left, right = divmod(x, cols)
+    modulus, other = rows, cols
     for round_key in round_keys:
-        left, right = right, left ^ (_splitmix64_int(right + round_key) & low_bits)
-    return (left << half) | right
+        mixed = ((_splitmix64_int(right + round_key) >> 32) * modulus) >> 32
+        left, right = right, (left + mixed) % modulus
+        modulus, other = other, modulus
+    return left * cols + right
 
 
 def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
@@ -128,14 +139,32 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _feistel(x: np.ndarray, half: int, round_keys: list[np.uint64]) -> np.ndarray:
-    """A keyed permutation of ``0 .. 2**(2*half) - 1``, applied to each element of ``x`` (uint64)."""
-    shift, low_bits = np.uint64(half), np.uint64((1 << half) - 1)
-    left, right = x >> shift, x & low_bits
+def _feistel(x: np.ndarray, grid: tuple[int, int], round_keys: list[np.uint64]) -> np.ndarray:
+    """A keyed permutation of ``0 .. rows * cols - 1``, applied to each element of ``x`` (uint64).
+
+    ``x`` is split into a row and a column; each round replaces the row by
+    the column and the column by ``(row + F(column)) mod rows``, where ``F``
+    is ``splitmix64`` of the column plus the round key, scaled to
+    ``0 .. rows - 1``; the next round swaps the roles of rows and columns.
+    After an even number of rounds the pair is a row and a column again.
+    """
+    rows, cols = grid
+    cols_array = np.uint64(cols)
+    left, right = np.divmod(x, cols_array)
+    modulus, other, high = np.uint64(rows), cols_array, np.uint64(32)
     with np.errstate(over="ignore"):
         for round_key in round_keys:
-            left, right = right, left ^ (_splitmix64(right + round_key) & low_bits)
-    return (left << shift) | right
+            mixed = _splitmix64(right + round_key)
+            mixed >>= high
+            mixed *= modulus
+            mixed >>= high
+            mixed += left
+            np.subtract(mixed, modulus, out=mixed, where=mixed >= modulus)
+            left, right = right, mixed
+            modulus, other = other, modulus
+        left *= cols_array
+        left += right
+    return left
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import zstandard
 
 from fedelta.common import codec
 from fedelta.common.codec import (
-    FORMAT, PREVIOUS_FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_and_apply, encode_index_gaps,
+    EARLIER_FORMATS, FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_and_apply, encode_index_gaps,
 )
 from fedelta.common.delta import Delta, Dense, SeededMask, Sparse, apply_delta, seeded_mask
 from fedelta.common.pruning import PruneRequest, prune_delta
@@ -132,13 +132,14 @@ def _container(meta: dict, tensors: dict) -> bytes:
     return zstandard.ZstdCompressor(write_checksum=True).compress(raw)
 
 
-def test_the_previous_format_is_read_except_its_seeded_masks():
-    dense = {"format": PREVIOUS_FORMAT, "base": BASE, "values": "fp32",
+@pytest.mark.parametrize("earlier", EARLIER_FORMATS)
+def test_earlier_formats_are_read_except_their_seeded_masks(earlier):
+    dense = {"format": earlier, "base": BASE, "values": "fp32",
              "entries": json.dumps({"x": {"kind": "dense", "shape": [4]}})}
     decoded = decode(_container(dense, {"x/values": torch.arange(4.0)}), LIMITS)
     assert torch.equal(decoded.delta.entries["x"].to_dense(), torch.arange(4.0))
     seeded = {**dense, "entries": json.dumps({"x": {"kind": "seeded", "shape": [400], "seed": 1, "keep": 0.5}})}
-    with pytest.raises(CodecError, match=f"seeded entry of {PREVIOUS_FORMAT}.*must update fedelta"):
+    with pytest.raises(CodecError, match=f"seeded entry of {earlier}.*must update fedelta"):
         decode(_container(seeded, {"x/values": torch.zeros(200)}), LIMITS)
 
 

@@ -36,10 +36,10 @@ def test_ties_weights_the_election_and_the_disjoint_mean_by_examples():
 
 def test_dare_merge_drops_rescales_and_averages():
     masks = [seeded_mask(merge_seed(7, key), "w", 6, 0.5).tolist() for key in ("1|a", "1|b")]
-    assert masks == [[True, False, True, True, False, False], [True, False, False, False, True, True]]
-    # kept values doubled: [2, 0, 6, 8, 0, 0] (weight 1) and [12, 0, 0, 0, 4, 2] (weight 3), mean over weight 4
+    assert masks == [[True, True, False, True, False, False], [False, True, False, True, False, True]]
+    # kept values doubled: [2, 4, 0, 8, 0, 0] (weight 1) and [0, 10, 0, 6, 0, 2] (weight 3), mean over weight 4
     merged = _merge("dare-merge", ([1.0, 2, 3, 4, 5, 6], [6.0, 5, 4, 3, 2, 1]), [1.0, 3.0], density=0.5, seed=7)
-    torch.testing.assert_close(merged, torch.tensor([9.5, 0.0, 1.5, 2.0, 3.0, 1.5]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(merged, torch.tensor([0.5, 8.5, 0.0, 6.5, 0.0, 1.5]), rtol=0, atol=1e-7)
 
 
 def test_dare_merge_is_unbiased_over_many_sites():
