@@ -128,14 +128,14 @@ def _splitmix64_int(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finalizer of each element of ``x`` (uint64, modified in place and returned)."""
+def _splitmix64(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer of each element of ``x`` (uint64, modified in place and returned);
+    ``scratch`` is an array of the same size it may overwrite."""
     with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
+        for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            x ^= np.right_shift(x, np.uint64(shift), out=scratch)
+            x *= np.uint64(multiplier)
+        x ^= np.right_shift(x, np.uint64(31), out=scratch)
     return x
 
 
@@ -147,20 +147,23 @@ def _feistel(x: np.ndarray, grid: tuple[int, int], round_keys: list[np.uint64]) 
     is ``splitmix64`` of the column plus the round key, scaled to
     ``0 .. rows - 1``; the next round swaps the roles of rows and columns.
     After an even number of rounds the pair is a row and a column again.
+    Four arrays the size of ``x`` hold everything, each allocated once.
     """
     rows, cols = grid
     cols_array = np.uint64(cols)
     left, right = np.divmod(x, cols_array)
+    mixed, scratch = np.empty_like(left), np.empty_like(left)
     modulus, other, high = np.uint64(rows), cols_array, np.uint64(32)
     with np.errstate(over="ignore"):
         for round_key in round_keys:
-            mixed = _splitmix64(right + round_key)
+            _splitmix64(np.add(right, round_key, out=mixed), scratch)
             mixed >>= high
             mixed *= modulus
             mixed >>= high
             mixed += left
-            np.subtract(mixed, modulus, out=mixed, where=mixed >= modulus)
-            left, right = right, mixed
+            # (row + F) mod rows: minus the modulus unless that wraps below 0, written over the spent row
+            np.minimum(mixed, np.subtract(mixed, modulus, out=left), out=left)
+            left, right, mixed = right, left, mixed
             modulus, other = other, modulus
         left *= cols_array
         left += right

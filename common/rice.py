@@ -21,6 +21,7 @@ class IndexCodingError(ValueError):
     """Bytes that are not a valid Rice coding of the declared index count."""
 
 
+FEW_FIELDS = 256  # below this many low-bit fields, reading them through single bits is cheaper
 CHUNK = 1 << 16  # indices coded per step: bounds the coder's temporaries to a few MB at any count
 
 
@@ -143,14 +144,21 @@ def encode_indices(indices: np.ndarray) -> np.ndarray:
 
 
 def _read_low_bits(data: np.ndarray, count: int, b: int) -> np.ndarray:
-    """The ``count`` b-bit fields packed MSB first in ``data``, without expanding to bits.
+    """The ``count`` b-bit fields packed MSB first in ``data``.
 
-    Every 8 fields fill exactly b bytes, so fields r, r + 8, r + 16, ... start
-    b bytes apart at the same bit offset: each of the 8 residues is one strided
-    view of big-endian 8-byte words, shifted by one constant.
+    Fewer than :data:`FEW_FIELDS` fields are expanded to bits and packed
+    again as 64-bit words (a few numpy calls, where the fixed cost of calls
+    is what counts). Otherwise nothing is expanded: every 8 fields fill
+    exactly b bytes, so fields r, r + 8, r + 16, ... start b bytes apart at
+    the same bit offset: each of the 8 residues is one strided view of
+    big-endian 8-byte words, shifted by one constant.
     """
     if b == 0:
         return np.zeros(count, dtype=np.uint64)
+    if count < FEW_FIELDS:
+        wide = np.zeros((count, 64), dtype=np.uint8)
+        wide[:, 64 - b :] = np.unpackbits(data, count=count * b).reshape(count, b)
+        return np.packbits(wide, axis=1).view(">u8").reshape(count).astype(np.uint64)
     padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
     fields = np.empty(count, dtype=np.uint64)
     mask = np.uint64((1 << b) - 1)

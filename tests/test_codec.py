@@ -184,6 +184,19 @@ def test_rice_coded_indices_round_trip_near_the_information_bound(density):
     assert coded.size * 8 <= 1.05 * bound_bits + 16
 
 
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 255, 256, 1000])
+@pytest.mark.parametrize("bits", [1, 5, 8, 13, 48])
+def test_low_bits_read_alike_through_bits_and_strided_words(count, bits, monkeypatch):
+    from fedelta.common import rice
+
+    data = np.random.default_rng(count * bits).integers(0, 256, (count * bits + 7) // 8, dtype=np.uint8)
+    fields = [int.from_bytes(data.tobytes(), "big") >> (8 * data.size - (i + 1) * bits) & ((1 << bits) - 1)
+              for i in range(count)]
+    assert rice._read_low_bits(data, count, bits).tolist() == fields
+    monkeypatch.setattr(rice, "FEW_FIELDS", 0 if count < rice.FEW_FIELDS else 1 << 30)
+    assert rice._read_low_bits(data, count, bits).tolist() == fields
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64])  # fields and quotients straddle byte boundaries between chunks
 def test_rice_coding_in_chunks_writes_the_same_bytes(chunk, monkeypatch):
     from fedelta.common import rice
