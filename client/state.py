@@ -14,7 +14,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from fedelta.common.atomic import write_bytes_atomic
+from fedelta.common.atomic import write_file_atomic
 from fedelta.common.delta import state_hash
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -58,9 +58,7 @@ class SiteState:
             return None
 
     def save_version(self, version: int, sha: str, params: dict[str, torch.Tensor]) -> None:
-        tensors = {name: value.detach().contiguous() for name, value in params.items()}
-        data = safetensors.torch.save(tensors, metadata={"version": str(version), "sha": sha})
-        write_bytes_atomic(self.root / WEIGHTS_FILE, data)
+        _save_tensors(self.root / WEIGHTS_FILE, params, {"version": str(version), "sha": sha})
 
     def memo(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Tensors cached under ``key`` (e.g. a PaFi mask for one version 0), computed on first use."""
@@ -71,7 +69,7 @@ class SiteState:
             except Exception:  # an unreadable cache entry is recomputed
                 path.unlink(missing_ok=True)
         tensors = compute()
-        write_bytes_atomic(path, safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}))
+        _save_tensors(path, tensors)
         return tensors
 
     def load_residual(self) -> dict[str, torch.Tensor]:
@@ -84,8 +82,13 @@ class SiteState:
             return {}
 
     def save_residual(self, residual: dict[str, torch.Tensor]) -> None:
-        tensors = {name: value.detach().contiguous() for name, value in residual.items()}
-        write_bytes_atomic(self.root / RESIDUAL_FILE, safetensors.torch.save(tensors))
+        _save_tensors(self.root / RESIDUAL_FILE, residual)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """``tensors`` as a safetensors file at ``path``, written atomically and straight to disk."""
+    contiguous = {name: value.detach().contiguous() for name, value in tensors.items()}
+    write_file_atomic(path, lambda tmp: safetensors.torch.save_file(contiguous, tmp, metadata))
 
 
 def _named_version(handle) -> tuple[int, str]:
