@@ -80,28 +80,55 @@ class Site:
             data = data.with_validation(settings.data.site_test_fraction, settings.seed + 1)
         self.data = data
 
-    def sync(self, downlink: Downlink) -> tuple[ModelBundle, int, str]:
-        """Load the model at the downlink's target version, verified by hash, and cache it."""
+    def sync(self, downlink: Downlink, *, for_training: bool = True) -> tuple[ModelBundle, int, str]:
+        """Load the model at the downlink's target version, verified by hash, and cache it.
+
+        Without ``for_training`` (the model is only read), a model starting
+        from the weights held in memory takes those tensors themselves instead
+        of a copy; applying the downlink then moves the held weights on with
+        it, and a failure lets them go (the file still has the version).
+        """
         bundle = self.task.load_model(self.data.num_labels, self.settings.seed)
         params = model_params(bundle.model)
         limits = Limits.for_model(bundle.num_params())
         cached = self.cached_version()
         params_sha = None
+        lent = False
         if downlink.base_version not in (FROM_SNAPSHOT, 0):
             if cached is None or cached.version != downlink.base_version:
                 held = "nothing" if cached is None else f"version {cached.version}"
                 raise VersionMismatch(f"site {self.name} holds {held}; the downlink starts at {downlink.base_version}")
+            lent = not for_training and cached is self._held
             with torch.no_grad():
-                for name, value in params.items():
-                    value.copy_(cached.params[name])
+                for name, parameter in bundle.model.named_parameters():
+                    if lent:
+                        parameter.data = cached.params[name]
+                    else:
+                        parameter.copy_(cached.params[name])
+            params = model_params(bundle.model)
             params_sha = cached.sha
-        sha = apply_downlink(params, downlink, limits, params_sha=params_sha)
+        try:
+            sha = apply_downlink(params, downlink, limits, params_sha=params_sha)
+        except BaseException:
+            if lent:
+                self._held = None
+            raise
         if cached is None or cached.version != downlink.target_version:
             self.state.save_version(downlink.target_version, sha, params)
             if self.keep_weights:
-                self._held = CachedVersion(downlink.target_version, sha,
-                                           {name: value.detach().clone() for name, value in params.items()})
+                self._held = CachedVersion(downlink.target_version, sha, params if lent else self._copy_held(params))
         return bundle, downlink.target_version, sha
+
+    def _copy_held(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A copy of ``params`` to hold, written over the tensors held before where they fit."""
+        before = self._held.params if self._held is not None else {}
+        copied = {}
+        with torch.no_grad():
+            for name, value in params.items():
+                spare = before.get(name)
+                fits = spare is not None and spare.shape == value.shape and spare.dtype == value.dtype
+                copied[name] = spare.copy_(value) if fits else value.detach().clone()
+        return copied
 
     def cached_version(self) -> CachedVersion | None:
         """The version in the site's cache, checked by hash: the one in memory while the file still names it."""
@@ -232,7 +259,7 @@ class Site:
     def evaluate_round(self, downlink: Downlink) -> EvaluateReply:
         """Sync to the downlink's version and score it on the local test split."""
         watch = Stopwatch()
-        bundle, version, sha = self.sync(downlink)
+        bundle, version, sha = self.sync(downlink, for_training=False)
         watch.lap("sync")
         with placed(bundle.model, resolve_device(self.settings.local.device)):
             scores = self.task.evaluate(bundle, self.data.test).metrics()

@@ -1,5 +1,6 @@
 """Stale, new and damaged sites reach the head by the shortest path, checked by hash."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,20 @@ def test_a_site_keeping_its_weights_reads_its_cache_once_another_process_moved_i
         reads = _counting_loads(monkeypatch)
         reply = kept.train_round(3, coordinator.downlink_for("0"))
         assert (reply.version, reply.sha, reads) == (2, coordinator.head.sha, ["0"])
+
+
+def test_a_site_lending_its_held_weights_to_an_evaluation_lets_them_go_when_the_downlink_fails(tiny_settings, tmp_path,
+                                                                                              monkeypatch):
+    with open_federation(tiny_settings.with_overrides(ONE_SITE_ROUNDS), tmp_path) as (coordinator, sites):
+        kept = Site(tiny_settings, "site-0", sites[0].state.root, sites[0].data, keep_weights=True)
+        run_rounds(coordinator, [kept, sites[1]], range(1, 2))
+        assert train_all(coordinator, sites[1:], 2) == [True] and coordinator.commit(2).id == 2
+        step = coordinator.downlink_for("0")
+        assert (step.base_version, step.versions) == (1, [2])
+
+        with pytest.raises(VersionMismatch, match="version 2: hash"):
+            kept.evaluate_round(replace(step, shas=["0" * 64]))  # applied in place, then refused
+        reads = _counting_loads(monkeypatch)
+        reply = kept.evaluate_round(step)
+        assert (reply.version, reply.sha, reads) == (2, coordinator.head.sha, ["0"])
+        assert kept.state.version_on_disk() == (2, coordinator.head.sha)
