@@ -258,7 +258,7 @@ def wire_form(entry: Entry, quantizer: Quantizer) -> Entry:
 def auto_level(size: int) -> int:
     """zstd level by container size: 15 under 128 KiB, 9 under 4 MiB, else 3.
 
-    Level 15 pays where the header and index bytes weigh (about 1-4 % smaller
+    Level 15 pays where the header and index bytes weigh (0.5-4 % smaller
     at density 0.001 on MiniLM) and costs 5-10 ms; a container of 128 KiB or
     more is mostly values, which level 9 packs as tightly in a fraction of that.
     """
