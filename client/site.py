@@ -89,7 +89,6 @@ class Site:
         it, and a failure lets them go (the file still has the version).
         """
         bundle = self.task.load_model(self.data.num_labels, self.settings.seed)
-        params = model_params(bundle.model)
         limits = Limits.for_model(bundle.num_params())
         cached = self.cached_version()
         params_sha = None
@@ -105,8 +104,8 @@ class Site:
                         parameter.data = cached.params[name]
                     else:
                         parameter.copy_(cached.params[name])
-            params = model_params(bundle.model)
             params_sha = cached.sha
+        params = model_params(bundle.model)
         try:
             sha = apply_downlink(params, downlink, limits, params_sha=params_sha)
         except BaseException:

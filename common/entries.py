@@ -28,6 +28,9 @@ Shape = tuple[int, ...]
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+# splitmix64's finalizer: x ^= x >> shift, x *= multiplier for each step, then x ^= x >> 31
+_SPLITMIX_STEPS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))
+_SPLITMIX_LAST_SHIFT = 31
 FEISTEL_ROUNDS = 4  # even: after the last round the pair is a row and a column again
 MASK_CHUNK = 1 << 16
 STRAGGLERS = 16  # points still walking when a vectorized pass is no longer worth its fixed cost
@@ -123,19 +126,19 @@ def seeded_mask(seed: int, name: str, numel: int, keep: float) -> torch.Tensor:
 def _splitmix64_int(x: int) -> int:
     """The splitmix64 finalizer of one 64-bit integer."""
     x &= _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
+    for shift, multiplier in _SPLITMIX_STEPS:
+        x = ((x ^ (x >> shift)) * multiplier) & _MASK64
+    return x ^ (x >> _SPLITMIX_LAST_SHIFT)
 
 
 def _splitmix64(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """The splitmix64 finalizer of each element of ``x`` (uint64, modified in place and returned);
     ``scratch`` is an array of the same size it may overwrite."""
     with np.errstate(over="ignore"):
-        for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        for shift, multiplier in _SPLITMIX_STEPS:
             x ^= np.right_shift(x, np.uint64(shift), out=scratch)
             x *= np.uint64(multiplier)
-        x ^= np.right_shift(x, np.uint64(31), out=scratch)
+        x ^= np.right_shift(x, np.uint64(_SPLITMIX_LAST_SHIFT), out=scratch)
     return x
 
 
@@ -163,7 +166,7 @@ def _feistel(x: np.ndarray, grid: tuple[int, int], round_keys: list[np.uint64]) 
             mixed += left
             # (row + F) mod rows: minus the modulus unless that wraps below 0, written over the spent row
             np.minimum(mixed, np.subtract(mixed, modulus, out=left), out=left)
-            left, right, mixed = right, left, mixed
+            left, right = right, left
             modulus, other = other, modulus
         left *= cols_array
         left += right
