@@ -13,7 +13,7 @@ from fedelta.common.pruning import PRUNERS
 from fedelta.common.model import model_name
 from fedelta.common.report import human_bytes, portable_path, portable_paths
 from fedelta.simulations.experiments import (
-    budget_sweep, darex_extreme, frontier, llm_frontier, perp, scale, sparse_base, thousandfold,
+    budget_sweep, darex_extreme, frontier, llm_frontier, llm_thousandfold, perp, scale, sparse_base, thousandfold,
 )
 from fedelta.simulations.shapes import minilm_shapes
 from fedelta.simulations.experiments.__main__ import update_results_md
@@ -341,6 +341,27 @@ def test_thousandfold_quick_mode_judges_each_run_against_the_uncompressed_federa
     assert thousandfold.MINILM_DELTA_BYTES == 4 * sum(prod(shape) for shape in minilm_shapes().values())
     site_deltas = sum(row["sites"] for row in outcomes[0].trained_rows())
     assert thousandfold.QUICK_DELTA_BYTES * site_deltas == outcomes[0].summary["total_dense_update_bytes"]
+
+
+def test_llm_thousandfold_judges_smollm2_runs_on_a_thousand_site_steps(tmp_path, shared_runs):
+    outcomes, section = _run_quick(llm_thousandfold, tmp_path, shared_runs)
+    reference = thousandfold.reference(outcomes)
+    assert reference is not None and all(o.summary["config"]["task.name"] == "causal-lm" for o in outcomes)
+    for outcome in outcomes:
+        assert f"| {outcome.run.label} | {outcome.accuracy:.3f} |" in section
+        assert ("| yes |" in section.split(f"| {outcome.run.label} |")[1].splitlines()[0]) == \
+            thousandfold.meets_bar(outcome, reference)
+    site_deltas = sum(row["sites"] for row in reference.trained_rows())
+    assert llm_thousandfold.QUICK_DELTA_BYTES * site_deltas == reference.summary["total_dense_update_bytes"]
+    full = llm_thousandfold.plan(quick=False)
+    assert [r.label for r in full][0] == "reference: federated full, uncompressed"
+    for run in full:
+        settings = runner.defaults().with_overrides(run.overrides)
+        steps = settings.rounds * settings.local.steps * settings.federation.sites_per_round
+        assert (steps, settings.data.test_size, settings.task.name) == (1000, 1000, "causal-lm"), run.label
+        assert settings.model.path == "smollm2-135m-instruct" and not refusal(run.overrides), run.label
+    budgeted = next(r for r in full if "budget" in r.label).overrides
+    assert (budgeted["upload.budget-bytes"], budgeted["downlink.budget-bytes"]) == (538_060, 5_380_600)
 
 
 def test_budget_sweep_quick_mode_keeps_every_upload_within_its_budget(tmp_path, shared_runs):

@@ -16,6 +16,7 @@ from types import ModuleType
 
 EXPERIMENTS = (
     "frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier", "thousandfold", "budget_sweep",
+    "llm_thousandfold",
 )
 BEGIN, END = "<!-- experiment:{} -->", "<!-- /experiment:{} -->"
 
