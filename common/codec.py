@@ -53,7 +53,9 @@ from fedelta.common.delta import (
 )
 from fedelta.common.entries import Shape
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
-from fedelta.common.rice import IndexCodingError, RiceCost, RiceWriter, coded_size, decode_indices, encode_indices
+from fedelta.common.rice import (
+    IndexCodingError, RiceCost, RiceWriter, coded_size, decode_index_sets, decode_indices, encode_indices,
+)
 
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
 SCALES = "scales"
@@ -293,7 +295,8 @@ def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = 
     except Exception as error:  # safetensors raises its own error types
         raise CodecError(f"malformed safetensors payload: {error}") from error
     values_of = _Values(tensors, quantizer, _scales_by_key(tensors, quantizer))
-    entries = {name: _build(name, d, values_of) for name, d in described.items()}
+    positions = _sparse_positions(described, tensors)
+    entries = {name: _build(name, d, values_of, positions.get(name)) for name, d in described.items()}
     return Decoded(Delta(entries), dict(meta))
 
 
@@ -394,7 +397,24 @@ class _Values:
             raise CodecError(f"entry {name!r}: {error}") from error
 
 
-def _build(name: str, d: dict[str, Any], values_of: _Values) -> Entry:
+def _sparse_positions(described: Mapping[str, dict[str, Any]], tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The decoded indices of every sparse entry, by name, decoded together (see
+    :func:`~fedelta.common.rice.decode_index_sets`)."""
+    names = [name for name, d in described.items() if d["kind"] == "sparse"]
+    for name in names:
+        gaps = tensors[f"{name}/indices"]
+        if gaps.dtype != torch.uint8 or gaps.dim() != 1:
+            raise CodecError(f"entry {name!r}: indices must be a 1-D uint8 tensor")
+    try:
+        decoded = decode_index_sets([tensors[f"{name}/indices"].numpy() for name in names],
+                                    [described[name]["count"] for name in names],
+                                    [prod(described[name]["shape"]) for name in names])
+    except IndexCodingError as error:
+        raise CodecError(str(error)) from error
+    return dict(zip(names, decoded))
+
+
+def _build(name: str, d: dict[str, Any], values_of: _Values, positions: np.ndarray | None = None) -> Entry:
     shape = tuple(d["shape"])
     if d["kind"] == "low-rank":
         rank = d["rank"]
@@ -415,11 +435,9 @@ def _build(name: str, d: dict[str, Any], values_of: _Values) -> Entry:
             raise CodecError(f"entry {name!r}: {values.numel()} values for shape {shape}")
         return Dense(values.reshape(shape))
     if d["kind"] == "sparse":
-        gaps = values_of.tensors[f"{name}/indices"]
-        if gaps.dtype != torch.uint8 or gaps.dim() != 1 or values.numel() != d["count"]:
+        if positions is None or values.numel() != d["count"]:
             raise CodecError(f"entry {name!r}: indices and values disagree")
-        indices = decode_index_gaps(gaps.numpy(), d["count"], prod(shape))
-        return Sparse(shape, torch.from_numpy(indices), values)
+        return Sparse(shape, torch.from_numpy(positions), values)
     numel = prod(shape)
     count = kept_count(numel, d["keep"])
     if values.numel() != count:

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fedelta.common.entries import (  # noqa: F401  (the entry kinds are part of this module's interface)
@@ -76,9 +77,18 @@ FINITE_CHUNK = 1 << 16  # elements checked per step: the check's temporaries sta
 
 
 def all_finite(values: torch.Tensor) -> bool:
-    """Whether every value is finite, checked in chunks so no full-size temporary is made."""
+    """Whether every value is finite, checked in chunks so no full-size temporary is made.
+
+    On the CPU numpy tests each chunk in one pass (torch takes several kernels,
+    about 15 µs a call on a small tensor), fp64 as it is and every other dtype
+    widened to fp32, which keeps each value's finiteness.
+    """
     flat = values.reshape(-1)
-    return all(bool(torch.isfinite(flat[start : start + FINITE_CHUNK]).all())
+    if flat.device.type != "cpu":
+        return all(bool(torch.isfinite(flat[start : start + FINITE_CHUNK]).all())
+                   for start in range(0, flat.numel(), FINITE_CHUNK))
+    wide = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32
+    return all(bool(np.isfinite(flat[start : start + FINITE_CHUNK].to(wide).numpy()).all())
                for start in range(0, flat.numel(), FINITE_CHUNK))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -45,9 +46,10 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[None
     return contextlib.nullcontext()
 
 
-def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A tokenized batch with every tensor moved to ``device``."""
-    return {name: tensor.to(device) for name, tensor in batch.items()}
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A tokenized batch with every tensor moved to ``device`` (other values, such as ``logits_to_keep``,
+    as they are)."""
+    return {name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in batch.items()}
 
 
 def device_of(model: torch.nn.Module) -> torch.device:

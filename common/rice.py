@@ -12,6 +12,8 @@ one index set or raises.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 MAX_RICE_BITS = 48
@@ -169,12 +171,9 @@ def _read_low_bits(data: np.ndarray, count: int, b: int) -> np.ndarray:
     return fields
 
 
-def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
-    """Inverse of :func:`encode_indices`; checks lengths, padding, and that every index is < ``numel``."""
-    if count == 0:
-        if data.size:
-            raise IndexCodingError("index bytes present for an empty entry")
-        return np.zeros(0, dtype=np.int64)
+def _layout(data: np.ndarray, count: int, numel: int) -> tuple[int, int]:
+    """The Rice parameter of a non-empty coding and where its low bits end, once the lengths and the
+    parameter's range check out."""
     if data.size < 2:
         raise IndexCodingError("index coding too short")
     b = int(data[0])
@@ -186,14 +185,29 @@ def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
     unary_bytes = data.size - low_end
     if unary_bytes < 1 or unary_bytes > most_unary:
         raise IndexCodingError(f"index coding of {data.size} bytes does not fit {count} indices")
+    return b, low_end
+
+
+def _check_fits(data: np.ndarray, count: int, numel: int, b: int, low_end: int) -> None:
+    """Zero padding after the low bits, and sums of ``count`` fields that stay far inside int64."""
+    if low_end > 1 and count * b % 8 and data[low_end - 1] & ((1 << (8 - count * b % 8)) - 1):
+        raise IndexCodingError("index coding has non-zero padding")
+    if count > numel or count << b >= 1 << 62:
+        raise IndexCodingError(f"{count} indices with Rice parameter {b} do not fit {numel} elements")
+
+
+def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
+    """Inverse of :func:`encode_indices`; checks lengths, padding, and that every index is < ``numel``."""
+    if count == 0:
+        if data.size:
+            raise IndexCodingError("index bytes present for an empty entry")
+        return np.zeros(0, dtype=np.int64)
+    b, low_end = _layout(data, count, numel)
     unary = np.unpackbits(data[low_end:])
     ones = np.flatnonzero(unary.view(bool))  # 0 and 1 only; a bool view is searched several times faster
     if ones.size != count or unary.size - ones[-1] > 8:
         raise IndexCodingError(f"index coding holds {ones.size} values, expected {count}")
-    if low_end > 1 and count * b % 8 and data[low_end - 1] & ((1 << (8 - count * b % 8)) - 1):
-        raise IndexCodingError("index coding has non-zero padding")
-    if count > numel or count << b >= 1 << 62:  # the sums below stay far inside int64
-        raise IndexCodingError(f"{count} indices with Rice parameter {b} do not fit {numel} elements")
+    _check_fits(data, count, numel, b, low_end)
     # Index i is the sum of gaps 0..i plus i. The quotients 0..i sum to ones[i] - i, so index i is
     # (ones[i] - i) << b, plus the low bits 0..i summed, plus i: every term is at least 0, so the
     # indices increase strictly, and the last one bounds them all. Computed in place, in three buffers.
@@ -207,3 +221,89 @@ def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
     if indices[-1] >= numel:
         raise IndexCodingError(f"index {indices[-1]} out of range for {numel} elements")
     return indices
+
+
+def decode_index_sets(codes: Sequence[np.ndarray], counts: Sequence[int], numels: Sequence[int]) -> list[np.ndarray]:
+    """:func:`decode_indices` of each coding, with the same checks.
+
+    A set of a few thousand indices costs numpy's fixed cost per call more
+    than its work, so sets under :data:`CHUNK` are decoded together, about
+    :data:`CHUNK` indices at a time, in one pass over their concatenated bits;
+    larger sets are decoded alone.
+    """
+    decoded: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(codes)
+    group: list[int] = []
+    pending = 0
+    for k, count in enumerate(counts):
+        if count >= CHUNK:
+            decoded[k] = decode_indices(codes[k], count, numels[k])
+            continue
+        group.append(k)
+        pending += count
+        if pending >= CHUNK:
+            _decode_group(group, codes, counts, numels, decoded)
+            group, pending = [], 0
+    _decode_group(group, codes, counts, numels, decoded)
+    return decoded
+
+
+def _decode_group(group: list[int], codes: Sequence[np.ndarray], counts: Sequence[int], numels: Sequence[int],
+                  decoded: list[np.ndarray]) -> None:
+    """Decode the sets ``group`` names together into ``decoded``: the arithmetic of :func:`decode_indices`
+    over their concatenated unary parts and low-bit fields."""
+    parts, params, low_ends = [], [], []
+    for k in group:
+        if counts[k] == 0:
+            if codes[k].size:
+                raise IndexCodingError("index bytes present for an empty entry")
+            continue
+        b, low_end = _layout(codes[k], counts[k], numels[k])
+        parts.append(k)
+        params.append(b)
+        low_ends.append(low_end)
+    if not parts:
+        return
+    count = np.array([counts[k] for k in parts], dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    total = int(count.sum())
+    unary = np.unpackbits(np.concatenate([codes[k][end:] for k, end in zip(parts, low_ends)]))
+    unary_start = 8 * np.concatenate([[0], np.cumsum([codes[k].size - end for k, end in zip(parts, low_ends)])])
+    ones = np.flatnonzero(unary.view(bool))
+    found = np.diff(np.searchsorted(ones, unary_start))
+    # each set's last 1 lies in its last byte: its distance from the set's end is at most 8 bits
+    tail = unary_start[1:] - ones[np.maximum(np.cumsum(found) - 1, 0)] if ones.size else 0
+    wrong = np.flatnonzero((found != count) | (tail > 8))
+    if wrong.size:
+        raise IndexCodingError(f"index coding holds {found[wrong[0]]} values, expected {count[wrong[0]]}")
+    for k, b, low_end in zip(parts, params, low_ends):
+        _check_fits(codes[k], counts[k], numels[k], b, low_end)
+    steps = np.arange(total, dtype=np.int64) - np.repeat(first, count)
+    bits = np.repeat(np.array(params, dtype=np.int64), count)
+    fields = np.zeros(total, dtype=np.uint64)
+    for b in set(params) - {0}:
+        # Each set's low bits padded to whole groups of 8 fields (b bytes): the sets of one b form one
+        # stream of b-bit fields that _read_low_bits reads in a single call.
+        members = [m for m, own in enumerate(params) if own == b]
+        padded = [-(-int(count[m]) // 8) * 8 for m in members]
+        stream = np.concatenate([part for m, fields_in in zip(members, padded)
+                                 for part in (codes[parts[m]][1:low_ends[m]],
+                                              np.zeros(fields_in * b // 8 - (low_ends[m] - 1), dtype=np.uint8))])
+        read = _read_low_bits(stream, sum(padded), b)
+        at = 0
+        for m, fields_in in zip(members, padded):
+            fields[first[m]:first[m] + count[m]] = read[at:at + count[m]]
+            at += fields_in
+    summed = np.cumsum(fields.view(np.int64))
+    summed -= np.repeat(summed[first - 1] * (first > 0), count)  # each set's own running sum
+    indices = ones - np.repeat(unary_start[:-1], count)
+    indices -= steps
+    indices <<= bits
+    indices += summed
+    indices += steps
+    last = indices[first + count - 1]
+    numel = np.array([numels[k] for k in parts], dtype=np.int64)
+    over = np.flatnonzero(last >= numel)
+    if over.size:
+        raise IndexCodingError(f"index {last[over[0]]} out of range for {numel[over[0]]} elements")
+    for k, start, size in zip(parts, first.tolist(), count.tolist()):
+        decoded[k] = indices[start:start + size]

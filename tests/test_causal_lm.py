@@ -11,7 +11,7 @@ from fedelta.common.config import Settings
 from fedelta.common.delta import model_params, state_hash
 from fedelta.common.instructions import MAX_CANDIDATES, Conversations, load_instruction_file
 from fedelta.common.tasks import task_for
-from fedelta.common.tasks.causal_lm import IGNORED, Renderer, collate
+from fedelta.common.tasks.causal_lm import IGNORED, Renderer, candidate_log_likelihoods, collate, training_batch
 from rounds import open_federation, run_rounds
 
 CAUSAL = {"task.name": "causal-lm", "model.path": "tiny-llama", "model.max-length": 48, "local.lr": 1e-3}
@@ -44,6 +44,28 @@ def test_prompt_tokens_and_padding_carry_no_loss(bundle):
                                                  ignore_index=IGNORED)
     torch.testing.assert_close(loss, expected)
     assert int((targets != IGNORED).sum()) == sum(len(ids) - prompt for ids, prompt in rows)
+
+
+def test_a_training_batch_computes_the_response_logits_only_and_the_same_loss(bundle):
+    render = Renderer(bundle.tokenizer, chat=False, max_length=48)
+    rows = [render.ids((("user", "Is it good?"),), "yes, it is"),
+            render.ids((("user", "A much longer question than the first one here?"),), "no")]
+    pad = bundle.tokenizer.pad_token_id
+    batch = training_batch(rows, pad, bundle.model)
+    span = max(len(ids) - prompt for ids, prompt in rows) + 1
+    assert batch["logits_to_keep"] == span and batch["labels"].shape == (2, span)
+    assert (batch["labels"][:, 0] == IGNORED).all()  # the position before the longest response is a prompt's
+    assert int((batch["labels"] != IGNORED).sum()) == sum(len(ids) - prompt for ids, prompt in rows)
+    output = bundle.model(**batch)
+    assert output.logits.shape[1] == span
+    torch.testing.assert_close(output.loss, bundle.model(**collate(rows, pad)).loss)
+
+    class NoLogitsToKeep(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+            raise AssertionError("not called")
+
+    whole = training_batch(rows, pad, NoLogitsToKeep())
+    assert "logits_to_keep" not in whole and whole["labels"].shape == whole["input_ids"].shape
 
 
 def test_without_a_template_the_response_follows_the_prompt_and_ends_the_sequence(bundle):
@@ -94,6 +116,39 @@ def test_accuracy_is_the_likelier_candidate_and_loss_is_on_the_true_responses(ta
     assert result.loss == pytest.approx(nll / tokens, rel=1e-4)
     assert result.perplexity == pytest.approx(torch.exp(torch.tensor(nll / tokens)).item(), rel=1e-4)
     assert set(result.metrics()) == {"num-examples", "loss", "accuracy", "perplexity"}
+
+
+def _unpadded_log_likelihood(model, ids: list[int], prompt: int) -> float:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    return float(torch.log_softmax(logits[:-1], -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][prompt - 1:].sum())
+
+
+def test_candidates_continuing_one_cached_prompt_score_as_each_scored_alone(task, bundle):
+    render = Renderer(bundle.tokenizer, chat=False, max_length=48)
+    candidates = ("no", "yes, without any doubt at all", "not really")
+    prompts = ["Is it good?", "A much longer question, with several more words in it?", "Why?"]
+    examples = [[render.ids((("user", p),), c) for c in candidates] for p in prompts]
+    found = candidate_log_likelihoods(bundle.model, examples, bundle.tokenizer.pad_token_id)
+    assert len({len(ids) - prompt for ids, prompt in examples[0]}) == 3  # three response lengths
+    for rows, scores in zip(examples, found, strict=True):
+        for (ids, prompt), (score, tokens) in zip(rows, scores, strict=True):
+            assert tokens == len(ids) - prompt
+            assert score == pytest.approx(_unpadded_log_likelihood(bundle.model, ids, prompt), abs=1e-4)
+
+
+def test_an_example_whose_prompt_is_cut_differently_per_candidate_is_scored_row_by_row(tiny_settings):
+    task = task_for(tiny_settings.with_overrides({**CAUSAL, "model.max-length": 12}))
+    bundle = task.load_model(0, seed=0)
+    render = task.renderer(bundle)
+    data = Conversations([(("user", "short"),), (("user", " ".join(f"word{i}" for i in range(30))),)],
+                         ["no", "yes, without any doubt"], ["a", "b"], ("no", "yes, without any doubt"))
+    cut = [render.ids(data.prompts[1], r) for r in data.candidates]
+    assert cut[0][0][:cut[0][1]] != cut[1][0][:cut[1][1]]  # the longer response leaves less of the prompt
+    result = task.evaluate(bundle, data)
+    nll = -sum(_unpadded_log_likelihood(bundle.model, *render.ids(data.prompts[i], data.responses[i])) for i in range(2))
+    tokens = sum(len(ids) - prompt for ids, prompt in (render.ids(data.prompts[i], data.responses[i]) for i in range(2)))
+    assert result.loss == pytest.approx(nll / tokens, rel=1e-4)
 
 
 def test_open_ended_responses_have_loss_and_perplexity_but_no_accuracy(task, bundle):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -224,6 +225,61 @@ def test_rice_decoding_rejects_malformed_lengths(mutate):
     coded = encode_index_gaps(np.array([3, 40, 41, 977]))
     with pytest.raises(CodecError):
         decode_index_gaps(mutate(coded), 4, 1000)
+
+
+def _index_sets(seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Index sets of several densities (so several Rice parameters, 0 among them), an empty one and one
+    large enough to be decoded alone, with their codings and sizes."""
+    from fedelta.common import rice
+
+    rng = np.random.default_rng(seed)
+    sets, numels = [], []
+    for numel, density in ((5_000, 0.01), (300, 0.9), (40_000, 0.001), (100, 0.0), (2 * rice.CHUNK, 0.6),
+                           (9, 1.0), (70_000, 0.05), (1_000, 0.2), (3, 0.5), (25_000, 0.01)):
+        sets.append(np.flatnonzero(rng.random(numel) < density))
+        numels.append(numel)
+    return sets, [encode_index_gaps(s) for s in sets], numels
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 1 << 16])  # every set alone; a few per group; one group
+def test_index_sets_decoded_together_equal_each_decoded_alone(chunk, monkeypatch):
+    from fedelta.common import rice
+
+    sets, codes, numels = _index_sets(chunk)
+    monkeypatch.setattr(rice, "CHUNK", chunk)
+    decoded = rice.decode_index_sets(codes, [s.size for s in sets], numels)
+    assert len({int(c[0]) for c in codes if c.size}) >= 4
+    for got, want in zip(decoded, sets, strict=True):
+        assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_corrupt_set_among_others_is_refused_as_when_decoded_alone(seed):
+    from fedelta.common import rice
+
+    sets, codes, numels = _index_sets(1000 + seed)
+    rng = np.random.default_rng(seed)
+    victim = int(rng.choice([k for k, c in enumerate(codes) if c.size]))
+    bad = codes[victim].copy()
+    kind = seed % 4
+    if kind == 0:
+        bad[rng.integers(bad.size)] ^= np.uint8(1 << rng.integers(8))  # one bit flipped
+    elif kind == 1:
+        bad = bad[: rng.integers(bad.size)]  # cut short
+    elif kind == 2:
+        bad = np.concatenate([bad, rng.integers(0, 256, 1 + rng.integers(3), dtype=np.uint8)])  # bytes added
+    counts = [s.size for s in sets]
+    if kind == 3:
+        counts[victim] += int(rng.choice([-1, 1]))  # the declared count is off by one
+    try:
+        alone = rice.decode_indices(bad, counts[victim], numels[victim])
+    except rice.IndexCodingError as error:
+        with pytest.raises(rice.IndexCodingError, match=re.escape(str(error))):
+            rice.decode_index_sets([*codes[:victim], bad, *codes[victim + 1:]], counts, numels)
+    else:
+        together = rice.decode_index_sets([*codes[:victim], bad, *codes[victim + 1:]], counts, numels)
+        assert np.array_equal(together[victim], alone)
+        assert all(np.array_equal(got, want) for k, (got, want) in enumerate(zip(together, sets)) if k != victim)
 
 
 # Property: random corruption of a valid payload is rejected or changes nothing.

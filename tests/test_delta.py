@@ -142,3 +142,16 @@ def test_extract_names_only_the_trained_tensors():
     delta = extract_delta(after, before, ["a.bias"])
     assert set(delta) == {"a.bias"}
     assert delta["a.bias"].nonzero().reshape(-1).tolist() == [2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_every_non_finite_value_is_found_in_any_chunk_of_any_dtype(dtype, bad):
+    from fedelta.common.delta import FINITE_CHUNK, all_finite
+
+    values = torch.full((2 * FINITE_CHUNK + 5,), torch.finfo(dtype).max, dtype=dtype)  # the largest finite value
+    assert all_finite(values) and all_finite(values[:-5].reshape(-1, 8)) and all_finite(values[:0])
+    for at in (0, FINITE_CHUNK - 1, FINITE_CHUNK, values.numel() - 1):
+        spoiled = values.clone()
+        spoiled[at] = bad
+        assert not all_finite(spoiled), at

@@ -22,6 +22,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,6 +95,28 @@ def collate(rows: list[tuple[list[int], int]], pad_id: int, *, left: bool = Fals
     return batch
 
 
+def response_span(rows: list[tuple[list[int], int]]) -> int:
+    """How many final positions of left-padded ``rows`` hold every response token and the one before it."""
+    return max(len(ids) - prompt for ids, prompt in rows) + 1
+
+
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether ``model`` computes logits for its last positions only when given ``logits_to_keep``."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def training_batch(rows: list[tuple[list[int], int]], pad_id: int, model: torch.nn.Module) -> dict[str, Any]:
+    """A left-padded training batch; where the model allows, its logits and labels cover only the response
+    span, which leaves the loss as it is (every other label is ignored) and skips the output layer for the
+    prompt."""
+    batch: dict[str, Any] = collate(rows, pad_id, left=True)
+    if keeps_logits(model):
+        span = response_span(rows)
+        batch["labels"] = batch["labels"][:, -span:]
+        batch["logits_to_keep"] = span
+    return batch
+
+
 @torch.no_grad()
 def response_log_likelihoods(model: torch.nn.Module, rows: list[tuple[list[int], int]], pad_id: int) -> list[tuple[float, int]]:
     """For each row, the summed log-likelihood of its response tokens given what precedes them, and their count.
@@ -103,8 +126,8 @@ def response_log_likelihoods(model: torch.nn.Module, rows: list[tuple[list[int],
     """
     batch = collate(rows, pad_id, left=True)
     labels = batch.pop("labels")
-    span = max(len(ids) - prompt for ids, prompt in rows) + 1
-    keep = {"logits_to_keep": span} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    span = response_span(rows)
+    keep = {"logits_to_keep": span} if keeps_logits(model) else {}
     device = device_of(model)
     with autocast_for(device):
         logits = model(**to_device(batch, device), **keep).logits[:, -span:].float().cpu()
@@ -112,6 +135,57 @@ def response_log_likelihoods(model: torch.nn.Module, rows: list[tuple[list[int],
     scores = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
     counted = targets[:, 1:] != IGNORED
     return [(float(scores[i][counted[i]].sum()), int(counted[i].sum())) for i in range(len(rows))]
+
+
+@torch.no_grad()
+def candidate_log_likelihoods(model: torch.nn.Module, examples: list[list[tuple[list[int], int]]],
+                              pad_id: int) -> list[list[tuple[float, int]]]:
+    """:func:`response_log_likelihoods` of each example's candidate rows, which share one non-empty prompt:
+    the prompts run once, and every candidate continues from their cached keys and values.
+
+    The first response token's likelihood comes from the prompt pass; the
+    remaining ones from a second pass over each candidate's tokens but its
+    last, right-padded after the prompts' cache repeated once per candidate.
+    """
+    count = len(examples[0])
+    prompts = [(rows[0][0][:rows[0][1]], 0) for rows in examples]
+    batch = collate(prompts, pad_id, left=True)
+    batch.pop("labels")
+    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
+    device = device_of(model)
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with autocast_for(device):
+        start = model(**to_device(batch, device), use_cache=True, **keep)
+    first = torch.log_softmax(start.logits[:, -1].float().cpu(), dim=-1)
+    responses = [ids[prompt:] for rows in examples for ids, prompt in rows]
+    scores = [first[k // count, response[0]].item() for k, response in enumerate(responses)]
+    width = max(len(response) for response in responses) - 1
+    if width:
+        cache = getattr(start, cache_name)
+        cache.batch_repeat_interleave(count)
+        follow = torch.full((len(responses), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(responses), width), dtype=torch.long)
+        for row, response in enumerate(responses):
+            follow[row, :len(response) - 1] = torch.tensor(response[:-1])
+            mask[row, :len(response) - 1] = 1
+        lengths = batch["attention_mask"].sum(-1).repeat_interleave(count)
+        inputs = {"input_ids": follow,
+                  "attention_mask": torch.cat([batch["attention_mask"].repeat_interleave(count, dim=0), mask], dim=-1),
+                  "position_ids": lengths[:, None] + torch.arange(width)}
+        with autocast_for(device):
+            logits = model(**to_device(inputs, device), **{cache_name: cache}).logits.float().cpu()
+        steps = torch.log_softmax(logits, dim=-1)
+        for row, response in enumerate(responses):
+            targets = torch.tensor(response[1:])
+            scores[row] += float(steps[row, torch.arange(len(targets)), targets].sum())
+    found = [(score, len(response)) for score, response in zip(scores, responses)]
+    return [found[k * count:(k + 1) * count] for k in range(len(examples))]
+
+
+def _one_prompt(rows: list[tuple[list[int], int]]) -> bool:
+    """Whether candidate rows share one non-empty prompt and each has a response token."""
+    ids, prompt = rows[0]
+    return prompt > 0 and all(own == prompt and row[:own] == ids[:prompt] and len(row) > own for row, own in rows)
 
 
 class CausalLM:
@@ -139,10 +213,11 @@ class CausalLM:
     def renderer(self, bundle: ModelBundle) -> Renderer:
         return Renderer(bundle.tokenizer, self.settings.task.chat_template, self.settings.model.max_length)
 
-    def batches(self, bundle: ModelBundle, data: Conversations, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, bundle: ModelBundle, data: Conversations, seed: int) -> Iterator[dict[str, Any]]:
         render, pad = self.renderer(bundle), bundle.tokenizer.pad_token_id
         for chosen in shuffled(len(data), self.settings.local.batch_size, seed):
-            yield collate([render.ids(data.prompts[i], data.responses[i]) for i in chosen], pad)
+            yield training_batch([render.ids(data.prompts[i], data.responses[i]) for i in chosen], pad,
+                                 bundle.model)
 
     def train(self, bundle: ModelBundle, data: Conversations, optimizer: torch.optim.Optimizer, *, steps: int,
               seed: int) -> TrainResult:
@@ -157,8 +232,15 @@ class CausalLM:
         bundle.model.eval()
         render, pad = self.renderer(bundle), bundle.tokenizer.pad_token_id
         options = data.candidates if data.candidates else ()
-        rows = [(i, response) for i in range(len(data)) for response in (options or (data.responses[i],))]
         scored: dict[tuple[int, str], tuple[float, int]] = {}
+        rendered = {i: [render.ids(data.prompts[i], r) for r in options] for i in range(len(data))} if options else {}
+        shared = [i for i, rows in rendered.items() if _one_prompt(rows)]
+        for start in range(0, len(shared), EVAL_BATCH):
+            chunk = shared[start:start + EVAL_BATCH]
+            found = candidate_log_likelihoods(bundle.model, [rendered[i] for i in chunk], pad)
+            scored.update(((i, r), score) for i, scores in zip(chunk, found) for r, score in zip(options, scores))
+        alone = set(range(len(data))) - set(shared)
+        rows = [(i, response) for i in sorted(alone) for response in (options or (data.responses[i],))]
         for start in range(0, len(rows), EVAL_BATCH):
             chunk = rows[start:start + EVAL_BATCH]
             found = response_log_likelihoods(bundle.model, [render.ids(data.prompts[i], r) for i, r in chunk], pad)
