@@ -160,8 +160,8 @@ def _encode_dense_in_chunks(
     numel, count = flat.numel(), int(torch.count_nonzero(bits))
     spans = [(start, min(start + CHUNK, numel)) for start in range(0, numel, CHUNK)]
 
-    def kept(start: int, stop: int) -> torch.Tensor:
-        return bits[start:stop].nonzero().reshape(-1).add_(start)
+    def kept(start: int, stop: int) -> torch.Tensor:  # numpy finds them about 4x faster than torch.nonzero
+        return torch.from_numpy(np.flatnonzero(bits[start:stop].numpy() != 0)).add_(start)
 
     sparse = False
     if count < numel:
@@ -251,7 +251,7 @@ def wire_form(entry: Entry, quantizer: Quantizer) -> Entry:
     count = int(torch.count_nonzero(bits))
     if count == flat.numel():
         return entry
-    positions = bits.nonzero().reshape(-1)
+    positions = torch.from_numpy(np.flatnonzero(bits.numpy() != 0))
     if coded_size(positions.numpy()) * 8 + count * quantizer.bits >= flat.numel() * quantizer.bits:
         return entry
     return Sparse(entry.shape, positions, flat[positions].clone())
@@ -267,13 +267,17 @@ def auto_level(size: int) -> int:
     return 15 if size < 128 << 10 else 9 if size < 4 << 20 else 3
 
 
-def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = None) -> Decoded:
+def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = None,
+           known: Mapping[str, Entry] | None = None) -> Decoded:
     """Parse bytes from :func:`encode`, within ``limits``; raise :class:`CodecError` otherwise.
 
     ``shapes`` (the model's tensors by name) bounds the entries to one per
     tensor and makes an entry for a tensor declare that tensor's shape;
     without it, at most :data:`MAX_ENTRIES` entries. Names outside ``shapes``
     count against both bounds and are left to the caller's validation.
+    ``known`` holds entries the caller already has, such as what it encoded:
+    a seeded entry with the same shape, seed and keep takes its positions
+    from there instead of drawing them again.
     """
     max_entries = MAX_ENTRIES if shapes is None else len(shapes)
     raw = _decompress(data, limits, max_entries)
@@ -296,6 +300,7 @@ def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = 
         raise CodecError(f"malformed safetensors payload: {error}") from error
     values_of = _Values(tensors, quantizer, _scales_by_key(tensors, quantizer))
     positions = _sparse_positions(described, tensors)
+    positions.update(_known_masks(described, known or {}))
     entries = {name: _build(name, d, values_of, positions.get(name)) for name, d in described.items()}
     return Decoded(Delta(entries), dict(meta))
 
@@ -414,7 +419,19 @@ def _sparse_positions(described: Mapping[str, dict[str, Any]], tensors: Mapping[
     return dict(zip(names, decoded))
 
 
-def _build(name: str, d: dict[str, Any], values_of: _Values, positions: np.ndarray | None = None) -> Entry:
+def _known_masks(described: Mapping[str, dict[str, Any]], known: Mapping[str, Entry]) -> dict[str, torch.Tensor]:
+    """The positions of each described seeded entry that ``known`` holds with the same shape, seed and keep."""
+    found = {}
+    for name, d in described.items():
+        entry = known.get(name)
+        if (d["kind"] == "seeded" and isinstance(entry, SeededMask)
+                and (entry.shape, entry.seed, entry.keep) == (tuple(d["shape"]), d["seed"], d["keep"])):
+            found[name] = entry.positions()
+    return found
+
+
+def _build(name: str, d: dict[str, Any], values_of: _Values,
+           positions: np.ndarray | torch.Tensor | None = None) -> Entry:
     shape = tuple(d["shape"])
     if d["kind"] == "low-rank":
         rank = d["rank"]
@@ -442,7 +459,9 @@ def _build(name: str, d: dict[str, Any], values_of: _Values, positions: np.ndarr
     count = kept_count(numel, d["keep"])
     if values.numel() != count:
         raise CodecError(f"entry {name!r}: {values.numel()} values for a mask of {count}")
-    return SeededMask(shape, name, d["seed"], d["keep"], values, seeded_positions(d["seed"], name, numel, d["keep"]))
+    if positions is None:
+        positions = seeded_positions(d["seed"], name, numel, d["keep"])
+    return SeededMask(shape, name, d["seed"], d["keep"], values, positions)
 
 
 def encode_index_gaps(indices: np.ndarray) -> np.ndarray:

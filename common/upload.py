@@ -94,7 +94,7 @@ def finish_upload(
     """
     if payload is None:
         payload = encode_upload(pruned, settings, base=base, formed=formed, binding=binding)
-    sent = decode(payload, limits).delta
+    sent = decode(payload, limits, known=pruned.delta.entries).delta
     new_residual: dict[str, torch.Tensor] = {}
     if settings.feedback.enabled:
         new_residual = left_over(pruned.target, (resolver or Resolver()).resolve(sent))

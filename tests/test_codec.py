@@ -12,6 +12,7 @@ from fedelta.common.codec import (
     EARLIER_FORMATS, FORMAT, CodecError, Limits, decode, decode_index_gaps, encode, encode_and_apply, encode_index_gaps,
 )
 from fedelta.common.delta import Delta, Dense, SeededMask, Sparse, apply_delta, seeded_mask
+from fedelta.common.entries import seeded_positions
 from fedelta.common.pruning import PruneRequest, prune_delta
 
 LIMITS = Limits(max_bytes=1 << 20, max_elements=100_000)
@@ -28,6 +29,23 @@ def _delta() -> Delta:
         "w.seeded": SeededMask((40, 30), "w.seeded", 11, 0.2, weight.reshape(-1)[positions], positions),
         "w.empty": Sparse((10,), torch.zeros(0, dtype=torch.int64), torch.zeros(0)),
     })
+
+
+def test_a_known_seeded_entry_lends_its_positions_only_when_its_mask_is_the_same(monkeypatch):
+    from fedelta.common import codec as codec_module
+
+    delta = _delta()
+    data = encode(delta, base=BASE)
+    seeded = delta.entries["w.seeded"]
+    drawn = []
+    monkeypatch.setattr(codec_module, "seeded_positions", lambda *args: drawn.append(args) or seeded_positions(*args))
+    lent = decode(data, LIMITS, known=delta.entries).delta.entries["w.seeded"]
+    assert drawn == [] and lent.positions() is seeded.positions()
+    other = {"w.seeded": SeededMask((40, 30), "w.seeded", 12, 0.2, seeded.values, seeded.positions())}
+    for known in (other, {"w.seeded": delta.entries["w.sparse"]}, {}):
+        got = decode(data, LIMITS, known=known).delta.entries["w.seeded"]
+        assert torch.equal(got.positions(), seeded.positions()) and torch.equal(got.values, lent.values)
+    assert len(drawn) == 3 and drawn[0][:2] == (11, "w.seeded")
 
 
 @pytest.mark.parametrize("values", ["fp32", "fp16", "bf16"])
