@@ -25,6 +25,7 @@ class IndexCodingError(ValueError):
 
 FEW_FIELDS = 256  # below this many low-bit fields, reading them through single bits is cheaper
 CHUNK = 1 << 16  # indices coded per step: bounds the coder's temporaries to a few MB at any count
+GROUP = 1 << 13  # indices of small sets decoded together: their temporaries stay in cache
 
 
 def _gaps(indices: np.ndarray, previous: int = -1) -> np.ndarray:
@@ -227,20 +228,20 @@ def decode_index_sets(codes: Sequence[np.ndarray], counts: Sequence[int], numels
     """:func:`decode_indices` of each coding, with the same checks.
 
     A set of a few thousand indices costs numpy's fixed cost per call more
-    than its work, so sets under :data:`CHUNK` are decoded together, about
-    :data:`CHUNK` indices at a time, in one pass over their concatenated bits;
+    than its work, so sets under :data:`GROUP` are decoded together, about
+    :data:`GROUP` indices at a time, in one pass over their concatenated bits;
     larger sets are decoded alone.
     """
     decoded: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(codes)
     group: list[int] = []
     pending = 0
     for k, count in enumerate(counts):
-        if count >= CHUNK:
+        if count >= GROUP:
             decoded[k] = decode_indices(codes[k], count, numels[k])
             continue
         group.append(k)
         pending += count
-        if pending >= CHUNK:
+        if pending >= GROUP:
             _decode_group(group, codes, counts, numels, decoded)
             group, pending = [], 0
     _decode_group(group, codes, counts, numels, decoded)

@@ -252,19 +252,19 @@ def _index_sets(seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[int
 
     rng = np.random.default_rng(seed)
     sets, numels = [], []
-    for numel, density in ((5_000, 0.01), (300, 0.9), (40_000, 0.001), (100, 0.0), (2 * rice.CHUNK, 0.6),
+    for numel, density in ((5_000, 0.01), (300, 0.9), (40_000, 0.001), (100, 0.0), (2 * rice.GROUP, 0.6),
                            (9, 1.0), (70_000, 0.05), (1_000, 0.2), (3, 0.5), (25_000, 0.01)):
         sets.append(np.flatnonzero(rng.random(numel) < density))
         numels.append(numel)
     return sets, [encode_index_gaps(s) for s in sets], numels
 
 
-@pytest.mark.parametrize("chunk", [1, 100, 1 << 16])  # every set alone; a few per group; one group
-def test_index_sets_decoded_together_equal_each_decoded_alone(chunk, monkeypatch):
+@pytest.mark.parametrize("group", [1, 100, 1 << 13, 1 << 17])  # every set alone; a few per group; ...; one group
+def test_index_sets_decoded_together_equal_each_decoded_alone(group, monkeypatch):
     from fedelta.common import rice
 
-    sets, codes, numels = _index_sets(chunk)
-    monkeypatch.setattr(rice, "CHUNK", chunk)
+    sets, codes, numels = _index_sets(group)
+    monkeypatch.setattr(rice, "GROUP", group)
     decoded = rice.decode_index_sets(codes, [s.size for s in sets], numels)
     assert len({int(c[0]) for c in codes if c.size}) >= 4
     for got, want in zip(decoded, sets, strict=True):
