@@ -137,6 +137,27 @@ def test_candidates_continuing_one_cached_prompt_score_as_each_scored_alone(task
             assert score == pytest.approx(_unpadded_log_likelihood(bundle.model, ids, prompt), abs=1e-4)
 
 
+def test_a_model_that_names_no_cache_is_scored_row_by_row_to_the_same_result(task, bundle):
+    from dataclasses import replace
+
+    from fedelta.common.tasks.causal_lm import cache_keyword
+
+    class PassingKeywordsOn(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kwargs):
+            return self.inner(**kwargs)
+
+    data = Conversations([(("user", "Review: great fun"),), (("user", "Review: dull"),)], ["positive", "negative"],
+                         ["a", "b"], ("negative", "positive"))
+    wrapped = replace(bundle, model=PassingKeywordsOn(bundle.model))
+    assert cache_keyword(bundle.model) is not None and cache_keyword(wrapped.model) is None
+    direct, by_rows = task.evaluate(bundle, data), task.evaluate(wrapped, data)
+    assert by_rows.accuracy == direct.accuracy and by_rows.loss == pytest.approx(direct.loss, rel=1e-4)
+
+
 def test_an_example_whose_prompt_is_cut_differently_per_candidate_is_scored_row_by_row(tiny_settings):
     task = task_for(tiny_settings.with_overrides({**CAUSAL, "model.max-length": 12}))
     bundle = task.load_model(0, seed=0)

@@ -137,6 +137,13 @@ def response_log_likelihoods(model: torch.nn.Module, rows: list[tuple[list[int],
     return [(float(scores[i][counted[i]].sum()), int(counted[i].sum())) for i in range(len(rows))]
 
 
+def cache_keyword(model: torch.nn.Module) -> str | None:
+    """The name under which ``model.forward`` takes and returns its key-value cache (transformers renamed
+    ``past_key_values`` to ``cache``), or ``None`` where it names neither (a wrapper passing keywords on)."""
+    named = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in named), None)
+
+
 @torch.no_grad()
 def candidate_log_likelihoods(model: torch.nn.Module, examples: list[list[tuple[list[int], int]]],
                               pad_id: int) -> list[list[tuple[float, int]]]:
@@ -153,7 +160,7 @@ def candidate_log_likelihoods(model: torch.nn.Module, examples: list[list[tuple[
     batch.pop("labels")
     keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
     device = device_of(model)
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_name = cache_keyword(model)
     with autocast_for(device):
         start = model(**to_device(batch, device), use_cache=True, **keep)
     first = torch.log_softmax(start.logits[:, -1].float().cpu(), dim=-1)
@@ -234,7 +241,7 @@ class CausalLM:
         options = data.candidates if data.candidates else ()
         scored: dict[tuple[int, str], tuple[float, int]] = {}
         rendered = {i: [render.ids(data.prompts[i], r) for r in options] for i in range(len(data))} if options else {}
-        shared = [i for i, rows in rendered.items() if _one_prompt(rows)]
+        shared = [i for i, rows in rendered.items() if _one_prompt(rows)] if cache_keyword(bundle.model) else []
         for start in range(0, len(shared), EVAL_BATCH):
             chunk = shared[start:start + EVAL_BATCH]
             found = candidate_log_likelihoods(bundle.model, [rendered[i] for i in chunk], pad)
