@@ -13,7 +13,8 @@ from fedelta.common.pruning import PRUNERS
 from fedelta.common.model import model_name
 from fedelta.common.report import human_bytes, portable_path, portable_paths
 from fedelta.simulations.experiments import (
-    budget_sweep, darex_extreme, frontier, llm_frontier, llm_thousandfold, perp, scale, sparse_base, thousandfold,
+    budget_sweep, darex_extreme, frontier, llm_frontier, llm_pruning, llm_thousandfold, perp, scale, sparse_base,
+    thousandfold,
 )
 from fedelta.simulations.shapes import minilm_shapes
 from fedelta.simulations.experiments.__main__ import update_results_md
@@ -362,6 +363,22 @@ def test_llm_thousandfold_judges_smollm2_runs_on_a_thousand_site_steps(tmp_path,
         assert settings.model.path == "smollm2-135m-instruct" and not refusal(run.overrides), run.label
     budgeted = next(r for r in full if "budget" in r.label).overrides
     assert (budgeted["upload.budget-bytes"], budgeted["downlink.budget-bytes"]) == (538_060, 5_380_600)
+
+
+def test_llm_pruning_tests_both_claims_against_the_thousandfold_reference(tmp_path, shared_runs):
+    outcomes, section = _run_quick(llm_pruning, tmp_path, shared_runs)
+    assert not [o.refused for o in outcomes if o.refused]
+    for outcome in outcomes[1:]:
+        tags = outcome.run.tags
+        row = f"| {outcome.run.label} | {tags['drop']:g} | {tags['recover']} | {outcome.accuracy:.3f} "
+        assert row in section and outcome.summary["config"]["prune.recover-steps"] == tags["recover"]
+    full = llm_pruning.plan(quick=False)
+    reference = [r.overrides for r in llm_thousandfold.plan(quick=False) if r.tags.get("reference") == "federated"]
+    assert [full[0].overrides] == reference  # the same run, so one made for either experiment serves both
+    assert [(r.tags["pruner"], r.tags["drop"], r.tags["recover"]) for r in full[1:]] == [
+        ("dare", 0.99, 0), ("darex-q unlabelled", 0.99, 0), ("dare", 0.999, 0), ("darex-q unlabelled", 0.999, 0),
+        ("magnitude", 0.99, 0), ("magnitude", 0.99, 8), ("dare", 0.99, 8)]
+    assert all(not refusal(r.overrides) for r in full)
 
 
 def test_budget_sweep_quick_mode_keeps_every_upload_within_its_budget(tmp_path, shared_runs):

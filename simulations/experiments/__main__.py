@@ -16,7 +16,7 @@ from types import ModuleType
 
 EXPERIMENTS = (
     "frontier", "darex_extreme", "perp", "sparse_base", "scale", "llm_frontier", "thousandfold", "budget_sweep",
-    "llm_thousandfold",
+    "llm_thousandfold", "llm_pruning",
 )
 BEGIN, END = "<!-- experiment:{} -->", "<!-- /experiment:{} -->"
 
