@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedelta.simulations.experiments import darex_extreme, llm_frontier, llm_thousandfold, perp
+from fedelta.simulations.experiments import darex_extreme, llm_frontier, llm_thousandfold, perp, thousandfold
 from fedelta.simulations.experiments.harness import figure, overrides_text, save
-from fedelta.simulations.experiments.runner import Outcome, Run, federated_reference
+from fedelta.simulations.experiments.runner import Outcome, Run
 
 NAME = "llm_pruning"
 TITLE = "DAREx and PERP on SmolLM2-135M-Instruct: pruners at p = 0.99 and 0.999, with and without recovery"
@@ -39,7 +39,7 @@ def plan(quick: bool) -> list[Run]:
     base = dict(QUICK) if quick else dict(FULL)
     drops = DROPS[:1] if quick else DROPS
     recover = 2 if quick else perp.RECOVER_STEPS
-    runs = [federated_reference({**base, **llm_frontier.METHODS["full"]})]
+    runs = [llm_thousandfold.uncompressed(base)]
     runs += [_run(base, pruner, drop, 0) for drop in drops for pruner in CLAIMS]
     runs.append(_run(base, "magnitude", drops[0], 0))
     runs += [_run(base, pruner, drops[0], recover) for pruner in RECOVERED]
@@ -58,7 +58,7 @@ def describe(quick: bool) -> str:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    reference = next((o for o in outcomes if o.run.tags.get("reference") == "federated"), None)
+    reference = thousandfold.reference(outcomes)
     lines = ["| run | p | recovery steps | final acc (best) | against the uncompressed federation | upload |",
              "|---|---:|---:|---:|---:|---:|"]
     for o in outcomes:

@@ -41,10 +41,16 @@ def candidates(delta_bytes: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def uncompressed(base: dict[str, Any]) -> Run:
+    """The uncompressed federation on ``base`` at full fine-tuning's learning rate: the bar, and the same run
+    for every experiment on this schedule."""
+    return federated_reference({**base, **llm_frontier.METHODS["full"]})
+
+
 def plan(quick: bool) -> list[Run]:
     base = dict(QUICK) if quick else dict(FULL)
     delta_bytes = QUICK_DELTA_BYTES if quick else SMOLLM2_DELTA_BYTES
-    runs = [federated_reference({**base, **llm_frontier.METHODS["full"]})]
+    runs = [uncompressed(base)]
     chosen = candidates(delta_bytes)
     if quick:
         chosen = {label: chosen[label] for label in ("hiwi, int8",)}
