@@ -398,3 +398,31 @@ def test_a_run_folder_holding_other_settings_is_refused_not_reused(tmp_path):
     execute(Run("a", dict(QUICK)), out, "inprocess")
     with pytest.raises(ValueError, match="other settings"):
         execute(Run("a", {**QUICK, "seed": 1}), out, "inprocess")
+
+
+def test_an_in_process_run_cut_short_resumes_after_its_last_committed_round(tmp_path, monkeypatch):
+    from fedelta.server.coordinator import Coordinator
+
+    overrides = {**QUICK, "rounds": 3, "federation.num-sites": 3, "federation.fraction-train": 0.67,
+                 "prune.name": "dare", "prune.drop": 0.9}
+    whole = execute(Run("whole", overrides), tmp_path / "whole", "inprocess")
+    finish_round = Coordinator.finish_round
+
+    def crash_once_after_the_second_commit(self, server_round):
+        if server_round == 2:
+            monkeypatch.setattr(Coordinator, "finish_round", finish_round)
+            raise KeyboardInterrupt  # the sitting ends between round 2's commit and its evaluation
+        return finish_round(self, server_round)
+
+    monkeypatch.setattr(Coordinator, "finish_round", crash_once_after_the_second_commit)
+    with pytest.raises(KeyboardInterrupt):
+        execute(Run("cut", overrides), tmp_path / "cut", "inprocess")
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    resumed = execute(Run("cut", overrides), tmp_path / "cut", "inprocess")
+
+    def history(outcome):
+        return [(row["round"], row["version"], row["version_sha256"], row["sites"]) for row in outcome.rows]
+
+    assert [row[0] for row in history(resumed)] == [0, 1, 2, 3]
+    assert history(resumed) == history(whole)  # the same sites sampled, the same versions committed
+    assert resumed.accuracy == whole.accuracy

@@ -193,7 +193,12 @@ def _toml(value: Any) -> str:
 
 
 def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
-    """The same rounds without Flower: the round driver with sampled sites in this process."""
+    """The same rounds without Flower: the round driver with sampled sites in this process.
+
+    A run cut short resumes in ``out`` after its last committed round, on the
+    sites' kept state, with the same sites sampled for each round as an
+    uninterrupted run would sample.
+    """
     from fedelta.client.site import Site, simulated_site_data
     from fedelta.server.coordinator import Coordinator
     from fedelta.server.rounds import RoundDriver
@@ -209,10 +214,14 @@ def run_inprocess(overrides: dict[str, Any], out: Path) -> None:
                               keep_weights=True)
                  for i in range(count)}
         sampler = random.Random(settings.seed)
-        driver.finish(0)
+        done = driver.coordinator.rounds.last
+        if done:
+            print(f"  resuming after round {done} of {settings.rounds}", flush=True)
+        driver.finish(done)
         for server_round in range(1, settings.rounds + 1):
             chosen = sorted(sampler.sample(sorted(sites), settings.federation.sites_per_round))
-            driver.run_round(server_round, {node: sites[node] for node in chosen})
+            if server_round > done:
+                driver.run_round(server_round, {node: sites[node] for node in chosen})
         report.write_summary(out, settings.to_run_config())
     finally:
         store.close()
