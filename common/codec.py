@@ -48,7 +48,7 @@ from fedelta.common.container import (  # noqa: F401  (errors, limits, formats: 
     tensor_bytes,
 )
 from fedelta.common.delta import (
-    BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, check_delta_fits, kept_count,
+    BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, check_delta_fits, kept_count, scatter_add,
     seeded_positions,
 )
 from fedelta.common.entries import Shape
@@ -188,7 +188,7 @@ def _encode_dense_in_chunks(
             positions = kept(start, stop)
             part = quantizer.encode(flat[positions]).stored
             writer.add(positions.numpy())
-            target_flat.index_add_(0, positions, part.to(torch.float32).to(target.dtype))
+            scatter_add(target_flat, positions, part.to(torch.float32).to(target.dtype))
             packed[done * width : (done + part.numel()) * width] = part.view(torch.uint8)
             done += part.numel()
         stored = packed[: count * width].view(quantizer.storage)

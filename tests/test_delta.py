@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedelta.common.delta import (
-    Delta, Dense, SeededMask, Sparse, apply_delta, extract_delta, kept_count, seeded_mask,
+    Delta, Dense, SeededMask, Sparse, apply_delta, extract_delta, kept_count, scatter_add, seeded_mask,
     seeded_positions, state_hash,
 )
 from fedelta.common.entries import _feistel, _feistel_int, _splitmix64_int, feistel_grid
@@ -57,6 +57,22 @@ def test_bad_delta_is_refused_and_leaves_params_untouched(delta, fragment):
     with pytest.raises(ValueError, match=fragment):
         apply_delta(params, delta)
     assert state_hash(params) == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_scatter_add_sums_exactly_as_index_add(dtype, requires_grad):
+    gen = torch.Generator().manual_seed(1)
+    target = torch.randn(4096, generator=gen).to(dtype).requires_grad_(requires_grad)
+    positions = torch.randperm(4096, generator=gen)[:700].sort().values
+    values = torch.randn(700, generator=gen).to(dtype)
+    expected = target.detach().clone().index_add_(0, positions, values)
+    with torch.no_grad():
+        scatter_add(target.view(-1), positions, values)
+    assert torch.equal(target.detach(), expected) and target.requires_grad == requires_grad
+    if requires_grad:
+        with pytest.raises(RuntimeError, match="leaf Variable"):
+            scatter_add(target.view(-1), positions, values)  # outside no_grad, as index_add_ refuses it
 
 
 def test_state_hash_sees_one_bit():
