@@ -48,8 +48,8 @@ from fedelta.common.container import (  # noqa: F401  (errors, limits, formats: 
     tensor_bytes,
 )
 from fedelta.common.delta import (
-    BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, check_delta_fits, kept_count, scatter_add,
-    seeded_positions,
+    BaseMask, Delta, Dense, Entry, LowRank, SeededMask, SingularOffsets, Sparse, check_delta_fits, kept_count,
+    scatter_add,
 )
 from fedelta.common.entries import Shape
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
@@ -459,9 +459,7 @@ def _build(name: str, d: dict[str, Any], values_of: _Values,
     count = kept_count(numel, d["keep"])
     if values.numel() != count:
         raise CodecError(f"entry {name!r}: {values.numel()} values for a mask of {count}")
-    if positions is None:
-        positions = seeded_positions(d["seed"], name, numel, d["keep"])
-    return SeededMask(shape, name, d["seed"], d["keep"], values, positions)
+    return SeededMask(shape, name, d["seed"], d["keep"], values, positions)  # unknown positions are drawn on use
 
 
 def encode_index_gaps(indices: np.ndarray) -> np.ndarray:

@@ -31,19 +31,21 @@ def _delta() -> Delta:
     })
 
 
-def test_a_known_seeded_entry_lends_its_positions_only_when_its_mask_is_the_same(monkeypatch):
-    from fedelta.common import codec as codec_module
+def test_a_decoded_seeded_entry_draws_its_positions_on_use_unless_a_known_entry_lends_them(monkeypatch):
+    from fedelta.common import entries
 
     delta = _delta()
     data = encode(delta, base=BASE)
     seeded = delta.entries["w.seeded"]
     drawn = []
-    monkeypatch.setattr(codec_module, "seeded_positions", lambda *args: drawn.append(args) or seeded_positions(*args))
+    monkeypatch.setattr(entries, "seeded_positions", lambda *args: drawn.append(args) or seeded_positions(*args))
     lent = decode(data, LIMITS, known=delta.entries).delta.entries["w.seeded"]
-    assert drawn == [] and lent.positions() is seeded.positions()
+    assert lent.positions() is seeded.positions()
     other = {"w.seeded": SeededMask((40, 30), "w.seeded", 12, 0.2, seeded.values, seeded.positions())}
-    for known in (other, {"w.seeded": delta.entries["w.sparse"]}, {}):
-        got = decode(data, LIMITS, known=known).delta.entries["w.seeded"]
+    decoded = [decode(data, LIMITS, known=known).delta.entries["w.seeded"]
+               for known in (other, {"w.seeded": delta.entries["w.sparse"]}, {})]
+    assert drawn == []  # decoding alone (as the server's validation does) draws no positions
+    for got in decoded:
         assert torch.equal(got.positions(), seeded.positions()) and torch.equal(got.values, lent.values)
     assert len(drawn) == 3 and drawn[0][:2] == (11, "w.seeded")
 
