@@ -67,16 +67,18 @@ def _is_bundled_folder(folder: Path) -> bool:
     return folder.resolve() == bundled_model_path().resolve()
 
 
-def load_model(path: str, num_labels: int, seed: int) -> ModelBundle:
+def load_model(path: str, num_labels: int, seed: int, tokenizer: Any = None) -> ModelBundle:
     """Version 0 of the shared classifier: pretrained body plus a seeded task head.
 
     The folder must provide every weight but the head's (see ``load_pretrained``).
+    ``tokenizer``: one this function returned before for the same path, taken
+    instead of reading the tokenizer files again.
     """
     offline_transformers()
     from transformers import AutoModelForSequenceClassification
 
     resolved = resolve_model_path(path)
-    tokenizer = _tokenizer(resolved)
+    tokenizer = _tokenizer(resolved) if tokenizer is None else tokenizer
     if resolved in TINY_MODELS:
         model = _tiny_model(resolved, num_labels, len(tokenizer), seed)
     else:
@@ -89,13 +91,14 @@ def load_model(path: str, num_labels: int, seed: int) -> ModelBundle:
     return ModelBundle(model=model, tokenizer=tokenizer, head=head)
 
 
-def load_causal_lm(path: str, seed: int = 0) -> tuple[torch.nn.Module, Any]:
+def load_causal_lm(path: str, seed: int = 0, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
     """Version 0 of a generative model and its tokenizer: exactly the pretrained weights, in fp32, no new head.
 
     ``path`` is a ``model.path`` value: ``smollm2-135m-instruct``, a ``.gguf``
     file, a causal LM folder, or ``tiny-llama`` (2 layers, hidden 32, tied
     embeddings, initialised from ``seed``). The pad token is the eos token
     where the tokenizer has none; the embeddings are never resized.
+    ``tokenizer`` is as in :func:`load_model`.
     """
     offline_transformers()
     from transformers import AutoModelForCausalLM
@@ -103,7 +106,7 @@ def load_causal_lm(path: str, seed: int = 0) -> tuple[torch.nn.Module, Any]:
     resolved = resolve_model_path(path)
     if resolved == "tiny-bert":
         raise ValueError("model.path 'tiny-bert' is not a causal LM; use tiny-llama for a tiny one")
-    tokenizer = _tokenizer(resolved)
+    tokenizer = _tokenizer(resolved) if tokenizer is None else tokenizer
     if resolved in TINY_MODELS:
         model = _tiny_causal_lm(len(tokenizer), seed)
     else:

@@ -282,3 +282,17 @@ def test_an_exported_version_is_a_text_generation_pipeline(tiny_settings, tmp_pa
     made = generate(prompt, max_new_tokens=3, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
     given = generate.tokenizer(prompt)["input_ids"]
     assert made[:len(given)] == given and len(made) == len(given) + 3
+
+
+@pytest.mark.parametrize(("overrides", "labels"), [({}, 2), (CAUSAL, 0)])
+def test_a_task_reads_its_tokenizer_once_and_builds_the_same_version_0_each_time(tiny_settings, overrides, labels,
+                                                                                 monkeypatch):
+    from fedelta.common import model as model_module
+
+    task = task_for(tiny_settings.with_overrides(overrides))
+    reads, read = [], model_module._tokenizer
+    monkeypatch.setattr(model_module, "_tokenizer", lambda resolved: reads.append(resolved) or read(resolved))
+    first, second = task.load_model(labels, seed=0), task.load_model(labels, seed=0)
+    assert len(reads) == 1 and second.tokenizer is first.tokenizer
+    assert second.model is not first.model
+    assert state_hash(model_params(second.model)) == state_hash(model_params(first.model))

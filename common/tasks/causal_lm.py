@@ -205,6 +205,7 @@ class CausalLM:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._tokenizer: Any = None  # read once, then shared by every model this task loads
 
     def load_data(self) -> Conversations:
         data = self.settings.data
@@ -214,8 +215,8 @@ class CausalLM:
         return load_instruction_file(path)
 
     def load_model(self, num_labels: int, seed: int) -> ModelBundle:
-        model, tokenizer = load_causal_lm(self.settings.model.source, seed)
-        return ModelBundle(model=model, tokenizer=tokenizer, head=[])
+        model, self._tokenizer = load_causal_lm(self.settings.model.source, seed, self._tokenizer)
+        return ModelBundle(model=model, tokenizer=self._tokenizer, head=[])
 
     def renderer(self, bundle: ModelBundle) -> Renderer:
         return Renderer(bundle.tokenizer, self.settings.task.chat_template, self.settings.model.max_length)

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +27,7 @@ class Classification:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._tokenizer: Any = None  # read once, then shared by every model this task loads
 
     def load_data(self) -> Corpus:
         return load_corpus(self.settings.data)
@@ -34,7 +36,9 @@ class Classification:
         return load_file(path, labels)
 
     def load_model(self, num_labels: int, seed: int) -> ModelBundle:
-        return load_model(self.settings.model.source, num_labels, seed)
+        bundle = load_model(self.settings.model.source, num_labels, seed, self._tokenizer)
+        self._tokenizer = bundle.tokenizer
+        return bundle
 
     def batches(self, bundle: ModelBundle, data: Corpus, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         return labelled_batches(bundle.tokenizer, data, self.settings.local.batch_size, self.settings.model.max_length,
