@@ -426,3 +426,23 @@ def test_an_in_process_run_cut_short_resumes_after_its_last_committed_round(tmp_
     assert [row[0] for row in history(resumed)] == [0, 1, 2, 3]
     assert history(resumed) == history(whole)  # the same sites sampled, the same versions committed
     assert resumed.accuracy == whole.accuracy
+
+
+def test_collecting_writes_up_the_finished_runs_and_makes_none(tmp_path, capsys):
+    from fedelta.simulations.experiments.__main__ import main
+
+    plan = [Run("first", dict(QUICK)), Run("second", {**QUICK, "seed": 1}), Run("third", {**QUICK, "seed": 2})]
+    module = _stub_plan_module(plan)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    execute(plan[2], runs / slug("third"), "inprocess")
+    (runs / slug("second")).mkdir(parents=True)  # a run another process is making: no summary yet
+
+    outcomes = run_experiment(module, quick=True, backend="inprocess", runs=runs, results=results, start=False)
+
+    assert [o.run.label for o in outcomes] == ["third"]
+    assert not (runs / slug("first")).exists() and list((runs / slug("second")).iterdir()) == []
+    assert "not finished: left out" in capsys.readouterr().out
+    section = (results / "section.md").read_text()
+    assert "In progress: 1 of 3 planned runs finished" in section and "| third |" in section
+    with pytest.raises(SystemExit, match="use one of them"):
+        main(["run", "scale", "--shard", "0/2", "--collect", "--runs", str(tmp_path / "other")])

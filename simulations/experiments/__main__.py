@@ -1,7 +1,7 @@
 """``python -m fedelta.simulations.experiments``: run an experiment, or put the results into simulations/RESULTS.md.
 
     python -m fedelta.simulations.experiments run NAME [--quick | --long] [--backend flower|inprocess]
-        [--runs DIR] [--results DIR]
+        [--runs DIR] [--results DIR] [--shard K/N | --collect]
     python -m fedelta.simulations.experiments results [--results-md FILE]
     python -m fedelta.simulations.experiments list
 """

@@ -125,25 +125,30 @@ def recorded_outcomes(path: Path) -> dict[str, Outcome]:
 
 
 def run_experiment(module: ModuleType, *, quick: bool, backend: str, runs: Path, results: Path,
-                   long: bool = False) -> list[Outcome]:
+                   long: bool = False, start: bool = True) -> list[Outcome]:
     """Plan and execute every run of ``module``, then write its results folder.
 
     Runs recorded in the results folder's outcomes.json with the same label and
     settings are not run again, and the folder is rewritten after every run, so
     an interrupted experiment resumes where it stopped, on this machine or on
-    another with the committed results.
+    another with the committed results. Without ``start``, only the runs that
+    have finished are written up, and none is made.
     """
+    planned = None
     if hasattr(module, "outcomes"):
+        if not start:
+            raise SystemExit(f"{module.NAME} prepares inputs between its runs; run it whole instead of collecting")
         outcomes = module.outcomes(quick, runs, backend)
     else:
         plan = module.plan(quick, long) if long else module.plan(quick)
+        planned = len(plan)
 
         def progress(done: list[Outcome]) -> None:
-            write_results(module, done, quick, results, backend, long=long, planned=len(plan))
+            write_results(module, done, quick, results, backend, long=long, planned=planned)
 
         outcomes = run_all(plan, runs, backend, recorded=recorded_outcomes(results / "outcomes.json"),
-                           progress=progress)
-    section = write_results(module, outcomes, quick, results, backend, long=long)
+                           progress=progress, start=start)
+    section = write_results(module, outcomes, quick, results, backend, long=long, planned=planned)
     print(section.read_text())
     return outcomes
 
@@ -161,6 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", metavar="K/N", help="run only planned runs K, K+N, K+2N, ... (0 <= K < N) and "
                         "write no results, so N processes can share an experiment; a later run without --shard "
                         "reuses their runs and writes the results")
+    parser.add_argument("--collect", action="store_true", help="write the results folder from the runs that "
+                        "have finished (recorded, in --runs, or with the same settings in a sibling folder) and "
+                        "make none, e.g. while --shard processes are still at work")
     parser.add_argument("--results", help="folder for section.md, plot.png, outcomes.json (default "
                         "simulations/results/NAME, or runs/experiments/NAME-quick/results with --quick)")
 
@@ -175,6 +183,8 @@ def main_for(module: ModuleType, args: argparse.Namespace) -> int:
     default_results = runs / "results" if args.quick else RESULTS_DIR / (module.NAME + ("-long" if long else ""))
     results = Path(args.results) if args.results else default_results
     backend = args.backend or ("inprocess" if args.quick else "flower")
+    if args.shard and args.collect:
+        raise SystemExit("--shard makes runs and --collect makes none; use one of them")
     if args.shard:
         index, count = parse_shard(args.shard)
         if not hasattr(module, "plan"):
@@ -183,7 +193,8 @@ def main_for(module: ModuleType, args: argparse.Namespace) -> int:
         accepted = [run for run in plan if not refusal(run.overrides)]
         run_all(accepted[index::count], runs, backend)
         return 0
-    run_experiment(module, quick=args.quick, backend=backend, runs=runs, results=results, long=long)
+    run_experiment(module, quick=args.quick, backend=backend, runs=runs, results=results, long=long,
+                   start=not args.collect)
     return 0
 
 

@@ -232,17 +232,28 @@ def run_key(run: Run) -> str:
     return json.dumps([run.label, run.overrides], sort_keys=True, default=str)
 
 
+def finished(run: Run, out: Path, shared: Path | None = None) -> bool:
+    """Whether ``run`` needs no rounds made: refused, finished in ``out``, or finished as a twin under ``shared``."""
+    return bool(refusal(run.overrides)) or (out / "summary.json").is_file() or (
+        shared is not None and find_twin(run.overrides, shared, out) is not None)
+
+
 def run_all(runs: list[Run], out: Path, backend: str, *, recorded: dict[str, Outcome] | None = None,
-            progress: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
+            progress: Callable[[list[Outcome]], None] | None = None, start: bool = True) -> list[Outcome]:
     """Every run in turn, each in ``out/<label>``, printing one line per run.
 
     A run found in ``recorded`` (by :func:`run_key`) is taken from there;
-    ``progress`` is called with the outcomes so far after each run.
+    ``progress`` is called with the outcomes so far after each run. Without
+    ``start``, a run that has not finished (see :func:`finished`) is left out
+    rather than made.
     """
     outcomes = []
     for index, run in enumerate(runs, 1):
         print(f"[{index}/{len(runs)}] {run.label} ...", flush=True)
         known = (recorded or {}).get(run_key(run))
+        if known is None and not start and not finished(run, out / slug(run.label), out.parent):
+            print("  not finished: left out", flush=True)
+            continue
         outcome = known if known is not None else execute(run, out / slug(run.label), backend, shared=out.parent)
         outcomes.append(outcome)
         if progress is not None:
