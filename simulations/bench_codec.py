@@ -17,8 +17,9 @@ type (fp16, int8) it prunes every tensor, encodes, and reports:
   ``index_ratio_to_bound``: that over log2 C(n_t, k_t) bits (explicit masks);
 - ``encode_vs_zstd`` / ``decode_vs_zstd``: median time of our encode / decode
   (parsing the payload and finding every entry's positions: a decoded
-  seeded mask draws its positions when they are first asked for) over the time zstd level 3 takes to compress / decompress the same delta as
-  dense fp32 bytes (each tensor's median over ``--repeats``, summed; measured
+  seeded mask draws its positions when they are first asked for) over the
+  time zstd level 3 takes to compress / decompress the same delta as dense
+  fp32 bytes (each tensor's median over ``--repeats``, summed; measured
   first, in this process), and ``encode_vs_unzstd``: our encode over that
   decompression time; all on one thread;
 - for seeded masks, ``mask_temp_bytes``: the most memory that drawing one
@@ -119,7 +120,7 @@ def mask_memory(delta) -> tuple[int, float]:
     return worst, extra / kept if kept else 0.0
 
 
-def _positions_and_values(delta) -> int:
+def _positions_and_values(delta: Any) -> int:
     """What a receiver needs to add ``delta`` anywhere: every entry's positions and values (their count)."""
     total = 0
     for entry in delta.entries.values():
