@@ -34,6 +34,11 @@ _SPLITMIX_LAST_SHIFT = 31
 FEISTEL_ROUNDS = 4  # even: after the last round the pair is a row and a column again
 MASK_CHUNK = 1 << 14  # points walked per step: the network's four uint64 arrays (512 KB) stay in a core's cache
 STRAGGLERS = 16  # points still walking when a vectorized pass is no longer worth its fixed cost
+# torch sorts integers by radix (about 3x faster than numpy's in-place sort at a million positions) with 12 bytes
+# of scratch per position: it sorts the positions of masks that keep more than one entry in this many, and at
+# least this many
+RADIX_SORT_DENSITY = 32
+RADIX_SORT_FROM = 1 << 15
 
 
 def kept_count(numel: int, keep: float) -> int:
@@ -57,7 +62,7 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     ``numel``: the permutation is evaluated :data:`MASK_CHUNK` positions at a
     time (the last few walks one by one in Python integers, which is cheaper
     than another pass over a handful of them), into a result of 4-byte
-    integers where they suffice, sorted in place.
+    integers where they suffice, sorted by :func:`_increasing`.
     """
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
@@ -73,8 +78,20 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     for start in range(0, count, MASK_CHUNK):
         images = _walk(np.arange(start, min(start + MASK_CHUNK, count), dtype=np.uint64), numel, grid, round_keys)
         out[start : start + images.size] = images
-    out.sort()
-    return torch.from_numpy(out.astype(np.int64, copy=False))
+    return _increasing(out, numel)
+
+
+def _increasing(positions: np.ndarray, numel: int) -> torch.Tensor:
+    """``positions`` (distinct, below ``numel``) sorted, as int64.
+
+    Few or sparse positions (at most one in :data:`RADIX_SORT_DENSITY` of
+    ``numel``, where scratch is held to the 4 bytes a position already has)
+    are sorted in place by numpy; many dense ones by torch's radix sort.
+    """
+    if positions.size >= RADIX_SORT_FROM and positions.size * RADIX_SORT_DENSITY > numel:
+        return torch.sort(torch.from_numpy(positions)).values.to(torch.int64)
+    positions.sort()
+    return torch.from_numpy(positions.astype(np.int64, copy=False))
 
 
 def feistel_grid(numel: int) -> tuple[int, int]:

@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from fedelta.common.aggregation import make_aggregator
 from fedelta.common.config import Settings
-from fedelta.common.delta import Delta
+from fedelta.common.delta import Delta, all_finite
 from fedelta.server.validation import bounded_weights, median, norm_outliers, rejection_reason, weighted_norms
 
 Admit = Callable[[bytes], Delta]
@@ -96,7 +94,7 @@ def aggregate(
 
 
 def finite(delta: Delta) -> bool:
-    return all(bool(torch.isfinite(entry.to_dense()).all()) for entry in delta.entries.values())
+    return all(all_finite(entry.to_dense()) for entry in delta.entries.values())
 
 
 def merge(
