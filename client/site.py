@@ -74,6 +74,7 @@ class Site:
         self.state = SiteState(cache_dir)
         self.keep_weights = keep_weights
         self._held: CachedVersion | None = None
+        self._reader: ModelBundle | None = None  # a model that only reads, lent the held weights
         self.task: Task = task_for(settings)
         self.pruner = PRUNERS.get(settings.prune.name)
         if self.pruner.needs_labels(settings.prune) and data.validation is None:
@@ -86,28 +87,32 @@ class Site:
         Without ``for_training`` (the model is only read), a model starting
         from the weights held in memory takes those tensors themselves instead
         of a copy; applying the downlink then moves the held weights on with
-        it, and a failure lets them go (the file still has the version).
+        it, and a failure lets them go (the file still has the version). Such
+        a reading model is kept and lent the held weights again next time
+        instead of being built again; a model for training is always new.
         """
-        bundle = self.task.load_model(self.data.num_labels, self.settings.seed)
-        limits = Limits.for_model(bundle.num_params())
         cached = self.cached_version()
-        params_sha = None
+        start: CachedVersion | None = None  # the version the downlink starts from, when not version 0
         lent = False
         if downlink.base_version not in (FROM_SNAPSHOT, 0):
             if cached is None or cached.version != downlink.base_version:
                 held = "nothing" if cached is None else f"version {cached.version}"
                 raise VersionMismatch(f"site {self.name} holds {held}; the downlink starts at {downlink.base_version}")
-            lent = not for_training and cached is self._held
+            start, lent = cached, not for_training and cached is self._held
+        bundle = (self._reader if lent else None) or self.task.load_model(self.data.num_labels, self.settings.seed)
+        if lent:
+            self._reader = bundle
+        limits = Limits.for_model(bundle.num_params())
+        if start is not None:
             with torch.no_grad():
                 for name, parameter in bundle.model.named_parameters():
                     if lent:
-                        parameter.data = cached.params[name]
+                        parameter.data = start.params[name]
                     else:
-                        parameter.copy_(cached.params[name])
-            params_sha = cached.sha
+                        parameter.copy_(start.params[name])
         params = model_params(bundle.model)
         try:
-            sha = apply_downlink(params, downlink, limits, params_sha=params_sha)
+            sha = apply_downlink(params, downlink, limits, params_sha=None if start is None else start.sha)
         except BaseException:
             if lent:
                 self._held = None

@@ -1,5 +1,6 @@
 """Stale, new and damaged sites reach the head by the shortest path, checked by hash."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -94,6 +95,30 @@ def test_sites_keeping_their_weights_commit_the_same_versions_and_read_their_cac
         # four syncs per site (two rounds, each a training and an evaluation message), the last without a move
         assert sorted(reads) == (["0"] * 5 + ["1"] * 5 if not keep else ["0", "1"])
     assert heads[True] == heads[False]
+
+
+def test_a_site_keeping_its_weights_builds_its_reading_model_once_and_scores_as_a_new_one(tiny_settings, tmp_path,
+                                                                                         monkeypatch):
+    settings = tiny_settings.with_overrides({"rounds": 3})
+    rows, builds = {}, {}
+    for keep in (False, True):
+        with open_federation(settings, tmp_path / str(keep)) as (coordinator, sites):
+            built = []
+            for site in sites:
+                site.keep_weights = keep
+                monkeypatch.setattr(site.task, "load_model",
+                                    lambda *args, load=site.task.load_model, name=site.name: built.append(name)
+                                    or load(*args))
+            run_rounds(coordinator, sites, range(1, 4))
+            assert evaluate_all(coordinator, sites) == [(3, coordinator.head.sha)] * 2
+            heads = [version.sha for version in coordinator.store.versions()][1:]
+        rows[keep] = [{key: row[key] for key in ("version_sha256", "accuracy", "site_accuracy", "site_loss")}
+                      for row in map(json.loads, (tmp_path / str(keep) / "out" / "metrics.jsonl").open())]
+        builds[keep] = sorted(built)
+    assert rows[True] == rows[False] and [row["version_sha256"] for row in rows[True]] == heads
+    # per site: one model for each training message; for the evaluations, one per message without a kept
+    # model, and with one, a model on version 0 (round 1 moves it from there) and the one kept from round 2 on
+    assert builds[False] == ["site-0"] * 7 + ["site-1"] * 7 and builds[True] == ["site-0"] * 5 + ["site-1"] * 5
 
 
 def test_a_site_keeping_its_weights_reads_its_cache_once_another_process_moved_it_on(tiny_settings, tmp_path,
