@@ -377,7 +377,7 @@ def test_llm_pruning_tests_both_claims_against_the_thousandfold_reference(tmp_pa
     assert [full[0].overrides] == reference  # the same run, so one made for either experiment serves both
     assert [(r.tags["pruner"], r.tags["drop"], r.tags["recover"]) for r in full[1:]] == [
         ("dare", 0.99, 0), ("darex-q unlabelled", 0.99, 0), ("dare", 0.999, 0), ("darex-q unlabelled", 0.999, 0),
-        ("magnitude", 0.99, 0), ("magnitude", 0.99, 8), ("dare", 0.99, 8)]
+        ("magnitude", 0.99, 0), ("magnitude", 0.99, 8)]
     assert all(not refusal(r.overrides) for r in full)
 
 
