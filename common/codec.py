@@ -29,7 +29,6 @@ from math import prod
 from typing import Any, BinaryIO
 
 import numpy as np
-import safetensors.torch
 import torch
 import zstandard
 
@@ -45,6 +44,7 @@ from fedelta.common.container import (  # noqa: F401  (errors, limits, formats: 
     header_size,
     parse_entries,
     read_header,
+    read_tensors,
     tensor_bytes,
 )
 from fedelta.common.delta import (
@@ -294,10 +294,7 @@ def decode(data: bytes, limits: Limits, *, shapes: Mapping[str, Shape] | None = 
         expected.add(SCALES)
     if set(records) != expected:
         raise CodecError("tensors in the container do not match the declared entries")
-    try:
-        tensors = safetensors.torch.load(raw)
-    except Exception as error:  # safetensors raises its own error types
-        raise CodecError(f"malformed safetensors payload: {error}") from error
+    tensors = read_tensors(raw, records)
     values_of = _Values(tensors, quantizer, _scales_by_key(tensors, quantizer))
     positions = _sparse_positions(described, tensors)
     positions.update(_known_masks(described, known or {}))
@@ -321,7 +318,7 @@ def _describe(entry: Entry) -> dict[str, Any]:
     raise TypeError(f"cannot encode entry of type {type(entry).__name__}")
 
 
-def _decompress(data: bytes, limits: Limits, max_entries: int) -> bytes:
+def _decompress(data: bytes, limits: Limits, max_entries: int) -> bytearray:
     """The frame's content, once its declared size, checksum and container header size pass."""
     if len(data) > limits.max_bytes:
         raise CodecError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes}")
@@ -347,7 +344,7 @@ def _decompress(data: bytes, limits: Limits, max_entries: int) -> bytes:
         raise CodecError(f"corrupt zstd frame: {error}") from error
     if len(raw) != frame.content_size:
         raise CodecError("decompressed size differs from the declared size")
-    return raw
+    return bytearray(raw)  # writable, so the decoded tensors can be views of it
 
 
 def _container_tensors(tensors: dict[str, torch.Tensor | Encoded]) -> dict[str, torch.Tensor]:

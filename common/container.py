@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedelta.common.entries import Shape
@@ -37,6 +38,10 @@ MAX_DIMS = 8
 MAX_SPEC_CHARS = 256
 MAX_NAME_CHARS = 512
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1}
+# How each codec dtype is read: numpy's dtype of the same width, then the torch dtype to view it as where
+# numpy has none (bf16).
+READ_AS = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.int16, torch.bfloat16),
+           "I8": (np.int8, None), "U8": (np.uint8, None)}
 TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8",
                 torch.uint8: "U8"}
 RECORD_FIELDS = {"dtype", "shape", "data_offsets"}
@@ -186,6 +191,23 @@ def read_header(raw: bytes, max_entries: int) -> tuple[dict[str, str], dict[str,
         raise CodecError("metadata values must be strings")
     _check_records(header, len(raw) - 8 - size)
     return meta, header
+
+
+def read_tensors(raw: bytearray, records: Mapping[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The tensors of a container whose records :func:`read_header` checked, as views of ``raw`` (no copy;
+    a tensor whose data does not start at a multiple of its element size is copied out)."""
+    start = len(raw) - sum(record["data_offsets"][1] - record["data_offsets"][0] for record in records.values())
+    data = np.frombuffer(raw, dtype=np.uint8, offset=start)
+    tensors = {}
+    for key, record in records.items():
+        numpy_type, torch_type = READ_AS[record["dtype"]]
+        begin, end = record["data_offsets"]
+        piece = data[begin:end]
+        if (start + begin) % DTYPE_BYTES[record["dtype"]]:
+            piece = piece.copy()
+        tensor = torch.from_numpy(piece.view(numpy_type).reshape(record["shape"]))
+        tensors[key] = tensor if torch_type is None else tensor.view(torch_type)
+    return tensors
 
 
 def _check_records(records: Mapping[str, Any], data_bytes: int) -> None:

@@ -57,7 +57,7 @@ REPORTED = {  # the crashes the hostile tester reported, and the clean refusal e
     "deep header JSON": (_container("{}", '"x": ' + "[" * 10_000 + "]" * 10_000),
                          "container header: JSON nested deeper than 3 (or unbalanced)"),
     "a 5,000-digit integer": (_dense("w", "1" + "0" * 4999),
-                              "entries metadata: integer of 5000 digits, more than 20"),
+                              "entries metadata: a number of 5000 digits in a row, more than 20"),
     "a zero dimension next to 2**63": (_dense("w", f"[0, {2**63}]", "[0]", b""),
                                        f"entry 'w': bad shape [0, {2**63}]"),
     "a zero-sized record dimension next to 2**63": (_dense("w", "[0]", f"[0, {2**63}]", b""),
@@ -169,6 +169,8 @@ def test_nesting_is_measured_on_brackets_outside_strings(text, depth, within):
 
 def test_untrusted_json_refuses_what_python_would_parse_or_choke_on():
     assert loads(b'{"a": [1, 2.5, "x"]}', max_bytes=100, max_depth=2) == {"a": [1, 2.5, "x"]}
+    assert loads(b'{"9999999999999999999999": "' + b"9" * 30 + b'", "n": 18446744073709551615}', max_bytes=100,
+                 max_depth=2) == {"9" * 22: "9" * 30, "n": 2**64 - 1}  # digits in strings are not a number's
     for text in (b'{"a": 1, "a": 2}', b"[" + b"9" * 21 + b"]", b"[Infinity]", b'"\xff"', b"[1]" + b" " * 100):
         with pytest.raises(UntrustedJSONError):
             loads(text, max_bytes=100, max_depth=2)
