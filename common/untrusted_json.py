@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from typing import Any
 
 MAX_INT_DIGITS = 20  # also the longest run of digits a number may have (a float's repr has at most 17)
@@ -73,11 +74,10 @@ def _brackets_within(bare: bytes, depth: int) -> bool:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise UntrustedJSONError(f"key {key!r} appears twice")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        twice = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise UntrustedJSONError(f"key {twice!r} appears twice")
     return out
 
 

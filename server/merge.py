@@ -70,6 +70,14 @@ def shares(held: Sequence[HeldUpload], history: History, settings: Settings, rej
     return kept
 
 
+def scaled_weights(weights: Sequence[float]) -> list[float]:
+    """Each weight over the largest, then over the sum of those: they sum to 1 up to rounding (so FedAvg has
+    nothing left to divide) and no weight can overflow the accumulator."""
+    largest = max(weights, default=1.0)
+    total = sum(weight / largest for weight in weights)
+    return [weight / largest / total for weight in weights]
+
+
 def aggregate(
     chosen: Sequence[Share], settings: Settings, admit: Admit, reject: Reject, server_round: int
 ) -> tuple[Delta | None, list[Share]]:
@@ -77,16 +85,14 @@ def aggregate(
     weight can overflow the accumulator); the merged delta (``None`` when fewer than
     ``federation.min-sites`` were added) and the shares added."""
     aggregator = make_aggregator(settings.aggregate, settings.seed)
-    largest = max((share.weight for share in chosen), default=1.0)
-    total = sum(share.weight / largest for share in chosen)
     added = []
-    for share in chosen:
+    for share, weight in zip(chosen, scaled_weights([share.weight for share in chosen])):
         try:
             delta = admit(share.upload.payload)
         except Exception as error:  # noqa: BLE001 - whatever an upload provokes rejects it; the round goes on
             reject(share.upload.site, rejection_reason(error))
             continue
-        aggregator.add(delta, share.weight / largest / total, key=f"{server_round}|{share.upload.site}")
+        aggregator.add(delta, weight, key=f"{server_round}|{share.upload.site}")
         added.append(share)
     if len(added) < settings.federation.min_sites:
         return None, added

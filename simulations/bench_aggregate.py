@@ -4,7 +4,8 @@
 deltas (explicit indices, density 0.01, fp16 values, encoded as sites send
 them) to a temporary folder, then for each S in a fresh subprocess: builds
 the base weights, reads the deltas one at a time from disk, decodes, checks
-and adds each into one accumulator, and forms the merged delta. It reports
+and adds each into one accumulator with the weights 1..S scaled as the
+server scales them, and forms the merged delta. It reports
 ``peak_extra_bytes`` (peak RSS during that, minus RSS after building the
 base), ``peak_extra_over_model``, and ``seconds_vs_dense_pass`` (aggregation
 time over one dense fp32 add pass across the whole model, timed in the same
@@ -74,6 +75,7 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
     from fedelta.common.delta import check_delta_fits
     from fedelta.common.aggregation import make_aggregator
     from fedelta.server.downlink import MergedEncoder
+    from fedelta.server.merge import scaled_weights
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
@@ -86,11 +88,11 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
     started = time.perf_counter()
     merger = make_aggregator(AggregateSettings(name=aggregator), seed=0)
     kept = 0
-    for k in range(sites):
+    for k, weight in enumerate(scaled_weights([float(k + 1) for k in range(sites)])):
         delta = decode((folder / f"{k}.bin").read_bytes(), limits).delta
         check_delta_fits(base, delta)
         kept += delta.count()
-        merger.add(delta, float(k + 1), key=str(k))
+        merger.add(delta, weight, key=str(k))
         del delta
     merged = merger.result()
     seconds = time.perf_counter() - started

@@ -69,3 +69,18 @@ def test_result_reuses_the_accumulators_in_place():
     state = streaming._state["x"]
     merged = streaming.result()
     assert merged.entries["x"].values is state and torch.equal(state, torch.ones(3))
+
+
+# sums of exactly 1, 1 - 2**-53 and 1 + 2**-40: all round to 1 in fp32
+@pytest.mark.parametrize("weights", [[0.25, 0.75], [0.1] * 10, [0.5, 0.5 + 2**-40]])
+def test_weights_summing_to_one_in_fp32_give_the_divided_mean_bit_for_bit(weights):
+    deltas = [_site_delta(seed, "dare") for seed in range(1, len(weights) + 1)]
+    streaming, summed = WeightedMean(), WeightedMean()
+    for delta, weight in zip(deltas, weights):
+        streaming.add(delta, weight)
+        summed.add(delta, weight)
+    total = sum(weights)
+    sums = {name: state.clone() for name, state in summed._state.items()}
+    merged = streaming.result()
+    for name, state in sums.items():
+        assert torch.equal(merged.entries[name].values.view(torch.int32), state.div_(total).view(torch.int32))

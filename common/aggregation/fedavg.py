@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from fedelta.common.config import AggregateSettings
 from fedelta.common.delta import Delta, add_entry
 from fedelta.common.aggregation.registry import AGGREGATORS, Accumulator, Aggregator, check_weight
@@ -22,6 +24,10 @@ class WeightedMean(Accumulator):
         self._count += 1
 
     def result(self) -> Delta:
+        if np.float32(self._weight) == 1.0:
+            # torch divides fp32 by the weight rounded to fp32, here 1: every value would stay as it is, so the
+            # pass over the whole model is skipped (the server scales the weights to sum to 1).
+            return self._merged(lambda total: total)
         return self._merged(lambda total: total.div_(self._weight))
 
 
