@@ -84,3 +84,18 @@ def test_weights_summing_to_one_in_fp32_give_the_divided_mean_bit_for_bit(weight
     merged = streaming.result()
     for name, state in sums.items():
         assert torch.equal(merged.entries[name].values.view(torch.int32), state.div_(total).view(torch.int32))
+
+
+def test_accumulators_of_any_size_start_at_zero_and_sum_exactly():
+    from fedelta.common.aggregation.registry import PREFAULT_BYTES, zeros
+
+    shape = (PREFAULT_BYTES // 4 // 256 + 3, 256)  # just over the size mapped in one call
+    for size in (shape, (7,)):
+        state = zeros(size)
+        assert state.shape == size and state.dtype == torch.float32 and not state.any()
+    gen = torch.Generator().manual_seed(0)
+    values = [torch.randn(shape, generator=gen) for _ in range(3)]
+    streaming = WeightedMean()
+    for value in values:
+        streaming.add(Delta({"w": Dense(value)}), 0.5)
+    assert torch.equal(streaming.result().entries["w"].values, (values[0] * 0.5 + values[1] * 0.5 + values[2] * 0.5) / 1.5)
