@@ -76,6 +76,21 @@ def test_scatter_add_sums_exactly_as_index_add(dtype, requires_grad):
             scatter_add(target.view(-1), positions, values)  # outside no_grad, as index_add_ refuses it
 
 
+@pytest.mark.parametrize("target_dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("value_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_adding_a_weighted_entry_sums_exactly_as_index_add_of_its_fp32_scaled_values(target_dtype, value_dtype):
+    from fedelta.common.delta import add_entry
+
+    gen = torch.Generator().manual_seed(2)
+    target = torch.randn(4096, generator=gen).to(target_dtype)
+    positions = torch.randperm(4096, generator=gen)[:700].sort().values
+    values = torch.randn(700, generator=gen).to(value_dtype)
+    for weight in (1.0, 0.37):
+        expected = target.clone().index_add_(0, positions, (values.to(torch.float32) * weight).to(target_dtype))
+        add_entry(target, Sparse((4096,), positions, values), weight)
+        assert torch.equal(target, expected)
+
+
 def test_state_hash_sees_one_bit():
     params = _params()
     before = state_hash(params)
