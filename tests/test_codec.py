@@ -449,3 +449,22 @@ def test_encode_and_apply_of_half_precision_entries_sent_as_fp32_matches_encode(
     apply_delta(expected_params, decode(expected, LIMITS).delta)
     assert bytes(encode_and_apply(Delta({"w": Dense(values)}), params, base="", values="fp32")) == expected
     assert torch.equal(params["w"], expected_params["w"])
+
+
+def test_container_tensors_are_read_in_place_and_a_misaligned_one_is_copied_out():
+    from fedelta.common.container import read_tensors
+
+    halves = torch.tensor([1.5, -2.0], dtype=torch.bfloat16)
+    singles = torch.tensor([0.25, 3.0], dtype=torch.float32)
+    # 8 bytes of header stand-in, then 1 byte, 2 bf16 values at data offset 1 (odd), 2 fp32 values at 5 (odd)
+    raw = bytearray(b"\x00" * 8 + b"\x07" + halves.view(torch.uint8).numpy().tobytes()
+                    + singles.view(torch.uint8).numpy().tobytes())
+    records = {"u": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+               "h": {"dtype": "BF16", "shape": [2], "data_offsets": [1, 5]},
+               "f": {"dtype": "F32", "shape": [2, 1], "data_offsets": [5, 13]}}
+    tensors = read_tensors(raw, records)
+    assert tensors["u"].tolist() == [7] and torch.equal(tensors["h"], halves)
+    assert torch.equal(tensors["f"], singles.reshape(2, 1))
+    raw[8] = 9  # the aligned byte tensor is a view of the buffer; the misaligned ones were copied
+    raw[9:13] = bytes(4)
+    assert tensors["u"].tolist() == [9] and torch.equal(tensors["h"], halves)
