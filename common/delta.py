@@ -114,11 +114,8 @@ def all_finite(values: torch.Tensor) -> bool:
         bits = flat.view(torch.int16).numpy().view(np.uint16)
         return not any((np.bitwise_and(bits[start : start + FINITE_CHUNK], exponent) == exponent).any()
                        for start in range(0, bits.size, FINITE_CHUNK))
-    if flat.dtype in (torch.float32, torch.float64):
-        numbers = flat.numpy()
-        return all(np.isfinite(numbers[start : start + FINITE_CHUNK]).all()
-                   for start in range(0, numbers.size, FINITE_CHUNK))
-    return all(np.isfinite(flat[start : start + FINITE_CHUNK].to(torch.float32).numpy()).all()
+    wide = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32  # .to(own dtype): no copy
+    return all(np.isfinite(flat[start : start + FINITE_CHUNK].to(wide).numpy()).all()
                for start in range(0, flat.numel(), FINITE_CHUNK))
 
 
