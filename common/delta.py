@@ -23,6 +23,8 @@ from fedelta.common.entries import (  # noqa: F401  (the entry kinds are part of
     seeded_mask,
     seeded_positions,
 )
+from fedelta.common.kernels import all_finite as compiled_all_finite
+from fedelta.common.kernels import exponent_never_full, scatter_add_scaled
 
 
 def add_entry(target: torch.Tensor, entry: Entry, weight: float = 1.0) -> None:
@@ -31,32 +33,43 @@ def add_entry(target: torch.Tensor, entry: Entry, weight: float = 1.0) -> None:
         raise ValueError(f"shape mismatch: target {tuple(target.shape)} vs entry {entry.shape}")
     carried = entry.flat_values()
     values = carried.to(torch.float32)
-    if weight != 1.0:
-        values = values * weight if values is carried else values.mul_(weight)  # never scales the entry's own
     positions = entry.positions()
     flat = target.view(-1)
-    if positions is None:
-        flat.add_(values.to(target.dtype))
-    else:
-        scatter_add(flat, positions, values.to(target.dtype))
+    if positions is not None:
+        scatter_add(flat, positions, values, weight)
+        return
+    if weight != 1.0:
+        values = values * weight if values is carried else values.mul_(weight)  # never scales the entry's own
+    flat.add_(values.to(target.dtype))
 
 
-NUMPY_SCATTER_DTYPES = (torch.float32, torch.float64)
+def scatter_add(flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor, weight: float = 1.0) -> None:
+    """``flat[positions] += (values * weight).to(flat.dtype)`` in place: one addition per position, in order.
 
-
-def scatter_add(flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> None:
-    """``flat[positions] += values`` in place for distinct ``positions``: one addition per position.
-
-    On the CPU numpy's ``add.at`` does it for fp32 and fp64 with the same sums
-    as ``index_add_`` and less fixed cost per call; other devices and dtypes,
-    and a tensor autograd records (grad enabled and requiring it), use
+    The product is formed as torch forms it (the weight rounded to the values'
+    dtype); the sums are ``index_add_``'s. On the CPU, fp32 and fp64 targets
+    with fp32 or same-dtype values take one compiled loop
+    (:func:`fedelta.common.kernels.scatter_add_scaled`), which needs no
+    temporaries and costs about a microsecond a call; other devices and
+    dtypes, and a tensor autograd records (grad enabled and requiring it), use
     ``index_add_``.
     """
     recorded = flat.requires_grad and torch.is_grad_enabled()
-    if flat.device.type == "cpu" and flat.dtype in NUMPY_SCATTER_DTYPES and not recorded:
-        np.add.at(flat.detach().numpy(), positions.numpy(), values.detach().numpy())
-    else:
-        flat.index_add_(0, positions, values)
+    on_cpu = flat.device.type == values.device.type == positions.device.type == "cpu"
+    if (on_cpu and not recorded
+            and flat.dtype in COMPILED_SCATTER_DTYPES and values.dtype in (torch.float32, flat.dtype)):
+        target, scaled = flat.detach().numpy(), values.detach().numpy()
+        indices = positions.numpy() if positions.dtype == torch.int64 else positions.numpy().astype(np.int64)
+        if indices.size != scaled.size:
+            raise ValueError(f"{indices.size} positions for {scaled.size} values")
+        outside = scatter_add_scaled(target, indices, scaled, scaled.dtype.type(weight))
+        if outside >= 0:
+            raise IndexError(f"position {int(indices[outside])} is outside a tensor of {target.size} elements")
+        return
+    flat.index_add_(0, positions, (values if weight == 1.0 else values * weight).to(flat.dtype))
+
+
+COMPILED_SCATTER_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -92,18 +105,18 @@ def check_delta_fits(params: Mapping[str, torch.Tensor], delta: Delta) -> None:
             raise ValueError(f"delta entry {name!r} carries non-finite values")
 
 
-FINITE_CHUNK = 1 << 16  # elements checked per step: the check's temporaries stay a few MB for any tensor
+FINITE_CHUNK = 1 << 16  # elements widened per step: the check's temporaries stay a few MB for any tensor
 # A 16-bit float is not finite exactly when its exponent bits are all ones; testing them directly skips
-# widening every value (numpy has no bf16, and its fp16 test is several times slower than this one).
+# widening every value (numpy has no bf16).
 HALF_EXPONENT = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
 
 
 def all_finite(values: torch.Tensor) -> bool:
-    """Whether every value is finite, checked in chunks so no full-size temporary is made.
+    """Whether every value is finite, with no full-size temporary.
 
-    On the CPU numpy tests each chunk in one pass (torch takes several kernels,
-    about 15 µs a call on a small tensor): fp32 and fp64 as they are, fp16 and
-    bf16 by their exponent bits, anything else widened to fp32.
+    On the CPU one compiled loop reads fp32 and fp64 values as they are and
+    fp16 and bf16 by their exponent bits (:mod:`fedelta.common.kernels`);
+    other dtypes, and other devices, are widened to fp32 in chunks.
     """
     flat = values.reshape(-1)
     if flat.device.type != "cpu":
@@ -111,11 +124,10 @@ def all_finite(values: torch.Tensor) -> bool:
                    for start in range(0, flat.numel(), FINITE_CHUNK))
     exponent = HALF_EXPONENT.get(flat.dtype)
     if exponent is not None:
-        bits = flat.view(torch.int16).numpy().view(np.uint16)
-        return not any((np.bitwise_and(bits[start : start + FINITE_CHUNK], exponent) == exponent).any()
-                       for start in range(0, bits.size, FINITE_CHUNK))
-    wide = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32  # .to(own dtype): no copy
-    return all(np.isfinite(flat[start : start + FINITE_CHUNK].to(wide).numpy()).all()
+        return exponent_never_full(flat.detach().view(torch.int16).numpy().view(np.uint16), exponent)
+    if flat.dtype in (torch.float32, torch.float64):
+        return compiled_all_finite(flat.detach().numpy())
+    return all(np.isfinite(flat[start : start + FINITE_CHUNK].to(torch.float32).numpy()).all()
                for start in range(0, flat.numel(), FINITE_CHUNK))
 
 

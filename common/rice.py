@@ -1,4 +1,5 @@
-"""Golomb-Rice coding of strictly increasing indices: the codec's index layer (numpy, vectorised).
+"""Golomb-Rice coding of strictly increasing indices: the codec's index layer (numpy, vectorised; decoding is
+one compiled loop, :func:`fedelta.common.kernels.rice_decode`).
 
 Each gap g = index - previous - 1 (the first gap is the index itself) is split
 into a quotient g >> b, written in unary (that many 0 bits, then a 1), and the
@@ -12,9 +13,9 @@ one index set or raises.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+
+from fedelta.common.kernels import rice_decode
 
 MAX_RICE_BITS = 48
 
@@ -23,9 +24,7 @@ class IndexCodingError(ValueError):
     """Bytes that are not a valid Rice coding of the declared index count."""
 
 
-FEW_FIELDS = 256  # below this many low-bit fields, reading them through single bits is cheaper
 CHUNK = 1 << 16  # indices coded per step: bounds the coder's temporaries to a few MB at any count
-GROUP = 1 << 13  # indices of small sets decoded together: their temporaries stay in cache
 
 
 def _gaps(indices: np.ndarray, previous: int = -1) -> np.ndarray:
@@ -146,55 +145,30 @@ def encode_indices(indices: np.ndarray) -> np.ndarray:
     return writer.finish()
 
 
-def _read_low_bits(data: np.ndarray, count: int, b: int) -> np.ndarray:
-    """The ``count`` b-bit fields packed MSB first in ``data``.
-
-    Fewer than :data:`FEW_FIELDS` fields are expanded to bits and packed
-    again as 64-bit words (a few numpy calls, where the fixed cost of calls
-    is what counts). Otherwise nothing is expanded: every 8 fields fill
-    exactly b bytes, so fields r, r + 8, r + 16, ... start b bytes apart at
-    the same bit offset: each of the 8 residues is one strided view of
-    big-endian 8-byte words, shifted by one constant.
-    """
-    if b == 0:
-        return np.zeros(count, dtype=np.uint64)
-    if count < FEW_FIELDS:
-        wide = np.zeros((count, 64), dtype=np.uint8)
-        wide[:, 64 - b :] = np.unpackbits(data, count=count * b).reshape(count, b)
-        return np.packbits(wide, axis=1).view(">u8").reshape(count).astype(np.uint64)
-    padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
-    fields = np.empty(count, dtype=np.uint64)
-    mask = np.uint64((1 << b) - 1)
-    for r in range(min(8, count)):
-        start = r * b
-        words = np.ndarray(((count - r + 7) // 8,), dtype=">u8", buffer=padded, offset=start >> 3, strides=(b,))
-        fields[r::8] = (words.astype(np.uint64) >> np.uint64(64 - b - (start & 7))) & mask
-    return fields
-
-
 def _layout(data: np.ndarray, count: int, numel: int) -> tuple[int, int]:
-    """The Rice parameter of a non-empty coding and where its low bits end, once the lengths and the
-    parameter's range check out."""
+    """The Rice parameter of a non-empty coding and where its low bits end, once the lengths, the
+    parameter's range and the count check out (so sums of ``count`` fields stay far inside int64)."""
     if data.size < 2:
         raise IndexCodingError("index coding too short")
     b = int(data[0])
     if b > MAX_RICE_BITS or (1 << b) > 2 * max(numel, 1):
         raise IndexCodingError(f"Rice parameter {b} out of range")
     low_end = 1 + _low_bits_length(count, b)
-    # every quotient is at most numel >> b and they sum to at most numel >> b, so the unary part is bounded
+    # every quotient is at most numel >> b and they sum to at most numel >> b, so the unary part is bounded;
+    # it holds a 1 bit for each index
     most_unary = (count + (numel >> b) + 7) // 8
     unary_bytes = data.size - low_end
-    if unary_bytes < 1 or unary_bytes > most_unary:
+    if unary_bytes < 1 or unary_bytes > most_unary or count > 8 * unary_bytes:
         raise IndexCodingError(f"index coding of {data.size} bytes does not fit {count} indices")
+    if count > numel or count << b >= 1 << 62:
+        raise IndexCodingError(f"{count} indices with Rice parameter {b} do not fit {numel} elements")
     return b, low_end
 
 
-def _check_fits(data: np.ndarray, count: int, numel: int, b: int, low_end: int) -> None:
-    """Zero padding after the low bits, and sums of ``count`` fields that stay far inside int64."""
+def _check_padding(data: np.ndarray, count: int, b: int, low_end: int) -> None:
+    """Zero bits after the last low-bit field."""
     if low_end > 1 and count * b % 8 and data[low_end - 1] & ((1 << (8 - count * b % 8)) - 1):
         raise IndexCodingError("index coding has non-zero padding")
-    if count > numel or count << b >= 1 << 62:
-        raise IndexCodingError(f"{count} indices with Rice parameter {b} do not fit {numel} elements")
 
 
 def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
@@ -204,107 +178,12 @@ def decode_indices(data: np.ndarray, count: int, numel: int) -> np.ndarray:
             raise IndexCodingError("index bytes present for an empty entry")
         return np.zeros(0, dtype=np.int64)
     b, low_end = _layout(data, count, numel)
-    unary = np.unpackbits(data[low_end:])
-    ones = np.flatnonzero(unary.view(bool))  # 0 and 1 only; a bool view is searched several times faster
-    if ones.size != count or unary.size - ones[-1] > 8:
-        raise IndexCodingError(f"index coding holds {ones.size} values, expected {count}")
-    _check_fits(data, count, numel, b, low_end)
-    # Index i is the sum of gaps 0..i plus i. The quotients 0..i sum to ones[i] - i, so index i is
-    # (ones[i] - i) << b, plus the low bits 0..i summed, plus i: every term is at least 0, so the
-    # indices increase strictly, and the last one bounds them all. Computed in place, in three buffers.
-    steps = np.arange(count, dtype=np.int64)
-    indices = ones
-    indices -= steps
-    indices <<= b
-    low = _read_low_bits(data[1:low_end], count, b).view(np.int64)
-    indices += np.cumsum(low, out=low)
-    indices += steps
-    if indices[-1] >= numel:
+    indices = np.empty(count, dtype=np.int64)
+    found, after_last = rice_decode(data, count, b, low_end, indices)
+    # the unary part ends with the byte that holds its last 1
+    if found != count or 8 * (data.size - low_end) - after_last >= 8:
+        raise IndexCodingError(f"index coding holds {found} values, expected {count}")
+    _check_padding(data, count, b, low_end)
+    if indices[-1] >= numel:  # gaps are at least 0, so the indices increase strictly and the last bounds them
         raise IndexCodingError(f"index {indices[-1]} out of range for {numel} elements")
     return indices
-
-
-def decode_index_sets(codes: Sequence[np.ndarray], counts: Sequence[int], numels: Sequence[int]) -> list[np.ndarray]:
-    """:func:`decode_indices` of each coding, with the same checks.
-
-    A set of a few thousand indices costs numpy's fixed cost per call more
-    than its work, so sets under :data:`GROUP` are decoded together, about
-    :data:`GROUP` indices at a time, in one pass over their concatenated bits;
-    larger sets are decoded alone.
-    """
-    decoded: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(codes)
-    group: list[int] = []
-    pending = 0
-    for k, count in enumerate(counts):
-        if count >= GROUP:
-            decoded[k] = decode_indices(codes[k], count, numels[k])
-            continue
-        group.append(k)
-        pending += count
-        if pending >= GROUP:
-            _decode_group(group, codes, counts, numels, decoded)
-            group, pending = [], 0
-    _decode_group(group, codes, counts, numels, decoded)
-    return decoded
-
-
-def _decode_group(group: list[int], codes: Sequence[np.ndarray], counts: Sequence[int], numels: Sequence[int],
-                  decoded: list[np.ndarray]) -> None:
-    """Decode the sets ``group`` names together into ``decoded``: the arithmetic of :func:`decode_indices`
-    over their concatenated unary parts and low-bit fields."""
-    parts, params, low_ends = [], [], []
-    for k in group:
-        if counts[k] == 0:
-            if codes[k].size:
-                raise IndexCodingError("index bytes present for an empty entry")
-            continue
-        b, low_end = _layout(codes[k], counts[k], numels[k])
-        parts.append(k)
-        params.append(b)
-        low_ends.append(low_end)
-    if not parts:
-        return
-    count = np.array([counts[k] for k in parts], dtype=np.int64)
-    first = np.concatenate([[0], np.cumsum(count)[:-1]])
-    total = int(count.sum())
-    unary = np.unpackbits(np.concatenate([codes[k][end:] for k, end in zip(parts, low_ends)]))
-    unary_start = 8 * np.concatenate([[0], np.cumsum([codes[k].size - end for k, end in zip(parts, low_ends)])])
-    ones = np.flatnonzero(unary.view(bool))
-    found = np.diff(np.searchsorted(ones, unary_start))
-    # each set's last 1 lies in its last byte: its distance from the set's end is at most 8 bits
-    tail = unary_start[1:] - ones[np.maximum(np.cumsum(found) - 1, 0)] if ones.size else 0
-    wrong = np.flatnonzero((found != count) | (tail > 8))
-    if wrong.size:
-        raise IndexCodingError(f"index coding holds {found[wrong[0]]} values, expected {count[wrong[0]]}")
-    for k, b, low_end in zip(parts, params, low_ends):
-        _check_fits(codes[k], counts[k], numels[k], b, low_end)
-    steps = np.arange(total, dtype=np.int64) - np.repeat(first, count)
-    bits = np.repeat(np.array(params, dtype=np.int64), count)
-    fields = np.zeros(total, dtype=np.uint64)
-    for b in set(params) - {0}:
-        # Each set's low bits padded to whole groups of 8 fields (b bytes): the sets of one b form one
-        # stream of b-bit fields that _read_low_bits reads in a single call.
-        members = [m for m, own in enumerate(params) if own == b]
-        padded = [-(-int(count[m]) // 8) * 8 for m in members]
-        stream = np.concatenate([part for m, fields_in in zip(members, padded)
-                                 for part in (codes[parts[m]][1:low_ends[m]],
-                                              np.zeros(fields_in * b // 8 - (low_ends[m] - 1), dtype=np.uint8))])
-        read = _read_low_bits(stream, sum(padded), b)
-        at = 0
-        for m, fields_in in zip(members, padded):
-            fields[first[m]:first[m] + count[m]] = read[at:at + count[m]]
-            at += fields_in
-    summed = np.cumsum(fields.view(np.int64))
-    summed -= np.repeat(summed[first - 1] * (first > 0), count)  # each set's own running sum
-    indices = ones - np.repeat(unary_start[:-1], count)
-    indices -= steps
-    indices <<= bits
-    indices += summed
-    indices += steps
-    last = indices[first + count - 1]
-    numel = np.array([numels[k] for k in parts], dtype=np.int64)
-    over = np.flatnonzero(last >= numel)
-    if over.size:
-        raise IndexCodingError(f"index {last[over[0]]} out of range for {numel[over[0]]} elements")
-    for k, start, size in zip(parts, first.tolist(), count.tolist()):
-        decoded[k] = indices[start:start + size]

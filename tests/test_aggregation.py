@@ -86,13 +86,37 @@ def test_weights_summing_to_one_in_fp32_give_the_divided_mean_bit_for_bit(weight
         assert torch.equal(merged.entries[name].values.view(torch.int32), state.div_(total).view(torch.int32))
 
 
-def test_accumulators_of_any_size_start_at_zero_and_sum_exactly():
-    from fedelta.common.aggregation.registry import PREFAULT_BYTES, zeros
+def test_accumulators_carved_from_one_arena_start_at_zero_and_never_overlap(monkeypatch):
+    from fedelta.common.aggregation import arena
 
-    shape = (PREFAULT_BYTES // 4 // 256 + 3, 256)  # just over the size mapped in one call
-    for size in (shape, (7,)):
-        state = zeros(size)
-        assert state.shape == size and state.dtype == torch.float32 and not state.any()
+    monkeypatch.setattr(arena, "CHUNK_BYTES", 3 * arena.PAGE)  # several mappings, and a tensor larger than one
+    shapes = [(7,), (arena.PAGE // 4 - 3,), (0, 5), (5, 3 * arena.PAGE // 4 + 1), (1,), (300, 2)]
+    carved = arena.Arena()
+    states = [carved.zeros(shape) for shape in shapes]
+    for shape, state in zip(shapes, states, strict=True):
+        assert state.shape == shape and state.dtype == torch.float32 and state.is_contiguous() and not state.any()
+    for k, state in enumerate(states):
+        state.fill_(k + 1)
+    assert all(torch.all(state == k + 1) for k, state in enumerate(states))  # no tensor wrote into another
+    starts = sorted((s.data_ptr(), s.data_ptr() + 4 * s.numel()) for s in states if s.numel())
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(starts, starts[1:]))
+
+
+def test_an_arena_without_the_populate_call_touches_its_pages_instead(monkeypatch):
+    from fedelta.common.aggregation import arena
+
+    monkeypatch.setattr(arena, "MADV_POPULATE_WRITE", -1)  # refused as an invalid advice
+    state = arena.Arena().zeros((3, arena.PAGE))
+    assert state.shape == (3, arena.PAGE) and not state.any()
+    state += 2
+    assert torch.all(state == 2)
+
+
+def test_accumulators_of_any_size_sum_exactly(monkeypatch):
+    from fedelta.common.aggregation import arena
+
+    monkeypatch.setattr(arena, "CHUNK_BYTES", 1 << 20)
+    shape = ((1 << 20) // 4 // 256 + 3, 256)  # just over one mapping
     gen = torch.Generator().manual_seed(0)
     values = [torch.randn(shape, generator=gen) for _ in range(3)]
     streaming = WeightedMean()

@@ -28,4 +28,5 @@ def test_aggregation_and_commit_memory_stay_within_one_and_a_half_models():
         assert row["round_peak_extra_over_model"] == max(row["peak_extra_over_model"],
                                                          row["commit_peak_extra_over_model"])
         assert row["peak_extra_over_model"] == round(row["peak_extra_bytes"] / row["model_bytes"], 3)
-        assert row["seconds_vs_dense_pass"] > 0
+        assert row["seconds_vs_dense_pass"] > 0 and row["later_round_vs_dense_pass"] > 0
+        assert row["first_calls_seconds"] > 0

@@ -194,7 +194,9 @@ def test_every_non_finite_value_is_found_in_any_chunk_of_any_dtype(dtype, bad):
 
     values = torch.full((2 * FINITE_CHUNK + 5,), torch.finfo(dtype).max, dtype=dtype)  # the largest finite value
     assert all_finite(values) and all_finite(values[:-5].reshape(-1, 8)) and all_finite(values[:0])
+    assert all_finite(values[::3])
     for at in (0, FINITE_CHUNK - 1, FINITE_CHUNK, values.numel() - 1):
         spoiled = values.clone()
         spoiled[at] = bad
-        assert not all_finite(spoiled), at
+        assert not all_finite(spoiled) and not all_finite(spoiled[at::3]), at
+        assert all_finite(spoiled[at + 1 :]) and all_finite(spoiled[:at])

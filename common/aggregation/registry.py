@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Callable
 from typing import Protocol
 
-import numpy as np
 import torch
 
+from fedelta.common.aggregation.arena import Arena
 from fedelta.common.config import AggregateSettings
 from fedelta.common.delta import Delta, Dense
 from fedelta.common.registry import Registry
@@ -36,6 +35,7 @@ class Accumulator:
 
     def __init__(self) -> None:
         self._state: dict[str, torch.Tensor] = {}
+        self._arena = Arena()
         self._count = 0
 
     @property
@@ -44,7 +44,7 @@ class Accumulator:
 
     def _state_for(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         if name not in self._state:
-            self._state[name] = zeros(shape)
+            self._state[name] = self._arena.zeros(shape)
         return self._state[name]
 
     def _merged(self, finish: Callable[[torch.Tensor], torch.Tensor]) -> Delta:
@@ -52,26 +52,8 @@ class Accumulator:
         copy, so forming the result needs no memory beyond the states (the codec decides how it travels)."""
         if not self._count:
             raise ValueError("no delta was added")
+        self._arena = Arena()  # the states' memory goes with them
         return Delta({name: Dense(finish(self._state.pop(name))) for name in sorted(self._state)})
-
-
-PREFAULT_BYTES = 1 << 20  # tensors from this size up are mapped with their pages already in place (Linux)
-
-
-def zeros(shape: tuple[int, ...]) -> torch.Tensor:
-    """A new fp32 tensor of zeros; from :data:`PREFAULT_BYTES` up, its pages are mapped zeroed in one call.
-
-    Fresh memory costs one page fault per 4 KiB on first touch; a mapping made
-    with ``MAP_POPULATE`` has the kernel supply every page at once, which on
-    MiniLM's shapes takes an accumulator's first touch from about 45 to 30 ms.
-    The mapping is released with the tensor.
-    """
-    size = 4 * math.prod(shape)
-    populate = getattr(mmap, "MAP_POPULATE", None)
-    if populate is None or size < PREFAULT_BYTES:
-        return torch.zeros(shape, dtype=torch.float32)
-    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
-    return torch.from_numpy(np.frombuffer(pages, dtype=np.float32).reshape(shape))
 
 
 AggregatorFactory = Callable[[AggregateSettings, int], Aggregator]

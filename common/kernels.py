@@ -1,0 +1,119 @@
+"""Compiled loops (numba) for the per-entry work whose numpy form pays more in fixed cost per call than in
+arithmetic: decoding Rice-coded indices, adding scaled values at given positions, and checking values finite.
+
+Each kernel is one plain loop with IEEE arithmetic (no fast-math, so no fused
+multiply-add): the results equal numpy's to the bit. numba is imported and a
+kernel compiled on its first call, so a process that never calls one pays
+neither; compiled code is cached beside this file (``__pycache__``), so only
+the first process on a machine compiles, and later ones load it (about 0.1 s
+a kernel). The callers check their inputs, and the kernels check every
+position they write.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` compiled by numba (no Python objects, no GIL, cached on disk) when first called."""
+    kernel: Callable[..., Any] | None = None
+
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
+        nonlocal kernel
+        if kernel is None:
+            import numba
+
+            kernel = numba.njit(cache=True, nogil=True)(function)
+        return kernel(*args)
+
+    return call
+
+
+LEADING_ZEROS = np.array([8 - value.bit_length() for value in range(256)], dtype=np.int64)  # of a byte; 8 for 0
+LOW_BITS_KEPT = (1 << 56) - 1  # the low-bit buffer holds at most 55 unread bits (b <= 48, refilled by bytes)
+
+
+@compiled
+def rice_decode(data: np.ndarray, count: int, b: int, low_end: int, out: np.ndarray) -> tuple[int, int]:
+    """Decode Rice-coded gaps (layout of :mod:`fedelta.common.rice`, parameter ``b`` <= 48, low bits ending at
+    byte ``low_end``) into ``out`` as indices, at most ``count`` of them.
+
+    Returns the number of 1 bits the unary part holds and the bit just after
+    the last of them, counted from the unary part's start: ``out`` holds the
+    set exactly when the first is ``count``. The caller checks the lengths
+    first (:func:`fedelta.common.rice.decode_indices`), so every low field lies
+    inside ``data``.
+    """
+    end = data.size * 8
+    unary_start = low_end * 8
+    at = unary_start  # the next unary bit
+    low_next = 1  # the next byte of low bits to load: the fields start after the byte that holds b
+    low_buffer = 0  # loaded low bits not read yet, in its bottom ``low_loaded`` bits
+    low_loaded = 0
+    low_mask = (1 << b) - 1
+    previous = -1
+    found = 0
+    last = unary_start
+    zeros = 0  # unary zeros since the last 1: the quotient of the gap being read
+    while at < end:
+        byte = (data[at >> 3] << (at & 7)) & 0xFF  # this byte's unread bits, moved to the top
+        if byte == 0:
+            zeros += 8 - (at & 7)
+            at += 8 - (at & 7)
+            continue
+        skipped = LEADING_ZEROS[byte]
+        zeros += skipped
+        at += skipped + 1
+        last = at
+        if found < count:
+            while low_loaded < b:
+                low_buffer = ((low_buffer << 8) | data[low_next]) & LOW_BITS_KEPT
+                low_next += 1
+                low_loaded += 8
+            low_loaded -= b
+            previous += 1 + ((zeros << b) | ((low_buffer >> low_loaded) & low_mask))
+            out[found] = previous
+        zeros = 0
+        found += 1
+    return found, last - unary_start
+
+
+@compiled
+def scatter_add_scaled(flat: np.ndarray, positions: np.ndarray, values: np.ndarray, scale: float) -> int:
+    """``flat[positions[i]] += scale * values[i]`` for each i in order, the product in the values' dtype.
+
+    Returns -1, or the first i whose position lies outside ``flat``: then
+    nothing was written, since every position is checked before the first
+    addition.
+    """
+    size = flat.size
+    for i in range(positions.size):
+        if positions[i] < 0 or positions[i] >= size:
+            return i
+    for i in range(positions.size):
+        flat[positions[i]] += scale * values[i]
+    return -1
+
+
+@compiled
+def all_finite(values: np.ndarray) -> bool:
+    """Whether no value of an fp32 or fp64 array is infinite or NaN."""
+    for i in range(values.size):
+        if not np.isfinite(values[i]):
+            return False
+    return True
+
+
+@compiled
+def exponent_never_full(bits: np.ndarray, exponent: int) -> bool:
+    """Whether no 16-bit float, given by its bits, has every ``exponent`` bit set (the non-finite ones)."""
+    for i in range(bits.size):
+        if bits[i] & exponent == exponent:
+            return False
+    return True
