@@ -14,9 +14,10 @@ the base), ``peak_extra_over_model``, and ``seconds_vs_dense_pass``
 in the same process), plus the same peak for the commit that follows as the
 server makes it (``commit_peak_extra_over_model``: the merged delta encoded,
 written to a file and added into the weights tensor by tensor, in chunks)
-and the larger of the two (``round_peak_extra_over_model``). A second round
-over the same deltas, as a server's later rounds run, gives
-``later_round_seconds`` and ``later_round_vs_dense_pass``.
+and the larger of the two (``round_peak_extra_over_model``). Three more
+rounds over the same deltas, as a server's later rounds run, give
+``later_rounds_seconds``, their median ``later_round_seconds`` and
+``later_round_vs_dense_pass``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 from fedelta.simulations.shapes import SHAPES, Shapes
 
 BASE_SHA = "0" * 64
+LATER_ROUNDS = 3  # rounds timed after the first, over the same deltas; their median is reported
 
 
 def write_payloads(folder: Path, count: int, density: float, seed: int, shapes: Shapes) -> None:
@@ -142,11 +144,14 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
     commit_peak = _status_bytes("VmHWM")
     del merged
     gc.collect()
-    started = time.perf_counter()
-    later, _ = _aggregate(sites, folder, aggregator, base, limits)
-    later_seconds = time.perf_counter() - started
-    del later
-    gc.collect()
+    later_rounds = []
+    for _ in range(LATER_ROUNDS):
+        started = time.perf_counter()
+        later, _ = _aggregate(sites, folder, aggregator, base, limits)
+        later_rounds.append(time.perf_counter() - started)
+        del later
+        gc.collect()
+    later_seconds = statistics.median(later_rounds)
     scratch = {name: torch.zeros_like(p) for name, p in base.items()}
     passes = []
     for _ in range(5):
@@ -167,6 +172,7 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
         "first_calls_seconds": round(first_calls, 3),
         "dense_pass_seconds": round(dense_pass, 4),
         "seconds_vs_dense_pass": round(seconds / dense_pass, 1),
+        "later_rounds_seconds": [round(seconds, 3) for seconds in later_rounds],
         "later_round_seconds": round(later_seconds, 3),
         "later_round_vs_dense_pass": round(later_seconds / dense_pass, 1),
         "commit_seconds": round(commit_seconds, 3),
