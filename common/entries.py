@@ -24,6 +24,8 @@ from math import isqrt, prod
 import numpy as np
 import torch
 
+from fedelta.common.kernels import seeded_walk
+
 Shape = tuple[int, ...]
 
 _MASK64 = (1 << 64) - 1
@@ -31,9 +33,10 @@ _GOLDEN = 0x9E3779B97F4A7C15
 # splitmix64's finalizer: x ^= x >> shift, x *= multiplier for each step, then x ^= x >> 31
 _SPLITMIX_STEPS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))
 _SPLITMIX_LAST_SHIFT = 31
+_SPLITMIX_SHIFTS = np.array([shift for shift, _ in _SPLITMIX_STEPS], dtype=np.uint64)
+_SPLITMIX_MULTIPLIERS = np.array([multiplier for _, multiplier in _SPLITMIX_STEPS], dtype=np.uint64)
 FEISTEL_ROUNDS = 4  # even: after the last round the pair is a row and a column again
-MASK_CHUNK = 1 << 14  # points walked per step: the network's four uint64 arrays (512 KB) stay in a core's cache
-STRAGGLERS = 16  # points still walking when a vectorized pass is no longer worth its fixed cost
+STRAGGLERS = 16  # masks of at most this many positions are drawn in Python integers, without the compiled loop
 # torch sorts integers by radix (about 3x faster than numpy's in-place sort at a million positions) with 12 bytes
 # of scratch per position: it sorts the positions of masks that keep more than one entry in this many, and at
 # least this many
@@ -59,10 +62,10 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     ``k / numel``, every party derives the same ``k`` positions, and only
     integer arithmetic is involved, so they do not depend on the platform or
     on the version of numpy or torch. Time and memory grow with ``k``, not
-    ``numel``: the permutation is evaluated :data:`MASK_CHUNK` positions at a
-    time (the last few walks one by one in Python integers, which is cheaper
-    than another pass over a handful of them), into a result of 4-byte
-    integers where they suffice, sorted by :func:`_increasing`.
+    ``numel``: one compiled loop (:func:`fedelta.common.kernels.seeded_walk`)
+    walks every point into a result of 4-byte integers where they suffice,
+    with no other scratch, and :func:`_increasing` sorts it; masks of at most
+    :data:`STRAGGLERS` positions are walked in Python integers.
     """
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
@@ -75,9 +78,8 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     if count <= STRAGGLERS:
         return torch.tensor(sorted(_walk_int(point, numel, grid, round_keys) for point in range(count)), dtype=torch.int64)
     out = np.empty(count, dtype=np.int32 if numel <= np.iinfo(np.int32).max else np.int64)
-    for start in range(0, count, MASK_CHUNK):
-        images = _walk(np.arange(start, min(start + MASK_CHUNK, count), dtype=np.uint64), numel, grid, round_keys)
-        out[start : start + images.size] = images
+    seeded_walk(numel, *grid, np.array(round_keys, dtype=np.uint64), _SPLITMIX_SHIFTS, _SPLITMIX_MULTIPLIERS,
+                _SPLITMIX_LAST_SHIFT, out)
     return _increasing(out, numel)
 
 
@@ -100,29 +102,23 @@ def feistel_grid(numel: int) -> tuple[int, int]:
     return rows, -(-numel // rows)
 
 
-def _walk(points: np.ndarray, numel: int, grid: tuple[int, int], round_keys: list[int]) -> np.ndarray:
-    """Each of ``points`` through the permutation, again and again until it lands below ``numel``."""
-    array_keys = [np.uint64(k) for k in round_keys]
-    images, bound = _feistel(points, grid, array_keys), np.uint64(numel)
-    outside = np.flatnonzero(images >= bound)
-    while outside.size > STRAGGLERS:
-        images[outside] = _feistel(images[outside], grid, array_keys)
-        outside = outside[images[outside] >= bound]
-    for index in outside.tolist():
-        images[index] = _walk_int(int(images[index]), numel, grid, round_keys, first=False)
-    return images
-
-
-def _walk_int(point: int, numel: int, grid: tuple[int, int], round_keys: list[int], first: bool = True) -> int:
-    """:func:`_walk` of one integer (``first=False``: ``point`` is already one step along)."""
-    image = _feistel_int(point, grid, round_keys) if first else point
+def _walk_int(point: int, numel: int, grid: tuple[int, int], round_keys: list[int]) -> int:
+    """``point`` through the permutation, again and again until it lands below ``numel``."""
+    image = _feistel_int(point, grid, round_keys)
     while image >= numel:
         image = _feistel_int(image, grid, round_keys)
     return image
 
 
 def _feistel_int(x: int, grid: tuple[int, int], round_keys: list[int]) -> int:
-    """:func:`_feistel` of one integer."""
+    """A keyed permutation of ``0 .. rows * cols - 1``, applied to ``x``.
+
+    ``x`` is split into a row and a column; each round replaces the row by
+    the column and the column by ``(row + F(column)) mod rows``, where ``F``
+    is ``splitmix64`` of the column plus the round key, scaled to
+    ``0 .. rows - 1``; the next round swaps the roles of rows and columns.
+    After an even number of rounds the pair is a row and a column again.
+    """
     rows, cols = grid
     left, right = divmod(x, cols)
     modulus, other = rows, cols
@@ -146,48 +142,6 @@ def _splitmix64_int(x: int) -> int:
     for shift, multiplier in _SPLITMIX_STEPS:
         x = ((x ^ (x >> shift)) * multiplier) & _MASK64
     return x ^ (x >> _SPLITMIX_LAST_SHIFT)
-
-
-def _splitmix64(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """The splitmix64 finalizer of each element of ``x`` (uint64, modified in place and returned);
-    ``scratch`` is an array of the same size it may overwrite."""
-    with np.errstate(over="ignore"):
-        for shift, multiplier in _SPLITMIX_STEPS:
-            x ^= np.right_shift(x, np.uint64(shift), out=scratch)
-            x *= np.uint64(multiplier)
-        x ^= np.right_shift(x, np.uint64(_SPLITMIX_LAST_SHIFT), out=scratch)
-    return x
-
-
-def _feistel(x: np.ndarray, grid: tuple[int, int], round_keys: list[np.uint64]) -> np.ndarray:
-    """A keyed permutation of ``0 .. rows * cols - 1``, applied to each element of ``x`` (uint64).
-
-    ``x`` is split into a row and a column; each round replaces the row by
-    the column and the column by ``(row + F(column)) mod rows``, where ``F``
-    is ``splitmix64`` of the column plus the round key, scaled to
-    ``0 .. rows - 1``; the next round swaps the roles of rows and columns.
-    After an even number of rounds the pair is a row and a column again.
-    Four arrays the size of ``x`` hold everything, each allocated once.
-    """
-    rows, cols = grid
-    cols_array = np.uint64(cols)
-    left, right = np.divmod(x, cols_array)
-    mixed, scratch = np.empty_like(left), np.empty_like(left)
-    modulus, other, high = np.uint64(rows), cols_array, np.uint64(32)
-    with np.errstate(over="ignore"):
-        for round_key in round_keys:
-            _splitmix64(np.add(right, round_key, out=mixed), scratch)
-            mixed >>= high
-            mixed *= modulus
-            mixed >>= high
-            mixed += left
-            # (row + F) mod rows: minus the modulus unless that wraps below 0, written over the spent row
-            np.minimum(mixed, np.subtract(mixed, modulus, out=left), out=left)
-            left, right = right, left
-            modulus, other = other, modulus
-        left *= cols_array
-        left += right
-    return left
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
-"""Compiled loops (numba) for the per-entry work whose numpy form pays more in fixed cost per call than in
-arithmetic: decoding Rice-coded indices, adding scaled values at given positions, and checking values finite.
+"""Compiled loops (numba) for per-entry work whose numpy form pays more in fixed cost per call, or in passes
+over temporaries, than in arithmetic: decoding Rice-coded indices, adding scaled values at given positions,
+checking values finite, and walking a seeded mask's permutation.
 
 Each kernel is one plain loop with IEEE arithmetic (no fast-math, so no fused
 multiply-add): the results equal numpy's to the bit. numba is imported and a
 kernel compiled on its first call, so a process that never calls one pays
 neither; compiled code is cached beside this file (``__pycache__``), so only
-the first process on a machine compiles, and later ones load it (about 0.1 s
-a kernel). The callers check their inputs, and the kernels check every
-position they write.
+the first process on a machine compiles, and later ones load it (about 0.5 s
+for numba and the first kernel, a few milliseconds for each further one).
+The callers check their inputs, and the kernels check every position they
+write.
 """
 
 from __future__ import annotations
@@ -117,3 +119,40 @@ def exponent_never_full(bits: np.ndarray, exponent: int) -> bool:
         if bits[i] & exponent == exponent:
             return False
     return True
+
+
+@compiled
+def seeded_walk(numel: int, rows: int, cols: int, round_keys: np.ndarray, shifts: np.ndarray,
+                multipliers: np.ndarray, last_shift: int, out: np.ndarray) -> None:
+    """``out[i]`` = the image of ``i`` under the seeded masks' keyed permutation of the grid ``rows x cols``,
+    applied again until it lands below ``numel`` (see :func:`fedelta.common.entries.seeded_positions`).
+
+    All arithmetic is on uint64, wrapping as the integer definition does:
+    each Feistel round adds splitmix64 (``shifts``, ``multipliers``, then
+    ``last_shift``) of one half plus the round key, scaled to the other
+    half's range by a 32-bit multiply-shift, to the other half.
+    """
+    bound = np.uint64(numel)
+    row_count = np.uint64(rows)
+    col_count = np.uint64(cols)
+    high = np.uint64(32)
+    last = np.uint64(last_shift)
+    for i in range(out.size):
+        image = np.uint64(i)
+        while True:
+            left = image // col_count
+            right = image % col_count
+            modulus = row_count
+            other = col_count
+            for r in range(round_keys.size):
+                mixed = right + round_keys[r]
+                for step in range(shifts.size):
+                    mixed = (mixed ^ (mixed >> shifts[step])) * multipliers[step]
+                mixed ^= mixed >> last
+                mixed = (((mixed >> high) * modulus) >> high) + left  # both below modulus: less than twice it
+                left, right = right, mixed - modulus if mixed >= modulus else mixed
+                modulus, other = other, modulus
+            image = left * col_count + right
+            if image < bound:
+                break
+        out[i] = image

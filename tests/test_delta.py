@@ -9,7 +9,9 @@ from fedelta.common.delta import (
     seeded_positions, state_hash,
 )
 from fedelta.common import entries
-from fedelta.common.entries import _feistel, _feistel_int, _splitmix64_int, feistel_grid
+from fedelta.common.entries import (
+    _SPLITMIX_LAST_SHIFT, _SPLITMIX_MULTIPLIERS, _SPLITMIX_SHIFTS, _splitmix64_int, _walk_int, feistel_grid,
+)
 
 
 def _params():
@@ -115,13 +117,20 @@ def test_seeded_positions_are_pinned_by_the_wire_format():
 
 
 @pytest.mark.parametrize("numel", [2, 3, 17, 384, 1000, 4097])
-def test_the_feistel_network_permutes_its_grid_alike_in_arrays_and_integers(numel):
+def test_the_compiled_walk_permutes_like_the_integer_definition(numel):
+    from fedelta.common.kernels import seeded_walk
+
     rows, cols = feistel_grid(numel)
     assert rows * cols >= numel > (rows - 1) * cols and rows * cols - numel < rows
     round_keys = [_splitmix64_int(key) for key in (1, 2, 3, 4)]
-    images = _feistel(np.arange(rows * cols, dtype=np.uint64), (rows, cols), [np.uint64(k) for k in round_keys])
-    assert sorted(images.tolist()) == list(range(rows * cols))
-    assert images.tolist() == [_feistel_int(x, (rows, cols), round_keys) for x in range(rows * cols)]
+    walked = {}
+    for dtype in (np.int32, np.int64):
+        out = np.empty(numel, dtype=dtype)
+        seeded_walk(numel, rows, cols, np.array(round_keys, dtype=np.uint64), _SPLITMIX_SHIFTS, _SPLITMIX_MULTIPLIERS,
+                    _SPLITMIX_LAST_SHIFT, out)
+        walked[dtype] = out.tolist()
+    assert walked[np.int32] == walked[np.int64] == [_walk_int(x, numel, (rows, cols), round_keys) for x in range(numel)]
+    assert sorted(walked[np.int64]) == list(range(numel))  # every point of 0 .. numel - 1 once
 
 
 @pytest.mark.parametrize("numel", [1, 2, 3, 5, 17, 64, 1000, 4097, 65_537, 300_001])
