@@ -24,7 +24,7 @@ from math import isqrt, prod
 import numpy as np
 import torch
 
-from fedelta.common.kernels import seeded_walk
+from fedelta.common.kernels import seeded_walk, sorted_through_bitmap
 
 Shape = tuple[int, ...]
 
@@ -37,11 +37,10 @@ _SPLITMIX_SHIFTS = np.array([shift for shift, _ in _SPLITMIX_STEPS], dtype=np.ui
 _SPLITMIX_MULTIPLIERS = np.array([multiplier for _, multiplier in _SPLITMIX_STEPS], dtype=np.uint64)
 FEISTEL_ROUNDS = 4  # even: after the last round the pair is a row and a column again
 STRAGGLERS = 16  # masks of at most this many positions are drawn in Python integers, without the compiled loop
-# torch sorts integers by radix (about 3x faster than numpy's in-place sort at a million positions) with 12 bytes
-# of scratch per position: it sorts the positions of masks that keep more than one entry in this many, and at
-# least this many
-RADIX_SORT_DENSITY = 32
-RADIX_SORT_FROM = 1 << 15
+# Masks that keep at least one position in this many are sorted through a bitmap of the tensor's positions (at
+# most 4 bytes of it per kept position, in one pass), from this many positions up; the rest by numpy in place
+BITMAP_DENSITY = 32
+BITMAP_FROM = 1 << 12
 
 
 def kept_count(numel: int, keep: float) -> int:
@@ -86,12 +85,15 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
 def _increasing(positions: np.ndarray, numel: int) -> torch.Tensor:
     """``positions`` (distinct, below ``numel``) sorted, as int64.
 
-    Few or sparse positions (at most one in :data:`RADIX_SORT_DENSITY` of
-    ``numel``, where scratch is held to the 4 bytes a position already has)
-    are sorted in place by numpy; many dense ones by torch's radix sort.
+    Dense positions (at least one in :data:`BITMAP_DENSITY` of ``numel``)
+    go through a bitmap (:func:`fedelta.common.kernels.sorted_through_bitmap`),
+    in time linear in their count and ``numel / 64`` and with at most 4 bytes
+    of scratch per position; sparse or few ones are sorted in place by numpy.
     """
-    if positions.size >= RADIX_SORT_FROM and positions.size * RADIX_SORT_DENSITY > numel:
-        return torch.sort(torch.from_numpy(positions)).values.to(torch.int64)
+    if positions.size >= BITMAP_FROM and positions.size * BITMAP_DENSITY >= numel:
+        out = np.empty(positions.size, dtype=np.int64)
+        sorted_through_bitmap(positions, numel, out)
+        return torch.from_numpy(out)
     positions.sort()
     return torch.from_numpy(positions.astype(np.int64, copy=False))
 

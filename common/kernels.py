@@ -156,3 +156,29 @@ def seeded_walk(numel: int, rows: int, cols: int, round_keys: np.ndarray, shifts
             if image < bound:
                 break
         out[i] = image
+
+
+DE_BRUIJN = 0x03F79D71B4CB0A89  # (lowest set bit * this) >> 58 is distinct for each of the 64 bits
+BIT_AT = np.zeros(64, dtype=np.int64)  # which bit, by that product
+BIT_AT[[((1 << bit) * DE_BRUIJN & ((1 << 64) - 1)) >> 58 for bit in range(64)]] = np.arange(64)
+
+
+@compiled
+def sorted_through_bitmap(positions: np.ndarray, numel: int, out: np.ndarray) -> None:
+    """``out`` = ``positions`` (distinct, each in ``0 .. numel - 1``) in increasing order, by setting their bits
+    in a bitmap of ``numel`` bits and reading the set bits back word by word."""
+    bitmap = np.zeros((numel + 63) // 64, dtype=np.uint64)
+    one = np.uint64(1)
+    de_bruijn = np.uint64(DE_BRUIJN)
+    top = np.uint64(58)
+    for i in range(positions.size):
+        position = np.int64(positions[i])
+        bitmap[position >> 6] |= one << np.uint64(position & 63)
+    written = 0
+    for index in range(bitmap.size):
+        word = bitmap[index]
+        while word:
+            lowest = word & (~word + one)
+            out[written] = index * 64 + BIT_AT[(lowest * de_bruijn) >> top]
+            written += 1
+            word ^= lowest

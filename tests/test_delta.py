@@ -141,15 +141,27 @@ def test_seeded_positions_are_k_distinct_increasing_positions_in_range(numel, ke
     assert bool((positions[1:] > positions[:-1]).all()) and 0 <= int(positions[0]) and int(positions[-1]) < numel
 
 
-@pytest.mark.parametrize("numel,keep", [(300_001, 0.3), (300_001, 0.01), (2_000_003, 0.05)])
+@pytest.mark.parametrize("numel,keep", [(300_001, 0.3), (300_001, 0.01), (2_000_003, 0.05), (4_160, 0.999)])
 def test_seeded_positions_are_the_same_whichever_sort_runs(monkeypatch, numel, keep):
-    monkeypatch.setattr(entries, "RADIX_SORT_DENSITY", 1 << 62)
+    monkeypatch.setattr(entries, "BITMAP_DENSITY", 1 << 62)
     drawn = []
-    for radix_from in (0, 1 << 62):  # every mask, then none, sorted by torch
-        monkeypatch.setattr(entries, "RADIX_SORT_FROM", radix_from)
+    for bitmap_from in (0, 1 << 62):  # every mask through the bitmap, then none
+        monkeypatch.setattr(entries, "BITMAP_FROM", bitmap_from)
         drawn.append(seeded_positions(11, "w", numel, keep))
     assert all(positions.dtype == torch.int64 for positions in drawn)
     assert drawn[0].tolist() == drawn[1].tolist() and len(set(drawn[0].tolist())) == kept_count(numel, keep)
+
+
+def test_the_bitmap_sorts_positions_at_every_bit_of_its_words():
+    from fedelta.common.kernels import sorted_through_bitmap
+
+    rng = np.random.default_rng(5)
+    numel = 64 * 9 + 7  # a last word only partly inside
+    for positions in (np.arange(numel), rng.permutation(numel)[:200], np.array([numel - 1, 0, 63, 64])):
+        for dtype in (np.int32, np.int64):
+            out = np.empty(positions.size, dtype=np.int64)
+            sorted_through_bitmap(positions.astype(dtype), numel, out)
+            assert out.tolist() == sorted(positions.tolist())
 
 
 def test_seeded_positions_keep_every_position_equally_often():
