@@ -1,6 +1,6 @@
 """Compiled loops (numba) for per-entry work whose numpy form pays more in fixed cost per call, or in passes
 over temporaries, than in arithmetic: decoding Rice-coded indices, adding scaled values at given positions,
-checking values finite, and walking a seeded mask's permutation.
+checking values finite, walking a seeded mask's permutation and putting its positions in order.
 
 Each kernel is one plain loop with IEEE arithmetic (no fast-math, so no fused
 multiply-add): the results equal numpy's to the bit. numba is imported and a
