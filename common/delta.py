@@ -43,6 +43,9 @@ def add_entry(target: torch.Tensor, entry: Entry, weight: float = 1.0) -> None:
     flat.add_(values.to(target.dtype))
 
 
+COMPILED_SCATTER_DTYPES = (torch.float32, torch.float64)
+
+
 def scatter_add(flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor, weight: float = 1.0) -> None:
     """``flat[positions] += (values * weight).to(flat.dtype)`` in place: one addition per position, in order.
 
@@ -67,9 +70,6 @@ def scatter_add(flat: torch.Tensor, positions: torch.Tensor, values: torch.Tenso
             raise IndexError(f"position {int(indices[outside])} is outside a tensor of {target.size} elements")
         return
     flat.index_add_(0, positions, (values if weight == 1.0 else values * weight).to(flat.dtype))
-
-
-COMPILED_SCATTER_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,10 @@ _SPLITMIX_STEPS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))
 _SPLITMIX_LAST_SHIFT = 31
 _SPLITMIX_SHIFTS = np.array([shift for shift, _ in _SPLITMIX_STEPS], dtype=np.uint64)
 _SPLITMIX_MULTIPLIERS = np.array([multiplier for _, multiplier in _SPLITMIX_STEPS], dtype=np.uint64)
+_SPLITMIX_SHIFTS.setflags(write=False)
+_SPLITMIX_MULTIPLIERS.setflags(write=False)
 FEISTEL_ROUNDS = 4  # even: after the last round the pair is a row and a column again
-STRAGGLERS = 16  # masks of at most this many positions are drawn in Python integers, without the compiled loop
+PYTHON_WALK_MAX = 16  # masks of at most this many positions are drawn in Python integers, without the compiled loop
 # Masks that keep at least one position in this many are sorted through a bitmap of the tensor's positions (at
 # most 4 bytes of it per kept position, in one pass), from this many positions up; the rest by numpy in place
 BITMAP_DENSITY = 32
@@ -64,7 +66,7 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     ``numel``: one compiled loop (:func:`fedelta.common.kernels.seeded_walk`)
     walks every point into a result of 4-byte integers where they suffice,
     with no other scratch, and :func:`_increasing` sorts it; masks of at most
-    :data:`STRAGGLERS` positions are walked in Python integers.
+    :data:`PYTHON_WALK_MAX` positions are walked in Python integers.
     """
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
@@ -74,7 +76,7 @@ def seeded_positions(seed: int, name: str, numel: int, keep: float) -> torch.Ten
     grid = feistel_grid(numel)
     key = ((seed & _MASK64) * _GOLDEN + (zlib.crc32(name.encode()) << 32)) & _MASK64
     round_keys = [_splitmix64_int(key + r * _GOLDEN) for r in range(FEISTEL_ROUNDS)]
-    if count <= STRAGGLERS:
+    if count <= PYTHON_WALK_MAX:
         return torch.tensor(sorted(_walk_int(point, numel, grid, round_keys) for point in range(count)), dtype=torch.int64)
     out = np.empty(count, dtype=np.int32 if numel <= np.iinfo(np.int32).max else np.int64)
     seeded_walk(numel, *grid, np.array(round_keys, dtype=np.uint64), _SPLITMIX_SHIFTS, _SPLITMIX_MULTIPLIERS,
@@ -92,7 +94,8 @@ def _increasing(positions: np.ndarray, numel: int) -> torch.Tensor:
     """
     if positions.size >= BITMAP_FROM and positions.size * BITMAP_DENSITY >= numel:
         out = np.empty(positions.size, dtype=np.int64)
-        sorted_through_bitmap(positions, numel, out)
+        if sorted_through_bitmap(positions, numel, out) != positions.size:
+            raise ValueError(f"{positions.size} positions are not distinct positions below {numel}")
         return torch.from_numpy(out)
     positions.sort()
     return torch.from_numpy(positions.astype(np.int64, copy=False))

@@ -8,8 +8,9 @@ kernel compiled on its first call, so a process that never calls one pays
 neither; compiled code is cached beside this file (``__pycache__``), so only
 the first process on a machine compiles, and later ones load it (about 0.5 s
 for numba and the first kernel, a few milliseconds for each further one).
-The callers check their inputs, and the kernels check every position they
-write.
+numba checks no index: the callers check what a kernel relies on (its
+docstring says what), and a kernel that writes at positions it is given
+checks each before the first write.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 LEADING_ZEROS = np.array([8 - value.bit_length() for value in range(256)], dtype=np.int64)  # of a byte; 8 for 0
+LEADING_ZEROS.setflags(write=False)  # compiled in as a constant
 LOW_BITS_KEPT = (1 << 56) - 1  # the low-bit buffer holds at most 55 unread bits (b <= 48, refilled by bytes)
 
 
@@ -50,7 +52,7 @@ def rice_decode(data: np.ndarray, count: int, b: int, low_end: int, out: np.ndar
     the last of them, counted from the unary part's start: ``out`` holds the
     set exactly when the first is ``count``. The caller checks the lengths
     first (:func:`fedelta.common.rice.decode_indices`), so every low field lies
-    inside ``data``.
+    inside ``data``, and gives ``out`` room for ``count`` indices.
     """
     end = data.size * 8
     unary_start = low_end * 8
@@ -161,12 +163,21 @@ def seeded_walk(numel: int, rows: int, cols: int, round_keys: np.ndarray, shifts
 DE_BRUIJN = 0x03F79D71B4CB0A89  # (lowest set bit * this) >> 58 is distinct for each of the 64 bits
 BIT_AT = np.zeros(64, dtype=np.int64)  # which bit, by that product
 BIT_AT[[((1 << bit) * DE_BRUIJN & ((1 << 64) - 1)) >> 58 for bit in range(64)]] = np.arange(64)
+BIT_AT.setflags(write=False)  # compiled in as a constant
 
 
 @compiled
-def sorted_through_bitmap(positions: np.ndarray, numel: int, out: np.ndarray) -> None:
-    """``out`` = ``positions`` (distinct, each in ``0 .. numel - 1``) in increasing order, by setting their bits
-    in a bitmap of ``numel`` bits and reading the set bits back word by word."""
+def sorted_through_bitmap(positions: np.ndarray, numel: int, out: np.ndarray) -> int:
+    """``out`` = the distinct values of ``positions`` in increasing order, by setting their bits in a bitmap of
+    ``numel`` bits and reading the set bits back word by word; ``out`` holds ``positions.size`` values.
+
+    Returns how many were written: ``positions.size`` when they are
+    distinct, fewer when some repeat, and -1 (nothing written) when one lies
+    outside ``0 .. numel - 1``.
+    """
+    for i in range(positions.size):
+        if positions[i] < 0 or positions[i] >= numel:
+            return -1
     bitmap = np.zeros((numel + 63) // 64, dtype=np.uint64)
     one = np.uint64(1)
     de_bruijn = np.uint64(DE_BRUIJN)
@@ -182,3 +193,4 @@ def sorted_through_bitmap(positions: np.ndarray, numel: int, out: np.ndarray) ->
             out[written] = index * 64 + BIT_AT[(lowest * de_bruijn) >> top]
             written += 1
             word ^= lowest
+    return written

@@ -160,7 +160,7 @@ def _layout(data: np.ndarray, count: int, numel: int) -> tuple[int, int]:
     unary_bytes = data.size - low_end
     if unary_bytes < 1 or unary_bytes > most_unary or count > 8 * unary_bytes:
         raise IndexCodingError(f"index coding of {data.size} bytes does not fit {count} indices")
-    if count > numel or count << b >= 1 << 62:
+    if count > numel or count << b >= 1 << 62 or numel >= 1 << 62:
         raise IndexCodingError(f"{count} indices with Rice parameter {b} do not fit {numel} elements")
     return b, low_end
 

@@ -102,7 +102,7 @@ def test_accumulators_carved_from_one_arena_start_at_zero_and_never_overlap(monk
     assert all(end <= next_start for (_, end), (next_start, _) in zip(starts, starts[1:]))
 
 
-def test_an_arena_without_the_populate_call_touches_its_pages_instead(monkeypatch):
+def test_an_arena_whose_populate_advice_is_refused_still_hands_out_zeroed_writable_tensors(monkeypatch):
     from fedelta.common.aggregation import arena
 
     monkeypatch.setattr(arena, "MADV_POPULATE_WRITE", -1)  # refused as an invalid advice

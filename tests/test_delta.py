@@ -78,6 +78,31 @@ def test_scatter_add_sums_exactly_as_index_add(dtype, requires_grad):
             scatter_add(target.view(-1), positions, values)  # outside no_grad, as index_add_ refuses it
 
 
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("flat_dtype", DTYPES)
+@pytest.mark.parametrize("value_dtype", DTYPES)
+def test_a_weighted_scatter_add_sums_exactly_as_index_add_of_the_scaled_values(flat_dtype, value_dtype):
+    gen = torch.Generator().manual_seed(3)
+    target = torch.randn(4096, generator=gen).to(flat_dtype)
+    positions = torch.randperm(4096, generator=gen)[:700].sort().values
+    values = torch.randn(700, generator=gen).to(value_dtype)
+    for weight in (1.0, 0.37, 3.0):
+        expected = target.clone().index_add_(0, positions, (values * weight).to(flat_dtype))
+        scatter_add(target, positions, values, weight)
+        assert torch.equal(target.view(torch.uint8), expected.view(torch.uint8)), weight  # to the bit
+
+
+def test_a_scatter_add_with_a_position_outside_or_a_count_off_writes_nothing():
+    target = torch.zeros(100)
+    with pytest.raises(IndexError, match="position 100 is outside a tensor of 100"):
+        scatter_add(target, torch.tensor([3, 50, 100]), torch.ones(3), 0.5)
+    with pytest.raises(ValueError, match="2 positions for 3 values"):
+        scatter_add(target, torch.tensor([3, 50]), torch.ones(3))
+    assert not target.any()
+
+
 @pytest.mark.parametrize("target_dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("value_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_adding_a_weighted_entry_sums_exactly_as_index_add_of_its_fp32_scaled_values(target_dtype, value_dtype):

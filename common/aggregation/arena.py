@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import sys
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ import torch
 CHUNK_BYTES = 64 << 20  # each mapping holds this much, or one tensor when larger
 HUGE_PAGE = 2 << 20
 ALIGN = 64  # bytes between the starts of tensors carved one after another: a cache line
-MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # the Linux value; Python names it from 3.13
+# Python names the advice from 3.13; 23 is its value on Linux, where alone it exists
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23 if sys.platform.startswith("linux") else None)
 PAGE = mmap.PAGESIZE
 
 
@@ -64,7 +66,10 @@ class _Mapping:
             return
         first = (self._origin + start) // PAGE * PAGE
         last = -(-(self._origin + start + size) // PAGE) * PAGE
-        try:
-            self._pages.madvise(MADV_POPULATE_WRITE, first, last - first)
-        except (OSError, ValueError):
-            self.usable[start : start + size : PAGE] = 0
+        if MADV_POPULATE_WRITE is not None and hasattr(self._pages, "madvise"):
+            try:
+                self._pages.madvise(MADV_POPULATE_WRITE, first, last - first)
+                return
+            except (OSError, ValueError):
+                pass
+        self.usable[start : start + size : PAGE] = 0

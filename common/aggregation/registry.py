@@ -53,7 +53,9 @@ class Accumulator:
         if not self._count:
             raise ValueError("no delta was added")
         self._arena = Arena()  # the states' memory goes with them
-        return Delta({name: Dense(finish(self._state.pop(name))) for name in sorted(self._state)})
+        # In the order they were carved, so a mapping is let go as soon as its states are finished into copies.
+        finished = {name: Dense(finish(self._state.pop(name))) for name in list(self._state)}
+        return Delta(dict(sorted(finished.items())))
 
 
 AggregatorFactory = Callable[[AggregateSettings, int], Aggregator]
