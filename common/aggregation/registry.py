@@ -53,7 +53,7 @@ class Accumulator:
         if not self._count:
             raise ValueError("no delta was added")
         self._arena = Arena()  # the states' memory goes with them
-        # In the order they were carved, so a mapping is let go as soon as its states are finished into copies.
+        # In the order they were carved: where finishing copies a state, each mapping goes once its states are done.
         finished = {name: Dense(finish(self._state.pop(name))) for name in list(self._state)}
         return Delta(dict(sorted(finished.items())))
 
