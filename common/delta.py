@@ -23,8 +23,7 @@ from fedelta.common.entries import (  # noqa: F401  (the entry kinds are part of
     seeded_mask,
     seeded_positions,
 )
-from fedelta.common.kernels import all_finite as compiled_all_finite
-from fedelta.common.kernels import exponent_never_full, scatter_add_scaled
+from fedelta.common.kernels import exponent_never_full, floats_finite, scatter_add_scaled
 
 
 def add_entry(target: torch.Tensor, entry: Entry, weight: float = 1.0) -> None:
@@ -126,7 +125,7 @@ def all_finite(values: torch.Tensor) -> bool:
     if exponent is not None:
         return exponent_never_full(flat.detach().view(torch.int16).numpy().view(np.uint16), exponent)
     if flat.dtype in (torch.float32, torch.float64):
-        return compiled_all_finite(flat.detach().numpy())
+        return floats_finite(flat.detach().numpy())
     return all(np.isfinite(flat[start : start + FINITE_CHUNK].to(torch.float32).numpy()).all()
                for start in range(0, flat.numel(), FINITE_CHUNK))
 

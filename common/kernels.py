@@ -106,7 +106,7 @@ def scatter_add_scaled(flat: np.ndarray, positions: np.ndarray, values: np.ndarr
 
 
 @compiled
-def all_finite(values: np.ndarray) -> bool:
+def floats_finite(values: np.ndarray) -> bool:
     """Whether no value of an fp32 or fp64 array is infinite or NaN."""
     for i in range(values.size):
         if not np.isfinite(values[i]):

@@ -172,7 +172,7 @@ def measure(sites: int, folder: Path, aggregator: str, density: float, shapes: S
         "first_calls_seconds": round(first_calls, 3),
         "dense_pass_seconds": round(dense_pass, 4),
         "seconds_vs_dense_pass": round(seconds / dense_pass, 1),
-        "later_rounds_seconds": [round(seconds, 3) for seconds in later_rounds],
+        "later_rounds_seconds": [round(taken, 3) for taken in later_rounds],
         "later_round_seconds": round(later_seconds, 3),
         "later_round_vs_dense_pass": round(later_seconds / dense_pass, 1),
         "commit_seconds": round(commit_seconds, 3),
