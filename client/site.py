@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ class Site:
                  keep_weights: bool = False) -> None:
         self.settings = settings
         self.name = name
-        self.state = SiteState(cache_dir)
+        self.state = SiteState(cache_dir, journal=keep_weights)
         self.keep_weights = keep_weights
         self._held: CachedVersion | None = None
         self._reader: ModelBundle | None = None  # a model that only reads, lent the held weights
@@ -88,8 +89,12 @@ class Site:
         from the weights held in memory takes those tensors themselves instead
         of a copy; applying the downlink then moves the held weights on with
         it, and a failure lets them go (the file still has the version). Such
-        a reading model is kept and lent the held weights again next time
-        instead of being built again; a model for training is always new.
+        a reading model (or one built for a downlink from version 0 or a
+        snapshot, whose weights are then held) is kept and lent the held
+        weights again next time instead of being built again. A model for
+        training is always new: the
+        kept reading model, lent the held weights, copied, where the downlink
+        starts from the held version; else one built.
         """
         cached = self.cached_version()
         start: CachedVersion | None = None  # the version the downlink starts from, when not version 0
@@ -99,11 +104,15 @@ class Site:
                 held = "nothing" if cached is None else f"version {cached.version}"
                 raise VersionMismatch(f"site {self.name} holds {held}; the downlink starts at {downlink.base_version}")
             start, lent = cached, not for_training and cached is self._held
-        bundle = (self._reader if lent else None) or self.task.load_model(self.data.num_labels, self.settings.seed)
+        copied = start is not None and not lent and start is self._held and self._reader is not None
+        if copied:
+            bundle = self._held_model()
+        else:
+            bundle = (self._reader if lent else None) or self.task.load_model(self.data.num_labels, self.settings.seed)
         if lent:
             self._reader = bundle
         limits = Limits.for_model(bundle.num_params())
-        if start is not None:
+        if start is not None and not copied:
             with torch.no_grad():
                 for name, parameter in bundle.model.named_parameters():
                     if lent:
@@ -118,10 +127,22 @@ class Site:
                 self._held = None
             raise
         if cached is None or cached.version != downlink.target_version:
-            self.state.save_version(downlink.target_version, sha, params)
+            self.state.advance(downlink, params)
             if self.keep_weights:
-                self._held = CachedVersion(downlink.target_version, sha, params if lent else self._copy_held(params))
+                reading = not for_training  # a reading model built here is kept, its weights held
+                self._held = CachedVersion(downlink.target_version, sha, params if reading else self._copy_held(params))
+                if reading:
+                    self._reader = bundle
         return bundle, downlink.target_version, sha
+
+    def _held_model(self) -> ModelBundle:
+        """A new model at the held version: the reading model, lent the held weights, copied whole (one copy of
+        the weights, where building a model reads them from its files before they are overwritten)."""
+        reader, held = self._reader, self._held
+        with torch.no_grad():
+            for name, parameter in reader.model.named_parameters():
+                parameter.data = held.params[name]
+        return ModelBundle(copy.deepcopy(reader.model), reader.tokenizer, list(reader.head))
 
     def _copy_held(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A copy of ``params`` to hold, written over the tensors held before where they fit."""
