@@ -23,7 +23,7 @@ from fedelta.common.entries import (  # noqa: F401  (the entry kinds are part of
     seeded_mask,
     seeded_positions,
 )
-from fedelta.common.kernels import exponent_never_full, floats_finite, scatter_add_scaled
+from fedelta.common.kernels import exponent_never_full, scatter_add_scaled
 
 
 def add_entry(target: torch.Tensor, entry: Entry, weight: float = 1.0) -> None:
@@ -105,27 +105,26 @@ def check_delta_fits(params: Mapping[str, torch.Tensor], delta: Delta) -> None:
 
 
 FINITE_CHUNK = 1 << 16  # elements widened per step: the check's temporaries stay a few MB for any tensor
-# A 16-bit float is not finite exactly when its exponent bits are all ones; testing them directly skips
-# widening every value (numpy has no bf16).
-HALF_EXPONENT = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+# A float is not finite exactly when its exponent bits are all ones: each dtype's integer of the same width
+# and exponent mask (testing the bits directly skips widening 16-bit values; numpy has no bf16).
+EXPONENT_BITS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80),
+                 torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int64, 0x7FF0000000000000)}
 
 
 def all_finite(values: torch.Tensor) -> bool:
     """Whether every value is finite, with no full-size temporary.
 
-    On the CPU one compiled loop reads fp32 and fp64 values as they are and
-    fp16 and bf16 by their exponent bits (:mod:`fedelta.common.kernels`);
-    other dtypes, and other devices, are widened to fp32 in chunks.
+    On the CPU one compiled loop reads fp16, bf16, fp32 and fp64 values by
+    their exponent bits (:mod:`fedelta.common.kernels`); other dtypes, and
+    other devices, are widened to fp32 in chunks.
     """
     flat = values.reshape(-1)
     if flat.device.type != "cpu":
         return all(bool(torch.isfinite(flat[start : start + FINITE_CHUNK]).all())
                    for start in range(0, flat.numel(), FINITE_CHUNK))
-    exponent = HALF_EXPONENT.get(flat.dtype)
-    if exponent is not None:
-        return exponent_never_full(flat.detach().view(torch.int16).numpy().view(np.uint16), exponent)
-    if flat.dtype in (torch.float32, torch.float64):
-        return floats_finite(flat.detach().numpy())
+    if flat.dtype in EXPONENT_BITS:
+        integer, exponent = EXPONENT_BITS[flat.dtype]
+        return exponent_never_full(flat.detach().view(integer).numpy(), exponent)
     return all(np.isfinite(flat[start : start + FINITE_CHUNK].to(torch.float32).numpy()).all()
                for start in range(0, flat.numel(), FINITE_CHUNK))
 

@@ -1,5 +1,5 @@
 """Compiled loops (numba) for per-entry work whose numpy form pays more in fixed cost per call, or in passes
-over temporaries, than in arithmetic: decoding Rice-coded indices, adding scaled values at given positions,
+over temporaries, than in arithmetic: coding and decoding Rice-coded indices, adding scaled values at given positions,
 checking values finite, walking a seeded mask's permutation and putting its positions in order.
 
 Each kernel is one plain loop with IEEE arithmetic (no fast-math, so no fused
@@ -105,20 +105,18 @@ def scatter_add_scaled(flat: np.ndarray, positions: np.ndarray, values: np.ndarr
     return -1
 
 
-@compiled
-def floats_finite(values: np.ndarray) -> bool:
-    """Whether no value of an fp32 or fp64 array is infinite or NaN."""
-    for i in range(values.size):
-        if not np.isfinite(values[i]):
-            return False
-    return True
+FINITE_BLOCK = 4096  # elements checked between looks at the result: a loop without a branch, which vectorises
 
 
 @compiled
 def exponent_never_full(bits: np.ndarray, exponent: int) -> bool:
-    """Whether no 16-bit float, given by its bits, has every ``exponent`` bit set (the non-finite ones)."""
-    for i in range(bits.size):
-        if bits[i] & exponent == exponent:
+    """Whether no float, given by its bits as integers of its width, has every ``exponent`` bit set (the
+    infinite and NaN ones)."""
+    for start in range(0, bits.size, FINITE_BLOCK):
+        full = False
+        for i in range(start, min(start + FINITE_BLOCK, bits.size)):
+            full |= (bits[i] & exponent) == exponent
+        if full:
             return False
     return True
 
@@ -130,34 +128,49 @@ def seeded_walk(numel: int, rows: int, cols: int, round_keys: np.ndarray, shifts
     applied again until it lands below ``numel`` (see :func:`fedelta.common.entries.seeded_positions`).
 
     All arithmetic is on uint64, wrapping as the integer definition does:
-    each Feistel round adds splitmix64 (``shifts``, ``multipliers``, then
-    ``last_shift``) of one half plus the round key, scaled to the other
-    half's range by a 32-bit multiply-shift, to the other half.
+    each of the 4 Feistel rounds (``round_keys``) adds splitmix64 (2 steps of
+    ``shifts`` and ``multipliers``, then ``last_shift``) of one half plus the
+    round key, scaled to the other half's range by a 32-bit multiply-shift,
+    to the other half. Every point is permuted once in a loop over the grid's
+    rows and columns, with no division and the rounds unrolled, so that it
+    vectorises; the few points whose image lies at or past ``numel`` are
+    walked on one by one afterwards (``out`` is signed: -1 marks them).
     """
+    if round_keys.size != 4 or shifts.size != 2 or multipliers.size != 2:
+        raise ValueError("the seeded walk takes 4 round keys and 2 splitmix steps")
     bound = np.uint64(numel)
     row_count = np.uint64(rows)
     col_count = np.uint64(cols)
     high = np.uint64(32)
     last = np.uint64(last_shift)
-    for i in range(out.size):
-        image = np.uint64(i)
-        while True:
-            left = image // col_count
-            right = image % col_count
-            modulus = row_count
-            other = col_count
-            for r in range(round_keys.size):
-                mixed = right + round_keys[r]
-                for step in range(shifts.size):
-                    mixed = (mixed ^ (mixed >> shifts[step])) * multipliers[step]
-                mixed ^= mixed >> last
-                mixed = (((mixed >> high) * modulus) >> high) + left  # both below modulus: less than twice it
-                left, right = right, mixed - modulus if mixed >= modulus else mixed
-                modulus, other = other, modulus
-            image = left * col_count + right
-            if image < bound:
-                break
-        out[i] = image
+    key_0, key_1, key_2, key_3 = round_keys[0], round_keys[1], round_keys[2], round_keys[3]
+    shift_0, shift_1 = shifts[0], shifts[1]
+    multiplier_0, multiplier_1 = multipliers[0], multipliers[1]
+
+    def permuted(left, right):  # noqa: ANN001, ANN202 - inlined by numba
+        modulus, other = row_count, col_count
+        for r in range(4):
+            mixed = right + (key_0 if r == 0 else key_1 if r == 1 else key_2 if r == 2 else key_3)
+            mixed = (mixed ^ (mixed >> shift_0)) * multiplier_0
+            mixed = (mixed ^ (mixed >> shift_1)) * multiplier_1
+            mixed ^= mixed >> last
+            mixed = (((mixed >> high) * modulus) >> high) + left  # both below modulus: less than twice it
+            left, right = right, mixed - modulus if mixed >= modulus else mixed
+            modulus, other = other, modulus
+        return left * col_count + right
+
+    count = out.size
+    for row in range((count + cols - 1) // cols):
+        start = row * cols
+        for i in range(start, min(start + cols, count)):
+            image = permuted(np.uint64(row), np.uint64(i - start))
+            out[i] = np.int64(image) if image < bound else np.int64(-1)
+    for i in range(count):
+        if out[i] < 0:
+            image = permuted(np.uint64(i) // col_count, np.uint64(i) % col_count)
+            while image >= bound:
+                image = permuted(image // col_count, image % col_count)
+            out[i] = image
 
 
 DE_BRUIJN = 0x03F79D71B4CB0A89  # (lowest set bit * this) >> 58 is distinct for each of the 64 bits
@@ -194,3 +207,113 @@ def sorted_through_bitmap(positions: np.ndarray, numel: int, out: np.ndarray) ->
             written += 1
             word ^= lowest
     return written
+
+
+SMALL_GAPS = 256  # gaps below this are counted by value and shifted once per value instead of once per gap
+
+
+@compiled
+def nonzero_gap_sums(bits: np.ndarray, words: np.ndarray, sums: np.ndarray) -> int:
+    """Rice-code statistics of the positions i where ``bits[i]`` is not 0: each gap (i minus the position before
+    it minus 1; the first gap is i) adds ``gap >> b`` into ``sums[b]`` for every b below ``sums.size``.
+
+    Returns how many positions there are, and leaves them in ``words`` (room
+    for one bit per element) as a bitmap: bit j of ``words[w]`` is set when
+    ``bits[64 w + j]`` is not 0. The bitmap is built 64 elements at a time
+    without a branch per element, and the positions are read off its set bits.
+    """
+    one = np.uint64(1)
+    full = bits.size // 64
+    for w in range(full):
+        base = w * 64
+        word = np.uint64(0)
+        for j in range(64):
+            word |= np.uint64(bits[base + j] != 0) << np.uint64(j)
+        words[w] = word
+    if full < words.size:
+        word = np.uint64(0)
+        for j in range(bits.size - full * 64):
+            word |= np.uint64(bits[full * 64 + j] != 0) << np.uint64(j)
+        words[full] = word
+    de_bruijn = np.uint64(DE_BRUIJN)
+    top = np.uint64(58)
+    small = np.zeros(SMALL_GAPS, dtype=np.int64)
+    previous = -1
+    count = 0
+    for w in range(words.size):
+        word = words[w]
+        while word:
+            lowest = word & (~word + one)
+            word ^= lowest
+            position = w * 64 + BIT_AT[(lowest * de_bruijn) >> top]
+            gap = position - previous - 1
+            previous = position
+            count += 1
+            if gap < SMALL_GAPS:
+                small[gap] += 1
+            else:
+                b = 0
+                while gap and b < sums.size:
+                    sums[b] += gap
+                    gap >>= 1
+                    b += 1
+    for gap in range(1, SMALL_GAPS):
+        b = 0
+        shifted = gap
+        while shifted and b < sums.size:
+            sums[b] += small[gap] * shifted
+            shifted >>= 1
+            b += 1
+    return count
+
+
+@compiled
+def rice_encode_nonzero(words: np.ndarray, b: int, out: np.ndarray, low_start: int, unary_start: int,
+                        values: np.ndarray, target: np.ndarray) -> None:
+    """Rice-code the positions of the bitmap ``words`` (see :func:`nonzero_gap_sums`) into ``out`` (zeroed;
+    layout of :mod:`fedelta.common.rice`): each gap's ``b`` low bits, most significant first, from byte
+    ``low_start``; its quotient in unary (that many 0 bits, then a 1) from byte ``unary_start``.
+
+    Where ``values`` is not empty, each value at a position is also added
+    into ``target`` there (a plain IEEE addition in the values' dtype) and
+    moved to the front of ``values``, in order. The caller sizes ``out`` from
+    the gaps' statistics and gives ``values`` and ``target`` the bitmap's
+    elements, so every read and write lies inside them.
+    """
+    one = np.uint64(1)
+    de_bruijn = np.uint64(DE_BRUIJN)
+    top = np.uint64(58)
+    packing = values.size > 0
+    low_mask = (1 << b) - 1
+    low_at = low_start  # the next byte of low bits to write
+    pending = 0  # low bits not written yet, in the bottom ``held`` bits (at most 7 + 48)
+    held = 0
+    unary_at = unary_start * 8
+    previous = -1
+    kept = 0
+    for w in range(words.size):
+        word = words[w]
+        while word:
+            lowest = word & (~word + one)
+            word ^= lowest
+            position = w * 64 + BIT_AT[(lowest * de_bruijn) >> top]
+            gap = position - previous - 1
+            previous = position
+            if b:
+                pending = (pending << b) | (gap & low_mask)
+                held += b
+                while held >= 8:
+                    held -= 8
+                    out[low_at] = (pending >> held) & 0xFF
+                    low_at += 1
+                pending &= (1 << held) - 1
+            unary_at += gap >> b
+            out[unary_at >> 3] |= np.uint8(0x80 >> (unary_at & 7))
+            unary_at += 1
+            if packing:
+                value = values[position]
+                target[position] += value
+                values[kept] = value
+                kept += 1
+    if held:
+        out[low_at] = (pending << (8 - held)) & 0xFF

@@ -1,5 +1,5 @@
-"""Golomb-Rice coding of strictly increasing indices: the codec's index layer (numpy, vectorised; decoding is
-one compiled loop, :func:`fedelta.common.kernels.rice_decode`).
+"""Golomb-Rice coding of strictly increasing indices: the codec's index layer (numpy, vectorised; decoding, and
+coding the kept positions of a dense tensor, are compiled loops in :mod:`fedelta.common.kernels`).
 
 Each gap g = index - previous - 1 (the first gap is the index itself) is split
 into a quotient g >> b, written in unary (that many 0 bits, then a 1), and the
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedelta.common.kernels import rice_decode
+from fedelta.common.kernels import nonzero_gap_sums, rice_decode, rice_encode_nonzero
 
 MAX_RICE_BITS = 48
 
@@ -55,6 +55,19 @@ class RiceCost:
         scratch = np.empty_like(gaps)
         for b in range(top + 1):
             self._shifted_sums[b] += int(np.right_shift(gaps, np.uint64(b), out=scratch).sum())
+
+    @classmethod
+    def of_nonzero(cls, bits: np.ndarray) -> tuple[RiceCost, np.ndarray]:
+        """The cost of the positions where ``bits`` is not 0 (the kept entries of a dense tensor seen as
+        integers), in one compiled pass without listing them; with those positions as a bitmap of 64-bit
+        words (one bit per element) for :func:`encode_nonzero`."""
+        flat = bits.reshape(-1)
+        sums = np.zeros(MAX_RICE_BITS + 1, dtype=np.int64)
+        words = np.empty(-(-flat.size // 64), dtype=np.uint64)
+        cost = cls()
+        cost.count = int(nonzero_gap_sums(flat, words, sums))
+        cost._shifted_sums = [int(total) for total in sums]
+        return cost, words
 
     def parameter(self) -> int:
         """The b that minimises count * (b + 1) + sum(gaps >> b) (the smallest such b)."""
@@ -117,6 +130,28 @@ class RiceWriter:
             return np.zeros(0, dtype=np.uint8)
         low = self._low.bytes() if self.b else np.zeros(0, dtype=np.uint8)
         return np.concatenate([np.array([self.b], dtype=np.uint8), low, self._unary.bytes()])
+
+
+def encode_nonzero(words: np.ndarray, cost: RiceCost, values: np.ndarray | None = None,
+                   target: np.ndarray | None = None) -> np.ndarray:
+    """The bytes :func:`encode_indices` writes for the positions of the bitmap ``words``, whose cost is ``cost``
+    (both from :meth:`RiceCost.of_nonzero`), coded in one compiled pass without listing them.
+
+    With ``values`` and ``target`` (flat, of the bitmap's elements), the
+    same pass adds each value at a position into ``target`` and moves it to
+    the front of ``values``.
+    """
+    if cost.count == 0:
+        return np.zeros(0, dtype=np.uint8)
+    if values is None or target is None:
+        values = target = np.zeros(0, dtype=np.float32)
+    elif not values.size == target.size <= 64 * words.size or values.dtype != target.dtype:
+        raise ValueError("values and target must be flat arrays of one dtype and the bitmap's size")
+    b = cost.parameter()
+    out = np.zeros(cost.size(), dtype=np.uint8)
+    out[0] = b
+    rice_encode_nonzero(words, b, out, 1, 1 + _low_bits_length(cost.count, b), values, target)
+    return out
 
 
 def _chunks(indices: np.ndarray):

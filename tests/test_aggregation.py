@@ -112,6 +112,47 @@ def test_an_arena_whose_populate_advice_is_refused_still_hands_out_zeroed_writab
     assert torch.all(state == 2)
 
 
+def test_an_arena_carves_again_from_a_mapping_once_nothing_carved_from_it_is_alive(monkeypatch):
+    from fedelta.common.aggregation import arena
+
+    monkeypatch.setattr(arena, "CHUNK_BYTES", 4 * arena.PAGE)
+    monkeypatch.setattr(arena, "RESERVE", arena.Reserve())
+    first = arena.Arena()
+    done, alive = first.zeros((arena.PAGE,)), first.zeros((arena.PAGE,))  # a whole mapping each
+    freed_at, alive_at = done.data_ptr(), alive.data_ptr()
+    kept = alive[5:].view(-1, 1)  # a view outlives its tensor
+    done.fill_(3.0)
+    alive.fill_(3.0)
+    del first, done, alive
+
+    again = arena.Arena()
+    reused = again.zeros((arena.PAGE // 2,))
+    assert reused.data_ptr() == freed_at and not reused.any()  # the idle mapping, zeroed
+    beside = again.zeros((arena.PAGE // 4,))
+    assert beside.data_ptr() == freed_at + 2 * arena.PAGE and not beside.any()  # carved on from the same one
+    other = again.zeros((arena.PAGE,))
+    assert other.data_ptr() not in (freed_at, alive_at) and not other.any()  # the other is in use through ``kept``
+    other.fill_(1.0)
+    assert torch.all(kept == 3.0)
+
+
+def test_the_reserve_keeps_only_the_mappings_the_last_arena_used(monkeypatch):
+    from fedelta.common.aggregation import arena
+
+    monkeypatch.setattr(arena, "CHUNK_BYTES", 4 * arena.PAGE)
+    monkeypatch.setattr(arena, "RESERVE", arena.Reserve())
+    wide = arena.Arena()
+    states = [wide.zeros((arena.PAGE,)) for _ in range(3)]  # a whole mapping each
+    del states, wide
+    assert arena.RESERVE.held_bytes() == 3 * 4 * arena.PAGE
+    narrow = arena.Arena()
+    state = narrow.zeros((arena.PAGE,))  # one mapping reused; the two idle ones are still kept for now
+    assert arena.RESERVE.held_bytes() == 3 * 4 * arena.PAGE
+    del state, narrow
+    arena.Arena().zeros((arena.PAGE,))
+    assert arena.RESERVE.held_bytes() == 4 * arena.PAGE  # the two the last arena did not use are gone
+
+
 def test_accumulators_of_any_size_sum_exactly(monkeypatch):
     from fedelta.common.aggregation import arena
 

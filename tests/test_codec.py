@@ -222,6 +222,35 @@ def test_rice_coding_in_chunks_writes_the_same_bytes(chunk, monkeypatch):
     assert np.array_equal(decode_index_gaps(whole, indices.size, 5_000), indices)
 
 
+@pytest.mark.parametrize("numel, density", [
+    (1, 1.0), (63, 0.5), (64, 0.3), (1_000, 0.0), (4_097, 1.0), (5_003, 0.2), (70_001, 0.001),
+    (300_000, 0.00002),  # gaps past the small-gap table and a Rice parameter of 15
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rice_coding_a_tensors_kept_positions_in_place_writes_the_bytes_of_their_index_list(numel, density, dtype):
+    from fedelta.common import rice
+
+    generator = torch.Generator().manual_seed(numel)
+    values = torch.randn(numel, generator=generator).to(dtype)
+    values[torch.rand(numel, generator=generator) >= density] = 0.0
+    values[numel // 2] = -0.0  # kept: its bits are not all zero
+    bits = values.view(codec.SAME_WIDTH_INTEGER[dtype]).numpy()
+    positions = np.flatnonzero(bits != 0)
+    expected = encode_index_gaps(positions)
+
+    cost, words = rice.RiceCost.of_nonzero(bits)
+    assert (cost.count, cost.size(), cost.parameter()) == (positions.size, expected.size, int(expected[0]))
+    assert np.array_equal(rice.encode_nonzero(words, cost), expected)
+
+    if dtype == torch.float32:
+        target = torch.randn(numel, generator=generator)
+        expected_target = target.clone().index_add_(0, torch.from_numpy(positions), values[positions])
+        kept = values[positions].clone()
+        assert np.array_equal(rice.encode_nonzero(words, cost, values.numpy(), target.numpy()), expected)
+        assert torch.equal(values[: positions.size].view(torch.int32), kept.view(torch.int32))
+        assert torch.equal(target.view(torch.int32), expected_target.view(torch.int32))
+
+
 @pytest.mark.parametrize("mutate", [
     lambda c: c[:-1],                                       # a byte short
     lambda c: np.concatenate([c, np.zeros(1, np.uint8)]),   # a byte of padding too many
