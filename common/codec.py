@@ -330,15 +330,51 @@ def _decompress(data: bytes, limits: Limits, max_entries: int) -> bytearray:
                          f"{limits.max_expansion} times the {len(data)} bytes sent")
     if not frame.has_checksum:
         raise CodecError("zstd frame carries no checksum")
+    length = _frame_length(data, frame.has_checksum)
+    if length != len(data):
+        raise CodecError("zstd frame is cut short" if length > len(data) else "bytes follow the zstd frame")
+    raw = bytearray(frame.content_size)  # writable, so the decoded tensors can be views of it
+    view = memoryview(raw)
     try:
-        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-            header_size(reader.read(8), frame.content_size, max_entries)  # before decompressing it all
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limits.max_bytes, allow_extra_data=False)
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+            got = _read_into(reader, view[:8])
+            header_size(bytes(view[:got]), frame.content_size, max_entries)  # before decompressing it all
+            got += _read_into(reader, view[got:])
+            beyond = reader.read(1)  # the frame's end, where its checksum is checked
     except zstandard.ZstdError as error:
         raise CodecError(f"corrupt zstd frame: {error}") from error
-    if len(raw) != frame.content_size:
+    if got != frame.content_size or beyond:
         raise CodecError("decompressed size differs from the declared size")
-    return bytearray(raw)  # writable, so the decoded tensors can be views of it
+    return raw
+
+
+def _read_into(reader: Any, view: memoryview) -> int:
+    """Decompressed bytes read into ``view`` until it is full or the frame ends; how many."""
+    got = 0
+    while got < len(view):
+        count = reader.readinto(view[got:])
+        if not count:
+            break
+        got += count
+    return got
+
+
+def _frame_length(data: bytes, has_checksum: bool) -> int:
+    """How many bytes the zstd frame that starts ``data`` spans, from its block headers (each 3 bytes: last
+    block, type, size), so that bytes after it are refused without decompressing into a copy."""
+    try:
+        at = zstandard.frame_header_size(data)
+    except zstandard.ZstdError as error:
+        raise CodecError(f"corrupt zstd frame: {error}") from error
+    while at + 3 <= len(data):
+        header = int.from_bytes(data[at : at + 3], "little")
+        kind, size = (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise CodecError("zstd frame holds a block of the reserved type")
+        at += 3 + (1 if kind == 1 else size)  # an RLE block holds its one byte
+        if header & 1:
+            return at + (4 if has_checksum else 0)
+    return len(data) + 1  # no last block: cut short
 
 
 def _container_tensors(tensors: dict[str, torch.Tensor | Encoded]) -> dict[str, torch.Tensor]:

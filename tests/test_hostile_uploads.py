@@ -148,8 +148,19 @@ def test_a_frame_expanding_past_the_upload_bound_is_refused_before_decompressing
 
 
 def test_bytes_after_the_frame_are_refused():
-    with pytest.raises(CodecError, match="unused data"):
+    with pytest.raises(CodecError, match="bytes follow the zstd frame"):
         decode(_dense("w", "[4]") + b"\x00", LIMITS)
+
+
+def test_a_frame_cut_short_or_failing_its_checksum_is_refused():
+    whole = _dense("w", "[4]")
+    for cut in (1, 3, 5):
+        with pytest.raises(CodecError, match="cut short|corrupt zstd frame"):
+            decode(whole[:-cut], LIMITS)
+    flipped = bytearray(whole)
+    flipped[-1] ^= 0xFF  # the last byte of the checksum
+    with pytest.raises(CodecError, match="checksum"):
+        decode(bytes(flipped), LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -277,7 +288,7 @@ def test_an_upload_that_fails_its_second_decode_at_commit_is_rejected_not_raised
         version = coordinator.commit(1)
         reasons = coordinator.store.rejections()
     assert version is not None and coordinator.tally.rejected == 1
-    assert reasons == [("site-z", 1, "corrupt zstd frame: decompression error: did not decompress full frame")]
+    assert reasons == [("site-z", 1, "zstd frame is cut short")]
 
 
 def test_the_fuzzer_counts_every_payload_and_finds_no_crash():
