@@ -127,7 +127,11 @@ class Site:
                 self._held = None
             raise
         if cached is None or cached.version != downlink.target_version:
-            self.state.advance(downlink, params)
+            try:
+                self.state.advance(downlink, params)
+            except BaseException:
+                self._held = None  # lent, they are the target's weights now; the folder says what is cached
+                raise
             if self.keep_weights:
                 reading = not for_training  # a reading model built here is kept, its weights held
                 self._held = CachedVersion(downlink.target_version, sha, params if reading else self._copy_held(params))
@@ -187,7 +191,8 @@ class Site:
         method = METHODS.get(settings.method.name)
         context = self.method_context(bundle.head, genesis_sha)
         resolver = method.resolver(context, params) if settings.feedback.enabled else None
-        attachment = method.attach(model, context)
+        with seeded(upload_seed(settings.seed, server_round, self.name)):  # whichever way the model was obtained
+            attachment = method.attach(model, context)
         pattern = base_pattern(settings.model.sparse_base, context)
         lock_pattern(model, pattern)
         before = {name: params[name].clone() for name in attachment.touched}

@@ -53,6 +53,7 @@ from fedelta.common.delta import (
 )
 from fedelta.common.entries import Shape
 from fedelta.common.quantization import VALUE_TYPES, Encoded, Quantizer
+from fedelta.common.kernels import RESERVED_BLOCK, zstd_frame_end
 from fedelta.common.rice import IndexCodingError, RiceCost, coded_size, decode_indices, encode_indices, encode_nonzero
 
 RESERVED_KEYS = frozenset({"format", "base", "values", "entries"})
@@ -170,8 +171,9 @@ def _encode_dense_in_chunks(
             return described, {f"{name}/values": stored}
         # The kept values are packed into the front of the entry's own buffer (never past what was read, as
         # long as a stored value is no wider than the entry's), so ``stored`` is a view of that buffer.
-        if quantizer.storage == flat.dtype == target.dtype == torch.float32:  # stored as they are: one pass
-            indices = encode_nonzero(words, cost, flat.numpy(), target_flat.numpy())
+        if quantizer.storage == flat.dtype == target.dtype == torch.float32 and target.device.type == "cpu":
+            # stored as they are: one pass
+            indices = encode_nonzero(words, cost, flat.numpy(), target_flat.detach().numpy())
             stored = flat[:count]
         else:
             indices = encode_nonzero(words, cost)
@@ -360,21 +362,17 @@ def _read_into(reader: Any, view: memoryview) -> int:
 
 
 def _frame_length(data: bytes, has_checksum: bool) -> int:
-    """How many bytes the zstd frame that starts ``data`` spans, from its block headers (each 3 bytes: last
-    block, type, size), so that bytes after it are refused without decompressing into a copy."""
+    """How many bytes the zstd frame that starts ``data`` spans, from its block headers
+    (:func:`fedelta.common.kernels.zstd_frame_end`), so that bytes after it are refused without decompressing
+    into a copy; more than ``len(data)`` when its blocks run past the end."""
     try:
-        at = zstandard.frame_header_size(data)
+        start = zstandard.frame_header_size(data)
     except zstandard.ZstdError as error:
         raise CodecError(f"corrupt zstd frame: {error}") from error
-    while at + 3 <= len(data):
-        header = int.from_bytes(data[at : at + 3], "little")
-        kind, size = (header >> 1) & 3, header >> 3
-        if kind == 3:
-            raise CodecError("zstd frame holds a block of the reserved type")
-        at += 3 + (1 if kind == 1 else size)  # an RLE block holds its one byte
-        if header & 1:
-            return at + (4 if has_checksum else 0)
-    return len(data) + 1  # no last block: cut short
+    end = zstd_frame_end(np.frombuffer(data, dtype=np.uint8), start, 4 if has_checksum else 0)
+    if end == RESERVED_BLOCK:
+        raise CodecError("zstd frame holds a block of the reserved type")
+    return len(data) + 1 if end < 0 else end
 
 
 def _container_tensors(tensors: dict[str, torch.Tensor | Encoded]) -> dict[str, torch.Tensor]:

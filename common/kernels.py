@@ -1,6 +1,7 @@
 """Compiled loops (numba) for per-entry work whose numpy form pays more in fixed cost per call, or in passes
-over temporaries, than in arithmetic: coding and decoding Rice-coded indices, adding scaled values at given positions,
-checking values finite, walking a seeded mask's permutation and putting its positions in order.
+over temporaries, than in arithmetic: coding and decoding Rice-coded indices, finding where a zstd frame ends,
+adding scaled values at given positions, checking values finite, walking a seeded mask's permutation and putting
+its positions in order.
 
 Each kernel is one plain loop with IEEE arithmetic (no fast-math, so no fused
 multiply-add): the results equal numpy's to the bit. numba is imported and a
@@ -317,3 +318,26 @@ def rice_encode_nonzero(words: np.ndarray, b: int, out: np.ndarray, low_start: i
                 kept += 1
     if held:
         out[low_at] = (pending << (8 - held)) & 0xFF
+
+
+RESERVED_BLOCK = -2  # what :func:`zstd_frame_end` returns for a block of the reserved type
+
+
+@compiled
+def zstd_frame_end(data: np.ndarray, at: int, checksum_bytes: int) -> int:
+    """Where the zstd frame whose first block header is at byte ``at`` of ``data`` ends: past its last block
+    (each block a 3-byte little-endian header, bit 0 the last-block flag, bits 1-2 its type, the rest its
+    size; a run-length block holds one byte, the others their size) and ``checksum_bytes``.
+
+    Returns -1 when the blocks run past the end of ``data`` and
+    :data:`RESERVED_BLOCK` for a block of type 3; nothing is decompressed.
+    """
+    while at + 3 <= data.size:
+        header = np.int64(data[at]) | (np.int64(data[at + 1]) << 8) | (np.int64(data[at + 2]) << 16)
+        kind = (header >> 1) & 3
+        if kind == 3:
+            return RESERVED_BLOCK
+        at += 3 + (1 if kind == 1 else header >> 3)
+        if header & 1:
+            return at + checksum_bytes
+    return -1

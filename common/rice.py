@@ -145,7 +145,7 @@ def encode_nonzero(words: np.ndarray, cost: RiceCost, values: np.ndarray | None 
         return np.zeros(0, dtype=np.uint8)
     if values is None or target is None:
         values = target = np.zeros(0, dtype=np.float32)
-    elif not values.size == target.size <= 64 * words.size or values.dtype != target.dtype:
+    elif not 64 * (words.size - 1) < values.size == target.size <= 64 * words.size or values.dtype != target.dtype:
         raise ValueError("values and target must be flat arrays of one dtype and the bitmap's size")
     b = cost.parameter()
     out = np.zeros(cost.size(), dtype=np.uint8)

@@ -152,3 +152,24 @@ def test_a_site_lending_its_held_weights_to_an_evaluation_lets_them_go_when_the_
         reply = kept.evaluate_round(step)
         assert (reply.version, reply.sha, reads) == (2, coordinator.head.sha, ["0"])
         assert kept.state.version_on_disk() == (2, coordinator.head.sha)
+
+
+def test_a_training_model_copied_from_the_reading_model_uploads_what_a_built_one_would(tiny_settings, tmp_path,
+                                                                                     monkeypatch):
+    # Building the bundled MiniLM draws its new head from torch's global generator; a copy draws nothing.
+    # LoRA's matrices, drawn when the method is attached, must not depend on which of the two happened.
+    settings = tiny_settings.with_overrides({**ONE_SITE_ROUNDS, "model.path": "", "method.name": "lora",
+                                             "local.steps": 1})
+    payloads, builds = {}, {}
+    for keep in (False, True):
+        with open_federation(settings, tmp_path / str(keep)) as (coordinator, sites):
+            site = sites[0]
+            site.keep_weights = site.state.journal = keep
+            built = []
+            monkeypatch.setattr(site.task, "load_model",
+                                lambda *args, load=site.task.load_model: built.append(1) or load(*args))
+            run_rounds(coordinator, [site], range(1, 2))
+            payloads[keep] = site.train_round(2, coordinator.downlink_for("0")).payload
+            builds[keep] = len(built)
+    assert builds == {False: 3, True: 2}  # round 2's training model: built, or copied from the kept one
+    assert payloads[True] == payloads[False]
