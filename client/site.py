@@ -92,9 +92,9 @@ class Site:
         a reading model (or one built for a downlink from version 0 or a
         snapshot, whose weights are then held) is kept and lent the held
         weights again next time instead of being built again. A model for
-        training is always new: the
-        kept reading model, lent the held weights, copied, where the downlink
-        starts from the held version; else one built.
+        training is always new: the kept reading model, lent the held
+        weights, copied, where the downlink starts from the held version;
+        else one built.
         """
         cached = self.cached_version()
         start: CachedVersion | None = None  # the version the downlink starts from, when not version 0

@@ -83,10 +83,7 @@ class SiteState:
         """The version and hash the cache names: the weights file's header, or the last journal entry after it
         (nothing read or checked beyond the header and the file names)."""
         chain = self._chain()
-        if chain is None:
-            return None
-        named, journal = chain
-        return (journal[-1].version, journal[-1].sha) if journal else named
+        return None if chain is None else _chain_end(*chain)
 
     def _chain(self) -> tuple[tuple[int, str], list[JournalEntry]] | None:
         """The version and hash the weights file's header names, and the journal entries after it."""
@@ -113,10 +110,9 @@ class SiteState:
         chain = self._chain() if self.journal and downlink.blobs else None
         fits = False
         if chain is not None:
-            named, journal = chain
-            on_disk = (journal[-1].version, journal[-1].sha) if journal else named
+            journal = chain[1]
             kept = sum(entry.path.stat().st_size for entry in journal)
-            fits = (on_disk == (downlink.base_version, downlink.base_sha)
+            fits = (_chain_end(*chain) == (downlink.base_version, downlink.base_sha)
                     and kept + downlink.size() <= (self.root / WEIGHTS_FILE).stat().st_size)
         if not fits:
             self.save_version(downlink.target_version, downlink.target_sha, params)
@@ -174,6 +170,11 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     """``tensors`` as a safetensors file at ``path``, written atomically and straight to disk."""
     contiguous = {name: value.detach().contiguous() for name, value in tensors.items()}
     write_file_atomic(path, lambda tmp: safetensors.torch.save_file(contiguous, tmp, metadata))
+
+
+def _chain_end(named: tuple[int, str], journal: list[JournalEntry]) -> tuple[int, str]:
+    """The version and hash a weights file naming ``named`` and the ``journal`` after it come to."""
+    return (journal[-1].version, journal[-1].sha) if journal else named
 
 
 def _named_version(handle) -> tuple[int, str]:
